@@ -1,0 +1,217 @@
+"""The bot's YAML config (path in BOT_CONFIG): shape fixed in DESIGN.md.
+
+A bad file stops start-up with one line naming the file, the key and what was
+expected, so whoever deploys the bot sees exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SLACK_PRINCIPAL = re.compile(r"^[UWS][A-Z0-9]{2,}$")  # users U/W, user groups S
+SLACK_CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,}$")
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
+
+
+class ConfigError(Exception):
+    """One line: `<file>: <key>: expected <what>, got <what>`."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    namespace: str
+    release: str
+    channel: str
+    approval: bool
+    approvers: tuple[str, ...] = ()
+    deployers: tuple[str, ...] | None = None  # None: anyone may deploy
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    image_repository: str
+    log_group: str  # may contain {env}
+    deployment: str
+
+    def log_group_for(self, env: str) -> str:
+        return self.log_group.replace("{env}", env)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    pipeline: str
+    events_queue_url: str
+    state_table: str
+    environments: dict[str, Environment]
+    services: dict[str, Service]
+    oncall_channels: tuple[str, ...] = field(default=())
+
+    def channel_environment(self, channel_id: str) -> str | None:
+        """The environment whose deploy channel this is, if any."""
+        for env in self.environments.values():
+            if env.channel == channel_id:
+                return env.name
+        return None
+
+
+# --- validation ---------------------------------------------------------------
+
+class _Reader:
+    """Walks the parsed YAML, naming the dotted key in every error."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, expected: str, got: Any = None, *, missing: bool = False) -> ConfigError:
+        if missing:
+            return ConfigError(f"{self.source}: {key}: missing, expected {expected}")
+        return ConfigError(f"{self.source}: {key}: expected {expected}, got {_show(got)}")
+
+    def mapping(self, value: Any, key: str, *, required: set[str], optional: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key or "(top level)", "a mapping", value)
+        for k in value:
+            if not isinstance(k, str) or k not in required | optional:
+                allowed = ", ".join(sorted(required | optional))
+                raise ConfigError(f"{self.source}: {_join(key, str(k))}: unknown key, expected one of: {allowed}")
+        for k in sorted(required):
+            if k not in value:
+                raise self.fail(_join(key, k), _describe(k), missing=True)
+        return value
+
+    def string(self, value: Any, key: str, pattern: re.Pattern[str] | None = None, what: str = "a string") -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, what, value)
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(key, what, value)
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
+    def id_list(self, value: Any, key: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(key, f"a list of {what}", value)
+        return tuple(self.string(v, f"{key}[{i}]", pattern, what) for i, v in enumerate(value))
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_DESCRIPTIONS = {
+    "pipeline": "the CodePipeline name",
+    "events_queue_url": "the SQS queue URL fed by the EventBridge rule",
+    "state_table": "the DynamoDB table name",
+    "environments": "a mapping of environment name to settings",
+    "services": "a mapping of service name to settings",
+    "namespace": "a Kubernetes namespace",
+    "release": "a Helm release name",
+    "channel": "a Slack channel ID such as C0PROD",
+    "approval": "true or false",
+    "image_repository": "an ECR repository name such as erp/employee-service",
+    "log_group": "a CloudWatch Logs group such as /erp/{env}/employee-service",
+    "deployment": "a Kubernetes Deployment name",
+}
+
+
+def _describe(key: str) -> str:
+    return _DESCRIPTIONS.get(key, "a value")
+
+
+def parse_config(data: Any, source: str) -> Config:
+    r = _Reader(source)
+    top = r.mapping(
+        data, "",
+        required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
+        optional={"oncall_channels"},
+    )
+    envs_raw = top["environments"]
+    if not isinstance(envs_raw, dict) or not envs_raw:
+        raise r.fail("environments", "a mapping of environment name to settings", envs_raw)
+    environments: dict[str, Environment] = {}
+    for name, raw in envs_raw.items():
+        key = f"environments.{name}"
+        r.string(name, key, NAME, "a lower-case environment name")
+        e = r.mapping(raw, key, required={"namespace", "release", "channel", "approval"},
+                      optional={"approvers", "deployers"})
+        approval = r.boolean(e["approval"], f"{key}.approval")
+        approvers = r.id_list(e.get("approvers", []), f"{key}.approvers", SLACK_PRINCIPAL,
+                              "Slack user or user-group IDs (U..., W..., S...)")
+        if approval and not approvers:
+            raise r.fail(f"{key}.approvers", "at least one approver when approval is true", e.get("approvers"))
+        deployers = None
+        if "deployers" in e:
+            deployers = r.id_list(e["deployers"], f"{key}.deployers", SLACK_PRINCIPAL,
+                                  "Slack user or user-group IDs (U..., W..., S...)")
+        environments[name] = Environment(
+            name=name,
+            namespace=r.string(e["namespace"], f"{key}.namespace", NAME, "a Kubernetes namespace"),
+            release=r.string(e["release"], f"{key}.release", NAME, "a Helm release name"),
+            channel=r.string(e["channel"], f"{key}.channel", SLACK_CHANNEL, "a Slack channel ID such as C0PROD"),
+            approval=approval,
+            approvers=approvers,
+            deployers=deployers,
+        )
+    svcs_raw = top["services"]
+    if not isinstance(svcs_raw, dict) or not svcs_raw:
+        raise r.fail("services", "a mapping of service name to settings", svcs_raw)
+    services: dict[str, Service] = {}
+    for name, raw in svcs_raw.items():
+        key = f"services.{name}"
+        r.string(name, key, NAME, "a lower-case service name")
+        if name == "all":
+            raise r.fail(key, "a service name other than 'all' (it means every service)", name)
+        s = r.mapping(raw, key, required={"image_repository", "log_group", "deployment"}, optional=set())
+        services[name] = Service(
+            name=name,
+            image_repository=r.string(s["image_repository"], f"{key}.image_repository"),
+            log_group=r.string(s["log_group"], f"{key}.log_group"),
+            deployment=r.string(s["deployment"], f"{key}.deployment", NAME, "a Kubernetes Deployment name"),
+        )
+    oncall = r.id_list(top.get("oncall_channels", []), "oncall_channels", SLACK_CHANNEL, "Slack channel IDs")
+    return Config(
+        source=source,
+        pipeline=r.string(top["pipeline"], "pipeline"),
+        events_queue_url=r.string(top["events_queue_url"], "events_queue_url"),
+        state_table=r.string(top["state_table"], "state_table"),
+        environments=environments,
+        services=services,
+        oncall_channels=oncall,
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{source}: cannot read the file: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        raise ConfigError(f"{source}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, source)

@@ -1,0 +1,104 @@
+"""The bot's HTTP side: Slack's requests, health, readiness and metrics.
+
+  POST /slack/events  slash commands and interactivity, verified by Bolt
+  GET  /healthz       the process is alive
+  GET  /readyz        it can do its job (see readiness.py)
+  GET  /metrics       Prometheus text
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.async_app import AsyncApp
+
+from bot.jsonlog import request_id
+from bot.readiness import Readiness
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_BUDGET = 18.0  # seconds: Kubernetes' default grace period is 30, ours promises 20
+MAX_BODY = 256 * 1024  # Slack's payloads are far smaller; refuse anything bigger
+
+
+def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
+    readiness = Readiness(runtime)
+    metrics = runtime.metrics
+
+    @web.middleware
+    async def observe(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request_id.set(request.headers.get("X-Request-Id") or uuid.uuid4().hex[:12])
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            metrics.http_requests.labels(route, str(e.status)).inc()
+            raise
+        except Exception:
+            log.exception("unhandled error on %s", route)
+            metrics.http_requests.labels(route, "500").inc()
+            return web.json_response({"error": "internal error"}, status=500)
+        metrics.http_requests.labels(route, str(response.status)).inc()
+        return response
+
+    async def slack_events(request: web.Request) -> web.StreamResponse:
+        try:
+            bolt_request = await to_bolt_request(request)  # parses the body: malformed JSON raises here
+        except (ValueError, UnicodeDecodeError):
+            log.warning("refused a request whose body is not a Slack payload")
+            return web.json_response({"error": "invalid payload"}, status=400)
+        bolt_response = await bolt.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def healthz(_: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "alive"})
+
+    async def readyz(_: web.Request) -> web.StreamResponse:
+        ready, details = await readiness.check()
+        return web.json_response(details, status=200 if ready else 503)
+
+    async def metrics_page(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
+
+    app = web.Application(middlewares=[observe], client_max_size=MAX_BODY)
+    app.router.add_post("/slack/events", slack_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    return app
+
+
+async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
+                background: list[Callable[[], Awaitable[None]]] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: no new work, finish what is in flight, exit."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    log.info("listening on %s:%d", host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.ensure_future(job()) for job in background or []]
+    await stop.wait()
+
+    log.info("shutting down: no new work, finishing %d in flight", runtime.work.count)
+    runtime.draining = True
+    for task in tasks:
+        task.cancel()  # consumers stop taking messages; unfinished ones return to the queue
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await runtime.work.drain(SHUTDOWN_BUDGET - 4.0)
+    await site.stop()
+    await runner.cleanup()
+    log.info("stopped")

@@ -1,0 +1,73 @@
+"""Work that continues after Slack got its acknowledgement.
+
+Everything that runs past the ack goes through `InFlight`, so SIGTERM can wait
+for it to finish instead of cutting a deploy or an approval in half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec
+
+log = logging.getLogger(__name__)
+P = ParamSpec("P")
+
+
+class InFlight:
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def _enter(self) -> None:
+        self._count += 1
+        self._idle.clear()
+
+    def _exit(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    def track(self, fn: Callable[P, Awaitable[None]]) -> Callable[P, Coroutine[Any, Any, None]]:
+        """Wrap a Bolt lazy listener; Bolt still sees the wrapped function's arguments."""
+
+        @functools.wraps(fn)
+        async def tracked(*args: P.args, **kwargs: P.kwargs) -> None:
+            self._enter()
+            try:
+                await fn(*args, **kwargs)
+            finally:
+                self._exit()
+
+        return tracked
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        self._enter()
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # keep a reference: the loop only holds weak ones
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            self._exit()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background work failed", exc_info=t.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def drain(self, budget: float) -> bool:
+        """Wait until nothing is in flight; False if the timeout ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), budget)
+            return True
+        except TimeoutError:
+            log.warning("shutdown: %d unit(s) of work still running after %.0fs", self._count, budget)
+            return False

@@ -1,0 +1,50 @@
+"""GET /readyz: config loaded, Slack answers auth.test, AWS (the state table) reachable.
+
+Results are cached for a few seconds: the kubelet probes often, and Slack and
+AWS should not be asked on every probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bot.aws import error_code
+from bot.runtime import Runtime
+
+CHECK_TIMEOUT = 3.0
+CACHE_SECONDS = 10.0
+
+
+class Readiness:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._cached: tuple[float, bool, dict[str, Any]] | None = None
+
+    async def _slack(self) -> str:
+        resp = await self.runtime.slack.auth_test()
+        return f"ok ({resp.get('team', 'workspace')})"
+
+    async def _aws(self) -> str:
+        await self.runtime.state.ping()
+        return "ok"
+
+    async def check(self) -> tuple[bool, dict[str, Any]]:
+        if self.runtime.draining:
+            return False, {"status": "draining"}
+        now = time.monotonic()
+        if self._cached and self._cached[0] > now:
+            return self._cached[1], self._cached[2]
+        results: dict[str, Any] = {"config": f"ok ({self.runtime.config.source})"}
+        ready = True
+        for name, probe in (("slack", self._slack), ("aws", self._aws)):
+            try:
+                results[name] = await asyncio.wait_for(probe(), CHECK_TIMEOUT)
+            except TimeoutError:
+                ready, results[name] = False, f"no answer within {CHECK_TIMEOUT:.0f}s"
+            except Exception as e:
+                ready, results[name] = False, f"failed: {error_code(e)}"
+        results["status"] = "ready" if ready else "not ready"
+        self._cached = (now + (CACHE_SECONDS if ready else 1.0), ready, results)
+        return ready, results

@@ -1,0 +1,37 @@
+"""Everything a handler may use, built once at start-up and passed to `register`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.aws import AwsClients
+from bot.command_parser import CommandParser
+from bot.config import Config
+from bot.inflight import InFlight
+from bot.metrics import Metrics
+from bot.policy import AccessPolicy
+from bot.state import StateStore
+
+
+@dataclass
+class Runtime:
+    config: Config
+    slack: AsyncWebClient
+    aws: AwsClients
+    metrics: Metrics
+    state: StateStore
+    policy: AccessPolicy
+    parser: CommandParser
+    work: InFlight = field(default_factory=InFlight)
+    draining: bool = False
+
+    @classmethod
+    def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:
+        return cls(
+            config=config, slack=slack, aws=aws, metrics=metrics,
+            state=StateStore(aws, config.state_table),
+            policy=AccessPolicy(config, slack),
+            parser=CommandParser(config),
+        )

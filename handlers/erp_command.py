@@ -1,0 +1,98 @@
+"""The `/erp` slash command: parse, answer or acknowledge at once, then dispatch.
+
+Help and every usage mistake are answered inside the acknowledgement (a few
+milliseconds). A verb with real work is acknowledged empty and runs in a Bolt
+lazy listener, tracked for graceful shutdown; if it takes more than a second
+the user sees a "working on it" note, replaced by the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+
+from bot.command_parser import ErpCommand, UsageError
+from bot.jsonlog import log_fields, request_id
+from bot.runtime import Runtime
+from handlers.help import help_reply
+
+log = logging.getLogger(__name__)
+
+WORKING_NOTE_AFTER = 1.0  # seconds
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """Who typed the command, where, and how to answer them."""
+
+    user_id: str
+    channel_id: str
+    response_url: str | None
+    trigger_id: str | None
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Invocation:
+        return cls(
+            user_id=str(payload.get("user_id", "")),
+            channel_id=str(payload.get("channel_id", "")),
+            response_url=payload.get("response_url"),
+            trigger_id=payload.get("trigger_id"),
+        )
+
+
+VerbHandler = Callable[[ErpCommand, Invocation, Runtime, AsyncRespond], Awaitable[None]]
+
+
+def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> None:
+    def parse(text: str) -> ErpCommand | UsageError:
+        try:
+            return runtime.parser.parse(text)
+        except UsageError as e:
+            return e
+
+    async def acknowledge(ack: AsyncAck, command: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        parsed = parse(command.get("text", ""))
+        verb = parsed.verb if isinstance(parsed, ErpCommand) else "invalid"
+        try:
+            if isinstance(parsed, UsageError):
+                await ack(response_type="ephemeral", text=parsed.message)
+            elif parsed.verb == "help":
+                await ack(**help_reply(runtime.config, parsed.topic))
+            elif parsed.verb not in verbs:
+                await ack(response_type="ephemeral",
+                          text=f"`/erp {parsed.verb}` is not available yet. Type `/erp help` for what works today.")
+            elif runtime.draining:
+                await ack(response_type="ephemeral", text="I'm restarting; send the command again in a few seconds.")
+            else:
+                await ack()
+        finally:
+            runtime.metrics.command_latency.labels(verb).observe(time.perf_counter() - started)
+
+    async def run(command: dict[str, Any], respond: AsyncRespond) -> None:
+        parsed = parse(command.get("text", ""))
+        if not isinstance(parsed, ErpCommand) or parsed.verb not in verbs or runtime.draining:
+            return  # already answered in the ack
+        who = Invocation.from_payload(command)
+        work = asyncio.ensure_future(verbs[parsed.verb](parsed, who, runtime, respond))
+        try:
+            done, _ = await asyncio.wait({work}, timeout=WORKING_NOTE_AFTER)
+            if not done:
+                note = f":hourglass_flowing_sand: Working on `/erp {parsed.verb}`..."
+                await respond(response_type="ephemeral", text=note)
+            await work
+        except Exception:
+            log.exception("/erp %s failed", parsed.verb,
+                          extra=log_fields(verb=parsed.verb, user=who.user_id, channel=who.channel_id))
+            ref = request_id.get() or "-"
+            await respond(response_type="ephemeral", replace_original=True,
+                          text=f":warning: `/erp {parsed.verb}` failed on my side and nothing more was done."
+                               f" Try again, or tell the bot's owners (reference `{ref}`).")
+
+    app.command("/erp")(ack=acknowledge, lazy=[runtime.work.track(run)])

@@ -1,0 +1,162 @@
+"""Real parts for tests: moto's server, the local Slack workspace, the bot as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+SIGNING_SECRET = "sandbox-signing-secret-0123456789abcdef"
+BOT_TOKEN = "xoxb-0000000000-erp-sandbox-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - localhost only
+            return
+        except urllib.error.HTTPError:
+            return  # it answers, even if not 200
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, str, dict[str, str]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return resp.status, resp.read().decode(), dict(resp.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), dict(e.headers)
+
+
+class MotoServer:
+    """moto in server mode, as its own process: boto3 reaches it over HTTP like real AWS."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_http(f"{self.url}/moto-api/", proc=self.proc)
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2"}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class BackgroundLoop:
+    """An asyncio loop in a thread, for servers the test process hosts (the local Slack)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def serve(self, app: web.Application) -> tuple[web.AppRunner, int]:
+        async def start() -> tuple[web.AppRunner, int]:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return runner, runner.addresses[0][1]
+        return self.run(start())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def base_config(queue_url: str, table: str) -> dict[str, Any]:
+    services = {
+        name: {"image_repository": f"erp/{name}-service", "log_group": f"/erp/{{env}}/{name}-service",
+               "deployment": f"{name}-service"}
+        for name in ("employee", "approval-request", "approval-processing", "notification")
+    }
+    return {
+        "pipeline": "erp-pipeline",
+        "events_queue_url": queue_url,
+        "state_table": table,
+        "environments": {
+            "dev": {"namespace": "erp-dev", "release": "erp", "channel": "C0DEV", "approval": False},
+            "prod": {"namespace": "erp-prod", "release": "erp", "channel": "C0PROD", "approval": True,
+                     "approvers": ["U0APPR1", "S0ONCALL"], "deployers": ["U0DEV1", "S0APPROVERS"]},
+        },
+        "services": services,
+        "oncall_channels": ["C0ONCALL"],
+    }
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class BotProcess:
+    """`python -m bot serve` as its own process, exactly as it runs in the cluster."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        full_env = {**os.environ, **env, "PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"],
+                                     env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_for_http(f"{self.url}/healthz", proc=self.proc)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        self._log.flush()
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                lines.append({"raw": line})
+        return lines
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(25)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

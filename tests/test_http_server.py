@@ -1,0 +1,190 @@
+"""The real server process, reached as Slack reaches it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.sandbox.slack_signing import signed_headers, slash_command_body
+from bot.sandbox.slack_workspace import Fault, SlackWorkspace
+from tests.support import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    BackgroundLoop,
+    BotProcess,
+    base_config,
+    http,
+    write_config,
+)
+
+
+def command_body(text: str, user: str = "U0DEV1", channel: str = "C0DEV") -> str:
+    return slash_command_body(text=text, user_id=user, user_name="dana", channel_id=channel, channel_name="erp-dev",
+                              response_url="http://127.0.0.1:9/response/x", trigger_id="1.2")
+
+
+def post_command(bot: BotProcess, body: str, headers: dict[str, str]) -> tuple[int, str]:
+    status, text, _ = http("POST", f"{bot.url}/slack/events", body.encode(), headers)
+    return status, text
+
+
+def test_signed_help_is_answered_in_the_ack(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    status, reply = background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help"))
+    assert status == 200
+    answer = json.loads(reply)
+    assert answer["response_type"] == "ephemeral"
+    shown = json.dumps(answer["blocks"])
+    for verb in ("deploy", "rollback", "logs", "scan", "status", "history"):
+        assert f"/erp {verb}" in shown
+    assert "`employee`" in shown and "`prod`" in shown
+    # the user sees it as an ephemeral message in the channel where they typed
+    [msg] = slack.ephemerals("U0DEV1")
+    assert msg.channel == "C0DEV" and "deploy" in json.dumps(msg.blocks)
+
+
+def test_help_for_one_verb_gives_examples(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    _, reply = background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help logs"))
+    shown = json.dumps(json.loads(reply)["blocks"])
+    assert "/erp logs notification prod 30m ERROR" in shown
+    assert "/erp deploy" not in shown
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong secret", "stale", "altered body", "future"])
+def test_badly_signed_requests_get_401_and_nothing_runs(bot: BotProcess, slack: SlackWorkspace, case: str):
+    body = command_body("deploy employee dev")
+    if case == "unsigned":
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    elif case == "wrong secret":
+        headers = signed_headers("not-the-signing-secret-at-all", body)
+    elif case == "stale":
+        headers = signed_headers(SIGNING_SECRET, body, int(time.time()) - 301)
+    elif case == "future":
+        headers = signed_headers(SIGNING_SECRET, body, int(time.time()) + 3600)
+    else:
+        headers = signed_headers(SIGNING_SECRET, body)
+        body = body.replace("employee", "notification")
+    status, text = post_command(bot, body, headers)
+    assert status == 401
+    assert "not available" not in text and "deploy" not in text
+    time.sleep(0.3)
+    assert slack.calls == []
+    assert "erp_chatops_command_seconds_count" not in http("GET", f"{bot.url}/metrics")[1]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("deploy employe prod", "Unknown service `employe`: did you mean `employee`?"),
+    ("deploy employee prdo", "Unknown environment `prdo`: did you mean `prod`?"),
+    ("deplyo employee prod", "Unknown command `deplyo`: did you mean `/erp deploy`?"),
+    ("logs notification prod 15x", "Cannot read the time window `15x`"),
+    ("deploy employee prod", "`/erp deploy` is not available yet"),
+])
+def test_mistakes_get_a_one_line_ephemeral_answer(bot: BotProcess, slack: SlackWorkspace,
+                                                  background_loop: BackgroundLoop, text: str, expected: str):
+    status, reply = background_loop.run(slack.send_command("U0DEV1", "C0DEV", text))
+    assert status == 200
+    answer = json.loads(reply)
+    assert answer["response_type"] == "ephemeral"
+    assert expected in answer["text"]
+    assert "\n" not in answer["text"]
+    assert "Traceback" not in reply
+
+
+def test_malformed_bodies_never_get_a_5xx(bot: BotProcess):
+    for body in ["", "payload=%7Bnot-json", "payload=" + "x" * 5000, "command=/erp&text=%ff%fe",
+                 "payload=%7B%22type%22%3A%22block_actions%22%7D"]:
+        status, _ = post_command(bot, body, signed_headers(SIGNING_SECRET, body))
+        assert status < 500, body[:40]
+    huge = "text=" + "a" * (300 * 1024)
+    status, _ = post_command(bot, huge, signed_headers(SIGNING_SECRET, huge))
+    assert status == 413
+
+
+def test_health_readiness_and_metrics(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    assert http("GET", f"{bot.url}/healthz")[0] == 200
+    status, body, _ = http("GET", f"{bot.url}/readyz")
+    assert status == 200, body
+    details = json.loads(body)
+    assert details["status"] == "ready"
+    assert details["slack"].startswith("ok") and details["aws"] == "ok" and "config.yaml" in details["config"]
+    assert slack.calls_to("auth.test")
+
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help"))
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employe prod"))
+    post_command(bot, "x=1", {"Content-Type": "application/x-www-form-urlencoded"})
+    status, text, headers = http("GET", f"{bot.url}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'erp_chatops_http_requests_total{route="/slack/events",status="200"} 2.0' in text
+    assert 'erp_chatops_http_requests_total{route="/slack/events",status="401"} 1.0' in text
+    assert 'erp_chatops_command_seconds_count{verb="help"} 1.0' in text
+    assert 'erp_chatops_command_seconds_count{verb="invalid"} 1.0' in text
+    for family in ("erp_chatops_events_processed", "erp_chatops_events_failed", "erp_chatops_slack_api_errors",
+                   "erp_chatops_aws_api_errors"):
+        assert f"# TYPE {family}_total counter" in text or f"# TYPE {family} counter" in text
+
+
+def test_readyz_rides_out_a_slack_rate_limit(bot: BotProcess, slack: SlackWorkspace):
+    slack.faults.append(Fault("auth.test", status=429, error="ratelimited", retry_after=1))
+    status, body, _ = http("GET", f"{bot.url}/readyz")
+    assert status == 200, body
+    assert [c.ok for c in slack.calls_to("auth.test")] == [False, True]
+
+
+def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
+                                     aws_resources: dict[str, str], background_loop: BackgroundLoop):
+    cfg = write_config(tmp_path / "missing-table.yaml", base_config(aws_resources["queue_url"], "no-such-table"))
+    process = BotProcess({**bot_env, "BOT_CONFIG": str(cfg), "SLACK_BOT_TOKEN": "xoxb-revoked-token"},
+                         tmp_path / "bot2.log")
+    try:
+        status, body, _ = http("GET", f"{process.url}/readyz")
+        assert status == 503
+        details = json.loads(body)
+        assert details["aws"] == "failed: ResourceNotFoundException"
+        assert details["slack"] == "failed: SlackApiError"
+        assert "metrics" not in body and "xoxb" not in body
+        assert 'erp_chatops_aws_api_errors_total{code="ResourceNotFoundException",operation="DescribeTable"' \
+               in http("GET", f"{process.url}/metrics")[1]
+    finally:
+        process.stop()
+
+
+def test_sigterm_drains_and_exits_cleanly(bot: BotProcess):
+    started = time.monotonic()
+    bot.proc.send_signal(signal.SIGTERM)
+    code = bot.proc.wait(25)
+    assert code == 0
+    assert time.monotonic() - started < 20
+    messages = [line.get("message", "") for line in bot.log_lines()]
+    assert any(m.startswith("shutting down") for m in messages) and "stopped" in messages
+
+
+def test_logs_are_json_lines_without_secrets(bot: BotProcess, slack: SlackWorkspace,
+                                             background_loop: BackgroundLoop):
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help"))
+    bot.stop()
+    text = bot.log_path.read_text()
+    assert text.strip()
+    for line in text.splitlines():
+        entry = json.loads(line)
+        assert {"time", "level", "message"} <= entry.keys()
+    assert BOT_TOKEN not in text and SIGNING_SECRET not in text
+
+
+@pytest.mark.parametrize(("setup", "expected"), [
+    ({"BOT_CONFIG": ""}, "BOT_CONFIG is not set"),
+    ({"SLACK_BOT_TOKEN": "", "SLACK_SECRET_ID": ""}, "missing SLACK_BOT_TOKEN"),
+    ({"BOT_CONFIG": "/nonexistent/erp.yaml"}, "/nonexistent/erp.yaml: cannot read the file"),
+])
+def test_startup_errors_are_one_line(bot_env: dict[str, str], setup: dict[str, str], expected: str):
+    env = {**bot_env, **setup}
+    result = subprocess.run([sys.executable, "-m", "bot", "serve"], env=env, capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
