@@ -147,7 +147,8 @@ class StateStore:
                 resp = await self.aws.call("dynamodb", "query", **params)
                 for raw in resp.get("Items", []):
                     item = _from_item(raw)
-                    records.append(AuditRecord(**{k: item.get(k) for k in AuditRecord.__dataclass_fields__}))
+                    fields = {k: item[k] for k in AuditRecord.__dataclass_fields__ if k in item}
+                    records.append(AuditRecord(**fields))
                     found += 1
                 if "LastEvaluatedKey" not in resp:
                     break

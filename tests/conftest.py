@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
+from bot.aws import AwsClients
+from bot.sandbox.seed import create_events_queue, create_state_table
 from bot.sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
     BOT_TOKEN,
@@ -50,18 +51,9 @@ def aws_resources(moto: MotoServer) -> dict[str, str]:
     """A fresh state table and events queue (with its DLQ) per test, so tests never share state."""
     suffix = uuid.uuid4().hex[:8]
     table = f"erp-chatops-state-{suffix}"
-    ddb = boto3.client("dynamodb")
-    ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                           {"AttributeName": "sk", "AttributeType": "S"}],
-                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                                {"AttributeName": "sk", "KeyType": "RANGE"}])
-    ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
-    sqs = boto3.client("sqs")
-    dlq = sqs.create_queue(QueueName=f"erp-chatops-events-dlq-{suffix}")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    queue = sqs.create_queue(QueueName=f"erp-chatops-events-{suffix}", Attributes={
-        "RedrivePolicy": f'{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"3"}}'})["QueueUrl"]
+    aws = AwsClients()
+    create_state_table(aws, table)
+    queue, dlq = create_events_queue(aws, f"erp-chatops-events-{suffix}", f"erp-chatops-events-dlq-{suffix}")
     return {"table": table, "queue_url": queue, "dlq_url": dlq}
 
 

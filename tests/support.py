@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
+from bot.sandbox.local_aws import LocalAws
+from bot.sandbox.seed import sandbox_config
+
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
@@ -38,7 +41,7 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] |
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
         try:
-            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - localhost only
+            urllib.request.urlopen(url, timeout=1).close()
             return
         except urllib.error.HTTPError:
             return  # it answers, even if not 200
@@ -49,32 +52,15 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] |
 
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, str, dict[str, str]]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read().decode(), dict(resp.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(), dict(e.headers)
 
 
-class MotoServer:
-    """moto in server mode, as its own process: boto3 reaches it over HTTP like real AWS."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_http(f"{self.url}/moto-api/", proc=self.proc)
-
-    def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_REGION": "ap-northeast-2", "AWS_DEFAULT_REGION": "ap-northeast-2"}
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+MotoServer = LocalAws  # moto in server mode, as its own process
 
 
 class BackgroundLoop:
@@ -103,23 +89,7 @@ class BackgroundLoop:
 
 
 def base_config(queue_url: str, table: str) -> dict[str, Any]:
-    services = {
-        name: {"image_repository": f"erp/{name}-service", "log_group": f"/erp/{{env}}/{name}-service",
-               "deployment": f"{name}-service"}
-        for name in ("employee", "approval-request", "approval-processing", "notification")
-    }
-    return {
-        "pipeline": "erp-pipeline",
-        "events_queue_url": queue_url,
-        "state_table": table,
-        "environments": {
-            "dev": {"namespace": "erp-dev", "release": "erp", "channel": "C0DEV", "approval": False},
-            "prod": {"namespace": "erp-prod", "release": "erp", "channel": "C0PROD", "approval": True,
-                     "approvers": ["U0APPR1", "S0ONCALL"], "deployers": ["U0DEV1", "S0APPROVERS"]},
-        },
-        "services": services,
-        "oncall_channels": ["C0ONCALL"],
-    }
+    return sandbox_config(queue_url, table)
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

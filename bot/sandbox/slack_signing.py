@@ -18,7 +18,7 @@ FORM = "application/x-www-form-urlencoded"
 
 def signed_headers(signing_secret: str, body: str, timestamp: int | None = None) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
-    signature = SignatureVerifier(signing_secret).generate_signature(timestamp=ts, body=body)
+    signature = SignatureVerifier(signing_secret).generate_signature(timestamp=ts, body=body) or ""
     return {"Content-Type": FORM, "X-Slack-Request-Timestamp": ts, "X-Slack-Signature": signature}
 
 

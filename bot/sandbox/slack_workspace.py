@@ -110,6 +110,7 @@ class SlackWorkspace:
         self._responses: dict[str, dict[str, Any]] = {}  # response_url token -> origin
         self._triggers: dict[str, str] = {}  # trigger_id -> user id
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self.command_log: list[dict[str, str]] = []  # what people typed, for the page
 
     # --- helpers for tests and the page ------------------------------------------
 
@@ -192,7 +193,9 @@ class SlackWorkspace:
             text=text, user_id=user, user_name=self.people[user].name if user in self.people else user,
             channel_id=channel, channel_name=self.channels.get(channel, channel),
             response_url=response_url, trigger_id=self._new_trigger(user), command=command)
-        self._publish("command", user=user, channel=channel, text=f"{command} {text}".strip())
+        self.command_log.append({"user": user, "channel": channel, "text": f"{command} {text}".strip(),
+                                 "ts": self._next_ts()})
+        self._publish("command", user=user, channel=channel)
         status, reply = await self._deliver(body)
         if status == 200 and reply.strip():
             try:
@@ -230,7 +233,8 @@ class SlackWorkspace:
     async def submit_view(self, user: str, view_id: str, values: dict[str, dict[str, str]]) -> tuple[int, str]:
         """Submit a modal; `values` maps block_id -> {action_id: typed text}."""
         view = self.views[view_id]
-        state = {b: {a: {"type": "plain_text_input", "value": v} for a, v in acts.items()} for b, acts in values.items()}
+        state = {block: {action: {"type": "plain_text_input", "value": text} for action, text in typed.items()}
+                 for block, typed in values.items()}
         payload = {
             "type": "view_submission",
             "team": {"id": TEAM_ID, "domain": "erp-team"},

@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+# The bot's image: Python 3.11 slim, no compilers in the final stage, runs as non-root,
+# helm pinned by version and checksum (the same version the tests build).
+
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY handlers ./handlers
+RUN /opt/venv/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim-bookworm AS helm
+ARG HELM_VERSION=3.16.2
+ARG HELM_SHA256=9318379b847e333460d33d291d4c088156299a26cd93d570a7f5d0c36e50b5bb
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ADD https://get.helm.sh/helm-v${HELM_VERSION}-linux-amd64.tar.gz /tmp/helm.tar.gz
+RUN echo "${HELM_SHA256}  /tmp/helm.tar.gz" | sha256sum -c - \
+    && tar -xzf /tmp/helm.tar.gz -C /tmp \
+    && install -m 0755 /tmp/linux-amd64/helm /usr/local/bin/helm
+
+FROM python:3.11-slim-bookworm
+LABEL org.opencontainers.image.title="erp-chatops" \
+      org.opencontainers.image.description="Slack bot for the ERP platform's delivery"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HELM_BIN=/usr/local/bin/helm \
+    HELM_CACHE_HOME=/tmp/helm/cache \
+    HELM_CONFIG_HOME=/tmp/helm/config \
+    HELM_DATA_HOME=/tmp/helm/data \
+    PORT=3000
+RUN groupadd --system --gid 10001 erp && useradd --system --uid 10001 --gid erp --no-create-home erp
+COPY --from=build /opt/venv /opt/venv
+COPY --from=helm /usr/local/bin/helm /usr/local/bin/helm
+USER 10001:10001
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=3s CMD ["python", "-c", "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT','3000'), timeout=2)"]
+ENTRYPOINT ["python", "-m", "bot", "serve"]

@@ -1,0 +1,34 @@
+# Every target makes and uses .venv by itself, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: sandbox test bench lint tools clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+## sandbox: the bot with a local Slack workspace (http://localhost:3000) and local AWS
+sandbox: $(STAMP)
+	$(PY) -m bot sandbox
+
+## test: the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest
+
+## bench: latency, throughput and footprint figures, printed and saved under bench/results/
+bench: $(STAMP)
+	$(PY) -m bench
+
+## lint: ruff and mypy
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bot handlers tests bench
+	$(VENV)/bin/mypy bot handlers
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

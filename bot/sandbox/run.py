@@ -1,0 +1,72 @@
+"""`python -m bot sandbox`: the whole system on one machine, nothing to sign up for.
+
+Starts moto's server (seeded with the ERP resources), the local Slack
+workspace with its web page on PORT (default 3000), and the bot itself wired
+to both, reading its Slack credentials from the local Secrets Manager as it
+would in the cluster. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from bot.aws import AwsClients
+from bot.sandbox.local_aws import LocalAws, free_port
+from bot.sandbox.page import add_page_routes
+from bot.sandbox.seed import SLACK_SECRET_ID, sandbox_config, seed_all
+from bot.sandbox.slack_workspace import SlackWorkspace
+
+
+async def _main(host: str, port: int) -> int:
+    from bot.app import build_bot
+    from bot.http_server import serve
+
+    aws_proc = LocalAws()
+    workdir = Path(tempfile.mkdtemp(prefix="erp-chatops-sandbox-"))
+    try:
+        os.environ.update(aws_proc.env())  # boto3 finds local AWS through its own endpoint resolution
+        bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
+        signing_secret = secrets.token_hex(16)
+        seeded = seed_all(AwsClients(), bot_token, signing_secret)
+        config_path = workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(sandbox_config(seeded["queue_url"], seeded["table"]), sort_keys=False))
+
+        workspace = SlackWorkspace(bot_token=bot_token, signing_secret=signing_secret)
+        app = workspace.web_app()
+        add_page_routes(app, workspace)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        workspace.base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104
+
+        bot_port = free_port()
+        bot = build_bot(environ={
+            "BOT_CONFIG": str(config_path),
+            "SLACK_SECRET_ID": SLACK_SECRET_ID,
+            "SLACK_API_URL": f"{workspace.base_url}/api/",
+        })
+        workspace.bot_url = f"http://127.0.0.1:{bot_port}/slack/events"
+        print(f"\n  erp-chatops sandbox is up: open http://localhost:{port}\n"
+              f"  (bot on :{bot_port}, local AWS on {aws_proc.url}; Ctrl-C stops everything)\n",
+              file=sys.stderr, flush=True)
+        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port)
+        await runner.cleanup()
+        return 0
+    finally:
+        aws_proc.stop()
+
+
+def run_sandbox(port: int = 3000, host: str = "127.0.0.1") -> int:
+    try:
+        return asyncio.run(_main(host, port))
+    except OSError as e:
+        print(f"erp-chatops sandbox: cannot start: {e}", file=sys.stderr)
+        return 2
