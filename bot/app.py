@@ -6,6 +6,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from slack_bolt.async_app import AsyncApp
@@ -13,6 +14,7 @@ from slack_bolt.async_app import AsyncApp
 import handlers
 from bot.aws import AwsClients
 from bot.config import Config, load_config
+from bot.event_consumer import EventConsumer
 from bot.http_server import build_http_app
 from bot.jsonlog import redactor
 from bot.metrics import Metrics
@@ -30,6 +32,7 @@ class Bot:
     runtime: Runtime
     bolt: AsyncApp
     http: web.Application
+    consumer: EventConsumer[Any]
 
 
 def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = None) -> Bot:
@@ -51,4 +54,6 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     )
     runtime = Runtime.build(config, client, aws, metrics)
     handlers.register(bolt, runtime)
-    return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt))
+    return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
+               consumer=EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,
+                                      wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5"))))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws import AwsClients
+from bot.card_store import CardStore
 from bot.command_parser import CommandParser
 from bot.config import Config
 from bot.inflight import InFlight
@@ -24,14 +25,16 @@ class Runtime:
     state: StateStore
     policy: AccessPolicy
     parser: CommandParser
+    cards: CardStore
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:
+        state = StateStore(aws, config.state_table)
         return cls(
-            config=config, slack=slack, aws=aws, metrics=metrics,
-            state=StateStore(aws, config.state_table),
+            config=config, slack=slack, aws=aws, metrics=metrics, state=state,
             policy=AccessPolicy(config, slack),
             parser=CommandParser(config),
+            cards=CardStore(state, slack),
         )

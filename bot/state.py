@@ -108,7 +108,44 @@ class StateStore:
                 return False
             raise
 
+    # --- small markers: deploy requests, pending approvals, image -> execution ------
+
+    async def put_marker(self, pk: str, sk: str, ttl_seconds: int, *, only_if_absent: bool = True,
+                         **attrs: Any) -> bool:
+        """False if `only_if_absent` and the marker exists (and has not expired)."""
+        now = int(time.time())
+        item = {"pk": pk, "sk": sk, "ttl": now + ttl_seconds, **attrs}
+        params: dict[str, Any] = {"TableName": self.table, "Item": _to_item(item)}
+        if only_if_absent:
+            # DynamoDB deletes expired items lazily, so an expired marker counts as absent
+            params["ConditionExpression"] = "attribute_not_exists(pk) OR #ttl < :now"
+            params["ExpressionAttributeNames"] = {"#ttl": "ttl"}
+            params["ExpressionAttributeValues"] = _to_item({":now": now})
+        try:
+            await self.aws.call("dynamodb", "put_item", **params)
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def get_marker(self, pk: str, sk: str) -> dict[str, Any] | None:
+        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
+                                   Key=_to_item({"pk": pk, "sk": sk}))
+        item = _from_item(resp["Item"]) if resp.get("Item") else None
+        if item is None or int(item.get("ttl", 0)) < time.time():
+            return None
+        return item
+
+    async def delete_marker(self, pk: str, sk: str) -> None:
+        await self.aws.call("dynamodb", "delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}))
+
     # --- events -----------------------------------------------------------------
+
+    async def event_processed(self, event_id: str) -> bool:
+        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
+                                   Key=_to_item({"pk": f"EVENT#{event_id}", "sk": "SEEN"}))
+        return "Item" in resp
 
     async def mark_event_processed(self, event_id: str) -> bool:
         """True the first time an event id is seen; False for a duplicate delivery."""

@@ -12,16 +12,17 @@ set -euo pipefail
 KUBE_VERSION="${KUBE_VERSION:-v1.31.14}"
 HELM_VERSION="${HELM_VERSION:-v3.16.2}"
 CACHE="${ERP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/erp-chatops-tools}"
-KUBE_DIR="$CACHE/kube-apiserver-$KUBE_VERSION"
-HELM_DIR="$CACHE/helm-$HELM_VERSION"
-BIN="$CACHE/bin-$KUBE_VERSION-$HELM_VERSION"
+KUBE_DIR="$CACHE/kube-apiserver-$KUBE_VERSION-r2"  # r2: version stamped into the binary
+HELM_DIR="$CACHE/helm-$HELM_VERSION-r2"
+BIN="$CACHE/bin-$KUBE_VERSION-$HELM_VERSION-r2"
 
 log() { echo "build-test-tools: $*" >&2; }
 
 if [ ! -x "$HELM_DIR/helm" ]; then
   log "building helm $HELM_VERSION (once)"
   mkdir -p "$HELM_DIR"
-  GOBIN="$HELM_DIR" GOFLAGS=-buildvcs=false go install "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  GOBIN="$HELM_DIR" GOFLAGS=-buildvcs=false go install \
+    -ldflags "-s -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 fi
 
 if [ ! -x "$KUBE_DIR/kube-apiserver" ]; then
@@ -47,7 +48,10 @@ if [ ! -x "$KUBE_DIR/kube-apiserver" ]; then
   (
     cd "$work"
     GOFLAGS=-mod=mod go mod tidy
-    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags=-s -o "$KUBE_DIR/kube-apiserver.partial" \
+    minor="${KUBE_VERSION#v1.}"; minor="${minor%%.*}"
+    stamp="-X k8s.io/component-base/version.gitVersion=${KUBE_VERSION} -X k8s.io/component-base/version.gitMajor=1"
+    stamp="$stamp -X k8s.io/component-base/version.gitMinor=${minor} -X k8s.io/component-base/version.gitTreeState=clean"
+    GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-s $stamp" -o "$KUBE_DIR/kube-apiserver.partial" \
       k8s.io/kubernetes/cmd/kube-apiserver
     mv "$KUBE_DIR/kube-apiserver.partial" "$KUBE_DIR/kube-apiserver"
   )

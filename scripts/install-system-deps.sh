@@ -3,7 +3,10 @@
 set -euo pipefail
 
 need=()
-command -v shellcheck >/dev/null || need+=(shellcheck)
+command -v shellcheck >/dev/null || need+=(shellcheck)   # lints the buildspec's shell
+command -v chromium >/dev/null || need+=(chromium)       # the sandbox page's browser tests
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)  # emoji in its screenshots
+command -v etcd >/dev/null || need+=(etcd-server)        # the real Kubernetes API server's store
 
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

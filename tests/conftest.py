@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.aws import AwsClients
+from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.seed import create_events_queue, create_state_table
 from bot.sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
@@ -74,14 +75,28 @@ def slack(background_loop: BackgroundLoop) -> Iterator[SlackWorkspace]:
 
 
 @pytest.fixture
+def pipeline(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> Iterator[PipelineStandIn]:
+    """The CodePipeline stand-in, fast: each step takes a few hundredths of a second."""
+    stand_in = PipelineStandIn(AwsClients(), aws_resources["queue_url"], step_seconds=0.05)
+    runner, port = background_loop.serve(stand_in.web_app())
+    stand_in.url = f"http://127.0.0.1:{port}"
+    yield stand_in
+    for execution in stand_in.executions.values():
+        if execution.task is not None:
+            background_loop.loop.call_soon_threadsafe(execution.task.cancel)
+    background_loop.run(runner.cleanup())
+
+
+@pytest.fixture
 def config_file(tmp_path: Path, aws_resources: dict[str, str]) -> Path:
     return write_config(tmp_path / "config.yaml", base_config(aws_resources["queue_url"], aws_resources["table"]))
 
 
 @pytest.fixture
-def bot_env(moto: MotoServer, slack: SlackWorkspace, config_file: Path) -> dict[str, str]:
-    return {**moto.env(), "BOT_CONFIG": str(config_file), "SLACK_API_URL": f"{slack.base_url}/api/",
-            "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "LOG_LEVEL": "DEBUG"}
+def bot_env(moto: MotoServer, slack: SlackWorkspace, config_file: Path, pipeline: PipelineStandIn) -> dict[str, str]:
+    return {**moto.env(), "AWS_ENDPOINT_URL_CODEPIPELINE": pipeline.url, "BOT_CONFIG": str(config_file), "SLACK_API_URL": f"{slack.base_url}/api/",
+            "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "LOG_LEVEL": "DEBUG",
+            "QUEUE_WAIT_SECONDS": "1"}
 
 
 @pytest.fixture

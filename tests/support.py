@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -130,3 +130,15 @@ class BotProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition") -> T:
+    """Poll until `check()` returns something truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)

@@ -6,6 +6,7 @@ GET  /ui/events        server-sent events: something changed, fetch the state ag
 POST /ui/command       {user, channel, text}: type a slash command
 POST /ui/click         {user, channel, ts, action_id}: press a button
 POST /ui/submit        {user, view_id, values}: submit a modal
+POST /ui/push          {environment}: a push to main starts the pipeline without Slack
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.slack_workspace import SlackWorkspace
 
 STATIC = Path(__file__).parent / "static"
@@ -34,7 +36,7 @@ def _visible(workspace: SlackWorkspace, user: str) -> list[dict[str, Any]]:
     return out
 
 
-def add_page_routes(app: web.Application, workspace: SlackWorkspace) -> None:
+def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: PipelineStandIn | None = None) -> None:
     async def index(_: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -95,6 +97,14 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace) -> None:
                 errors = json.loads(reply).get("errors", {})
         return web.json_response({"ok": status == 200 and not errors, "errors": errors})
 
+    async def push(request: web.Request) -> web.StreamResponse:
+        if pipeline is None:
+            return web.json_response({"ok": False, "error": "no pipeline in this sandbox"}, status=404)
+        body = await request.json()
+        execution = pipeline.start_from_push(str(body.get("environment", "dev")))
+        return web.json_response({"ok": True, "execution_id": execution.id})
+
+    app.router.add_post("/ui/push", push)
     app.router.add_get("/", index)
     app.router.add_get("/ui/state", state)
     app.router.add_get("/ui/events", events)

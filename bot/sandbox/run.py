@@ -1,9 +1,11 @@
 """`python -m bot sandbox`: the whole system on one machine, nothing to sign up for.
 
-Starts moto's server (seeded with the ERP resources), the local Slack
-workspace with its web page on PORT (default 3000), and the bot itself wired
-to both, reading its Slack credentials from the local Secrets Manager as it
-would in the cluster. Ctrl-C stops everything.
+Starts moto's server (seeded with the ERP resources), the CodePipeline
+stand-in, the local Slack workspace with its web page on PORT (default 3000),
+and the bot itself wired to them, reading its Slack credentials from the local
+Secrets Manager as it would in the cluster. Ctrl-C stops everything.
+SANDBOX_FAIL_BUILD=<service>, SANDBOX_CRITICAL_SCAN=<service> or
+SANDBOX_FAIL_DEPLOY=1 show the failure paths.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from bot.aws import AwsClients
+from bot.sandbox.codepipeline import Faults, PipelineStandIn
 from bot.sandbox.local_aws import LocalAws, free_port
 from bot.sandbox.page import add_page_routes
 from bot.sandbox.seed import SLACK_SECRET_ID, sandbox_config, seed_all
@@ -39,9 +42,19 @@ async def _main(host: str, port: int) -> int:
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(sandbox_config(seeded["queue_url"], seeded["table"]), sort_keys=False))
 
+        faults = Faults(fail_build=_names("SANDBOX_FAIL_BUILD"), critical_scan=_names("SANDBOX_CRITICAL_SCAN"),
+                        fail_deploy=os.environ.get("SANDBOX_FAIL_DEPLOY") == "1")
+        pipeline = PipelineStandIn(AwsClients(), seeded["queue_url"],
+                                   step_seconds=float(os.environ.get("SANDBOX_STEP_SECONDS", "1.5")), faults=faults)
+        pipeline_runner = web.AppRunner(pipeline.web_app(), access_log=None)
+        await pipeline_runner.setup()
+        pipeline_port = free_port()
+        await web.TCPSite(pipeline_runner, "127.0.0.1", pipeline_port).start()
+        os.environ["AWS_ENDPOINT_URL_CODEPIPELINE"] = f"http://127.0.0.1:{pipeline_port}"
+
         workspace = SlackWorkspace(bot_token=bot_token, signing_secret=signing_secret)
         app = workspace.web_app()
-        add_page_routes(app, workspace)
+        add_page_routes(app, workspace, pipeline)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
@@ -57,11 +70,16 @@ async def _main(host: str, port: int) -> int:
         print(f"\n  erp-chatops sandbox is up: open http://localhost:{port}\n"
               f"  (bot on :{bot_port}, local AWS on {aws_proc.url}; Ctrl-C stops everything)\n",
               file=sys.stderr, flush=True)
-        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port)
+        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=[bot.consumer.run])
         await runner.cleanup()
+        await pipeline_runner.cleanup()
         return 0
     finally:
         aws_proc.stop()
+
+
+def _names(variable: str) -> set[str]:
+    return {n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()}
 
 
 def run_sandbox(port: int = 3000, host: str = "127.0.0.1") -> int:

@@ -401,6 +401,19 @@ class SlackWorkspace:
         self._publish("message", channel=channel, ts=msg.ts)
         return {"ok": True, "channel": channel, "ts": msg.ts, "text": msg.text, "message": msg.as_slack()}
 
+    def m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_id(args.get("channel"))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        msg = self.find(channel, str(args.get("ts", "")))
+        if msg is None:
+            return {"ok": False, "error": "message_not_found"}
+        if msg.user != BOT_USER_ID:
+            return {"ok": False, "error": "cant_delete_message"}
+        self.messages.remove(msg)
+        self._publish("message", channel=channel, ts=msg.ts)
+        return {"ok": True, "channel": channel, "ts": msg.ts}
+
     def m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel_id(args.get("channel"))
         if channel is None:

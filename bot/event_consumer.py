@@ -1,0 +1,134 @@
+"""Competing consumer of the events queue (EventBridge rule -> SQS -> here).
+
+Delivery is at least once and unordered: duplicates are skipped through the
+processed-event ids in the state store, and the card logic tolerates any order.
+Each received batch is handled, then every touched card is brought up to date
+once (fewer Slack edits), and only then are the messages marked processed and
+deleted: a message is deleted only after its effect is durable. One that cannot
+be read is made visible again at once, so the queue's redrive policy moves it
+to the dead-letter queue after a few receives; one whose handling fails backs
+off. Every failure is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from bot.jsonlog import execution_id as execution_id_var
+from bot.jsonlog import log_fields
+from bot.pipeline_events import MalformedEvent, PipelineEvent, parse_event
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Change = TypeVar("Change")
+DEFAULT_WAIT_SECONDS = 5  # long poll; short enough that shutdown never waits long on it
+BATCH = 10
+MAX_BACKOFF = 300
+
+
+@dataclass
+class _Handled(Generic[Change]):
+    receipt: str
+    event: PipelineEvent
+    change: Change | None
+
+
+class EventConsumer(Generic[Change]):
+    def __init__(self, runtime: Runtime, handler: Callable[[PipelineEvent, Runtime], Awaitable[Change | None]],
+                 publisher: Callable[[Runtime, list[Change]], Awaitable[None]], concurrency: int = 4,
+                 wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
+        self.runtime = runtime
+        self.handler = handler
+        self.publisher = publisher
+        self.wait_seconds = wait_seconds
+        self.queue_url = runtime.config.events_queue_url
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def run(self) -> None:
+        log.info("consuming events from the queue")
+        while not self.runtime.draining:
+            try:
+                resp = await self.runtime.aws.call(
+                    "sqs", "receive_message", QueueUrl=self.queue_url, MaxNumberOfMessages=BATCH,
+                    WaitTimeSeconds=self.wait_seconds, AttributeNames=["ApproximateReceiveCount"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("cannot receive from the events queue: %s", e)
+                await asyncio.sleep(2)
+                continue
+            messages = resp.get("Messages", [])
+            if messages:
+                await self.process_batch(messages)
+
+    async def process_batch(self, messages: list[dict[str, Any]]) -> None:
+        async def guarded(m: dict[str, Any]) -> _Handled[Change] | None:
+            async with self._limit:
+                return await self._handle(m)
+
+        handled = [h for h in await asyncio.gather(*(guarded(m) for m in messages)) if h is not None]
+        if not handled:
+            return
+        metrics = self.runtime.metrics
+        try:
+            await self.publisher(self.runtime, [h.change for h in handled if h.change is not None])
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # Slack down, say: the messages come back and the cards catch up then
+            log.warning("could not bring %d card(s) up to date: %s", len(handled), e, exc_info=True)
+            for h in handled:
+                metrics.events_failed.labels(h.event.kind).inc()
+                await self._retry_later(h.receipt, 5)
+            return
+        for h in handled:
+            await self.runtime.state.mark_event_processed(h.event.event_id)
+            await self._delete(h.receipt)
+            metrics.events_processed.labels(h.event.kind).inc()
+
+    async def _handle(self, message: dict[str, Any]) -> _Handled[Change] | None:
+        receipt = message["ReceiptHandle"]
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        metrics = self.runtime.metrics
+        try:
+            event = parse_event(message.get("Body", ""))
+        except MalformedEvent as e:
+            metrics.events_failed.labels("malformed").inc()
+            log.warning("unreadable queue message (receive %d): %s; it goes to the dead-letter queue", receives, e,
+                        extra=log_fields(message_id=message.get("MessageId"), reason=str(e)))
+            await self._retry_later(receipt, 0)
+            return None
+        if event is None:
+            log.debug("event type the bot does not handle, dropped")
+            await self._delete(receipt)
+            return None
+        token = execution_id_var.set(event.execution_id)
+        try:
+            if await self.runtime.state.event_processed(event.event_id):
+                metrics.events_processed.labels("duplicate").inc()
+                await self._delete(receipt)
+                return None
+            return _Handled(receipt, event, await self.handler(event, self.runtime))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            metrics.events_failed.labels(event.kind).inc()
+            log.warning("event %s (%s) failed on receive %d: %s", event.event_id, event.kind, receives, e,
+                        exc_info=True, extra=log_fields(reason=str(e)))
+            await self._retry_later(receipt, min(MAX_BACKOFF, 2 ** receives))
+            return None
+        finally:
+            execution_id_var.reset(token)
+
+    async def _delete(self, receipt: str) -> None:
+        await self.runtime.aws.call("sqs", "delete_message", QueueUrl=self.queue_url, ReceiptHandle=receipt)
+
+    async def _retry_later(self, receipt: str, seconds: int) -> None:
+        with contextlib.suppress(Exception):  # if this fails, the visibility timeout does the same job
+            await self.runtime.aws.call("sqs", "change_message_visibility", QueueUrl=self.queue_url,
+                                        ReceiptHandle=receipt, VisibilityTimeout=seconds)

@@ -1,0 +1,116 @@
+"""EventBridge events from the queue, parsed into what the deploy card needs.
+
+Shapes are AWS's documented ones: CodePipeline pipeline/stage/action execution
+state changes, CodeBuild build state and phase changes (whose own timestamps
+look like 'Sep 1, 2017 4:12:29 PM', not ISO), and ECR image scans.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+PIPELINE = "CodePipeline Pipeline Execution State Change"
+STAGE = "CodePipeline Stage Execution State Change"
+ACTION = "CodePipeline Action Execution State Change"
+BUILD = "CodeBuild Build State Change"
+BUILD_PHASE = "CodeBuild Build Phase Change"
+ECR_SCAN = "ECR Image Scan"
+INSPECTOR_SCAN = "Inspector2 Scan"
+KNOWN = {PIPELINE: "pipeline", STAGE: "stage", ACTION: "action", BUILD: "build", BUILD_PHASE: "build_phase",
+         ECR_SCAN: "scan", INSPECTOR_SCAN: "scan"}
+MAX_BODY = 256 * 1024  # SQS's own limit; anything bigger is not ours
+
+
+class MalformedEvent(Exception):
+    """The message is not an event we can read; it goes to the dead-letter queue."""
+
+
+@dataclass(frozen=True)
+class PipelineEvent:
+    event_id: str
+    kind: str  # pipeline | stage | action | build | build_phase | scan
+    time: datetime
+    state: str  # STARTED, SUCCEEDED, FAILED, IN_PROGRESS, COMPLETE ...
+    execution_id: str | None = None
+    stage: str | None = None
+    action: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def environment_variables(self) -> dict[str, str]:
+        env = self.detail.get("additional-information", {}).get("environment", {})
+        return {v.get("name", ""): str(v.get("value", "")) for v in env.get("environment-variables", [])
+                if isinstance(v, dict)}
+
+
+def parse_codebuild_time(text: str | None) -> datetime | None:
+    """'Sep 1, 2017 4:12:29 PM' (CodeBuild's event format, UTC) -> datetime."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%b %d, %Y %I:%M:%S %p").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _iso(text: Any) -> datetime:
+    if not isinstance(text, str):
+        raise MalformedEvent("the envelope has no `time`")
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedEvent(f"`time` is not an ISO time: {text[:40]!r}") from None
+
+
+def _require(detail: dict[str, Any], key: str) -> str:
+    value = detail.get(key)
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"`detail.{key}` is missing")
+    return value
+
+
+def parse_event(body: str) -> PipelineEvent | None:
+    """The event in an SQS message body; None for an event type the bot does not handle."""
+    if len(body) > MAX_BODY:
+        raise MalformedEvent(f"message of {len(body)} bytes is larger than any event")
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        raise MalformedEvent("the message body is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise MalformedEvent("the message body is not an EventBridge event")
+    detail_type, detail, event_id = envelope.get("detail-type"), envelope.get("detail"), envelope.get("id")
+    if not isinstance(detail_type, str) or not isinstance(event_id, str) or not event_id:
+        raise MalformedEvent("the message has no EventBridge `id` and `detail-type`")
+    kind = KNOWN.get(detail_type)
+    if kind is None:
+        return None
+    if not isinstance(detail, dict):
+        raise MalformedEvent(f"{detail_type} without a `detail` object")
+    when = _iso(envelope.get("time"))
+    if kind in ("pipeline", "stage", "action"):
+        return PipelineEvent(
+            event_id=event_id, kind=kind, time=when, state=_require(detail, "state"),
+            execution_id=_require(detail, "execution-id"),
+            stage=_require(detail, "stage") if kind != "pipeline" else None,
+            action=_require(detail, "action") if kind == "action" else None,
+            detail=detail)
+    if kind in ("build", "build_phase"):
+        _require(detail, "build-id")
+        event = PipelineEvent(event_id=event_id, kind=kind, time=when,
+                              state=str(detail.get("build-status") or detail.get("completed-phase-status") or ""),
+                              detail=detail)
+        execution_id = event.environment_variables.get("PIPELINE_EXECUTION_ID") or None
+        return PipelineEvent(event_id=event_id, kind=kind, time=when, state=event.state,
+                             execution_id=execution_id, detail=detail)
+    # scans: ECR's basic scan names the repository; Inspector's names it by ARN
+    if detail_type == INSPECTOR_SCAN:
+        arn = detail.get("repository-name", "")
+        if isinstance(arn, str) and arn.startswith("arn:"):
+            detail = {**detail, "repository-name": arn.split(":repository/", 1)[-1]}
+    _require(detail, "repository-name")
+    return PipelineEvent(event_id=event_id, kind="scan", time=when, state=str(detail.get("scan-status", "")),
+                         detail=detail)

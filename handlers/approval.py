@@ -1,0 +1,201 @@
+"""Approve / Reject on a prod deploy card.
+
+Only a configured approver may decide, never the person who asked for the
+deploy. The decision is claimed on the card with a conditional write before
+CodePipeline is told, so of two approvers clicking at once one wins and the
+other is told it was already decided. Reject asks for a reason in a modal.
+Every decision, and every refusal, is an audit record.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, SectionBlock
+from slack_sdk.models.views import View
+
+from bot.aws import BotoCoreError, ClientError, error_code
+from bot.deploy_card import (
+    APPROVE_ACTION,
+    REJECT_ACTION,
+    REJECT_VIEW,
+    ROLLBACK_ACTION,
+    DeployCard,
+)
+from bot.runtime import Runtime
+from bot.state import AuditRecord
+from handlers.pipeline_events import APPROVAL_STAGE, _approval_token, _clear_pending
+
+log = logging.getLogger(__name__)
+
+MIN_REASON = 3
+GONE_CODES = ("ApprovalAlreadyCompletedException", "InvalidApprovalTokenException")
+
+
+async def _tell(runtime: Runtime, channel: str, user: str, text: str) -> None:
+    try:
+        await runtime.slack.chat_postEphemeral(channel=channel, user=user, text=text)
+    except SlackApiError as e:
+        log.warning("could not answer %s: %s", user, e.response.get("error"))
+
+
+async def _audit(runtime: Runtime, card: DeployCard, user: str, action: str, outcome: str,
+                 detail: str | None = None) -> None:
+    await runtime.state.record_audit(AuditRecord(actor=user, action=action, environment=card.environment,
+                                                 service=card.service, outcome=outcome, detail=detail,
+                                                 execution_id=card.execution_id))
+
+
+async def _open_card(runtime: Runtime, execution_id: str, user: str, channel: str,
+                     verb: str) -> DeployCard | None:
+    """The card if it can still be decided by this user; otherwise they are told why not."""
+    loaded = await runtime.cards.load(execution_id)
+    if loaded is None:
+        await _tell(runtime, channel, user, "This deploy no longer exists, so there is nothing to decide.")
+        return None
+    card = loaded[0]
+    if not card.awaiting_approval:
+        a = card.approval
+        if a.decision in ("Approved", "Rejected"):
+            who = f" by <@{a.decided_by}>" if a.decided_by else ""
+            await _tell(runtime, card.channel, user, f"This deploy was already {a.decision.lower()}{who}.")
+        elif card.finished:
+            await _tell(runtime, card.channel, user, f"This deploy has already ended ({card.status}).")
+        else:
+            await _tell(runtime, card.channel, user, "This deploy is not waiting for approval.")
+        return None
+    decision = await runtime.policy.can_approve(user, card.environment, card.requested_by)
+    if not decision:
+        await _audit(runtime, card, user, verb, "refused", decision.reason)
+        await _tell(runtime, card.channel, user, f":no_entry: {decision.reason}")
+        return None
+    return card
+
+
+async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, status: str,
+                 reason: str | None = None) -> None:
+    verb = "approve" if status == "Approved" else "reject"
+    card = await _open_card(runtime, execution_id, user, channel, verb)
+    if card is None:
+        return
+    claim = {"won": False}
+
+    def take(c: DeployCard) -> None:
+        claim["won"] = False
+        if c.awaiting_approval and c.approval.decision is None:
+            c.approval.decision = "Approving" if status == "Approved" else "Rejecting"
+            c.approval.decided_by = user
+            claim["won"] = True
+
+    result = await runtime.cards.mutate(execution_id, take)
+    if result is None or not claim["won"]:
+        latest = result[0] if result else card
+        who = f"<@{latest.approval.decided_by}>" if latest.approval.decided_by else "someone else"
+        await _tell(runtime, card.channel, user, f"{who} already decided this deploy.")
+        return
+    card = result[0]
+    await runtime.cards.sync_message(execution_id)
+
+    def release(c: DeployCard) -> None:
+        if c.approval.decided_by == user and c.approval.decision in ("Approving", "Rejecting"):
+            c.approval.decision, c.approval.decided_by = None, None
+
+    try:
+        name = user
+        try:
+            info = await runtime.slack.users_info(user=user)
+            name = str(info["user"].get("real_name") or info["user"].get("name") or user)
+        except SlackApiError:
+            pass
+        summary = f"{status} in Slack by {name} ({user})" + (f": {reason}" if reason else "")
+        token = card.approval.token or await _approval_token(runtime, execution_id)
+        if token is None:
+            raise LookupError("no open approval request for this execution")
+        await runtime.aws.call(
+            "codepipeline", "put_approval_result", pipelineName=card.pipeline, stageName=APPROVAL_STAGE,
+            actionName=APPROVAL_STAGE, token=token, result={"summary": summary[:512], "status": status})
+    except (ClientError, BotoCoreError, LookupError) as e:
+        code = error_code(e) if not isinstance(e, LookupError) else "NoOpenApproval"
+        await runtime.cards.mutate(execution_id, release)
+        await runtime.cards.sync_message(execution_id)
+        await _audit(runtime, card, user, verb, "failed", code)
+        if code in GONE_CODES or code == "NoOpenApproval":
+            text = ("This approval is no longer open: it was answered elsewhere (the AWS console?) or has expired."
+                    " The card will show the outcome.")
+        else:
+            text = (f":warning: I could not record your decision (CodePipeline said `{code}`)."
+                    " Nothing changed; try again.")
+        await _tell(runtime, card.channel, user, text)
+        return
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def record(c: DeployCard) -> None:
+        c.approval.decision, c.approval.decided_by, c.approval.decided_at = status, user, now
+        c.approval.reason = reason
+
+    result = await runtime.cards.mutate(execution_id, record)
+    await _audit(runtime, card, user, verb, "ok", reason)
+    if result is not None:
+        await _clear_pending(runtime, result[0])
+    await runtime.cards.sync_message(execution_id)
+
+
+def reject_view(card: DeployCard) -> View:
+    return View(
+        type="modal", callback_id=REJECT_VIEW, private_metadata=card.execution_id,
+        title="Reject deploy", submit="Reject", close="Cancel",
+        blocks=[
+            SectionBlock(text=f"Reject the {card.environment} deploy of *{card.service_label}*"
+                              f" requested by <@{card.requested_by or 'unknown'}>?"),
+            InputBlock(block_id="reason", label="Why? (the requester sees this)",
+                       element=PlainTextInputElement(action_id="reason", multiline=True, max_length=400)),
+        ])
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    async def ack_click(ack: AsyncAck) -> None:
+        await ack()
+
+    async def approve(body: dict[str, Any]) -> None:
+        await decide(runtime, body["actions"][0]["value"], body["user"]["id"],
+                     body.get("channel", {}).get("id", ""), "Approved")
+
+    async def ask_reason(body: dict[str, Any]) -> None:
+        user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
+        card = await _open_card(runtime, body["actions"][0]["value"], user, channel, "reject")
+        if card is not None:
+            await runtime.slack.views_open(trigger_id=body["trigger_id"], view=reject_view(card))
+
+    async def check_reason(ack: AsyncAck, view: dict[str, Any]) -> None:
+        value = view.get("state", {}).get("values", {}).get("reason", {}).get("reason", {}).get("value") or ""
+        if len(value.strip()) < MIN_REASON:
+            await ack(response_action="errors", errors={"reason": "Say why, so the requester knows what to fix."})
+        else:
+            await ack()
+
+    async def reject(body: dict[str, Any], view: dict[str, Any]) -> None:
+        value = view.get("state", {}).get("values", {}).get("reason", {}).get("reason", {}).get("value") or ""
+        if len(value.strip()) < MIN_REASON:
+            return
+        loaded = await runtime.cards.load(view.get("private_metadata", ""))
+        channel = loaded[0].channel if loaded else ""
+        await decide(runtime, view.get("private_metadata", ""), body["user"]["id"], channel, "Rejected",
+                     value.strip())
+
+    async def roll_back(body: dict[str, Any]) -> None:
+        service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
+        await _tell(runtime, body.get("channel", {}).get("id", ""), body["user"]["id"],
+                    f"To roll back, type `/erp rollback {service} {env}`:"
+                    " it shows what will change and asks to confirm.")
+
+    app.action(APPROVE_ACTION)(ack=ack_click, lazy=[runtime.work.track(approve)])
+    app.action(REJECT_ACTION)(ack=ack_click, lazy=[runtime.work.track(ask_reason)])
+    app.view(REJECT_VIEW)(ack=check_reason, lazy=[runtime.work.track(reject)])
+    app.action(ROLLBACK_ACTION)(ack=ack_click, lazy=[runtime.work.track(roll_back)])
+    for link_button in ("open_pipeline", "open_logs"):  # URL buttons still send a click: acknowledge it
+        app.action(link_button)(ack_click)

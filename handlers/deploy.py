@@ -1,0 +1,106 @@
+"""`/erp deploy <service|all> <env>` and `/erp deploy <env>`.
+
+The deploy card is posted in the environment's channel first, so its channel
+and ts can be handed to the pipeline (SLACK_CHANNEL, SLACK_THREAD_TS) for the
+buildspec to reply in its thread. If the pipeline cannot start, the card is
+deleted again: no card without an execution.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from slack_bolt.async_app import AsyncRespond
+from slack_sdk.errors import SlackApiError
+
+from bot.aws import BotoCoreError, ClientError, error_code
+from bot.command_parser import ErpCommand
+from bot.deploy_card import DeployCard, render_card
+from bot.runtime import Runtime
+from bot.state import AuditRecord
+from handlers.erp_command import Invocation
+from handlers.pipeline_events import pending_key
+
+log = logging.getLogger(__name__)
+
+REQUEST_DEDUP_SECONDS = 30  # the same person asking for the same deploy again within this is a double submit
+
+START_ERRORS = {
+    "PipelineNotFoundException": "The pipeline `{pipeline}` does not exist here: check `pipeline` in the bot's config.",
+    "ThrottlingException": "AWS is throttling CodePipeline right now.",
+    "ConcurrentPipelineExecutionsLimitExceededException": "Too many executions of `{pipeline}` are running.",
+    "ValidationException": "CodePipeline refused the request ({detail}).",
+}
+
+
+async def link_to(runtime: Runtime, channel: str, ts: str | None) -> str:
+    if not ts:
+        return f"<#{channel}>"
+    try:
+        resp = await runtime.slack.chat_getPermalink(channel=channel, message_ts=ts)
+        return f"<{resp['permalink']}|the deploy card> in <#{channel}>"
+    except SlackApiError:
+        return f"<#{channel}>"
+
+
+async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    assert command.environment is not None
+    env = runtime.config.environments[command.environment]
+    service = command.service or "changed"
+    target = f"{'all services' if service == 'all' else 'changed services' if service == 'changed' else service}" \
+             f" to {env.name}"
+
+    async def answer(text: str) -> None:
+        await respond(response_type="ephemeral", replace_original=True, text=text)
+
+    async def audit(outcome: str, detail: str | None = None, execution_id: str | None = None) -> None:
+        await runtime.state.record_audit(AuditRecord(actor=who.user_id, action="deploy", environment=env.name,
+                                                     service=service, outcome=outcome, detail=detail,
+                                                     execution_id=execution_id))
+
+    decision = await runtime.policy.can_deploy(who.user_id, env.name)
+    if not decision:
+        await audit("refused", decision.reason)
+        await answer(f":no_entry: {decision.reason}")
+        return
+    for pending_service in {service, "all"}:
+        marker = await runtime.state.get_marker(*pending_key(env.name, pending_service))
+        if marker:
+            link = await link_to(runtime, str(marker.get("channel", env.channel)), marker.get("ts"))
+            await answer(f":lock: A {env.name} deploy of {pending_service} is already waiting for approval: {link}."
+                         " Approve or reject it first.")
+            return
+    if not await runtime.state.put_marker(f"REQ#{who.user_id}", f"{service}#{env.name}", REQUEST_DEDUP_SECONDS):
+        await answer(f"You asked to deploy {target} a moment ago; that deploy is starting in <#{env.channel}>.")
+        return
+
+    card = DeployCard(execution_id="", pipeline=runtime.config.pipeline, environment=env.name, service=service,
+                      channel=env.channel, requested_by=who.user_id, needs_approval=env.approval)
+    text, blocks = render_card(card)
+    posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
+    card.ts = str(posted["ts"])
+    variables = {"SERVICE": service if service != "changed" else " ", "ENVIRONMENT": env.name,
+                 "REQUESTED_BY": who.user_id, "SLACK_CHANNEL": env.channel, "SLACK_THREAD_TS": card.ts}
+    try:
+        started = await runtime.aws.call(
+            "codepipeline", "start_pipeline_execution", name=runtime.config.pipeline,
+            variables=[{"name": k, "value": v} for k, v in variables.items()],
+            clientRequestToken=str(uuid.uuid4()))  # botocore's retries reuse it: one execution per request
+    except (ClientError, BotoCoreError) as e:
+        code = error_code(e)
+        await runtime.slack.chat_delete(channel=env.channel, ts=card.ts)
+        await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
+        reason = START_ERRORS.get(code, "CodePipeline answered `{detail}`." if isinstance(e, ClientError)
+                                  else "I can't reach CodePipeline right now.")
+        await audit("failed", code)
+        log.warning("could not start the pipeline: %s", code)
+        await answer(":warning: " + reason.format(pipeline=runtime.config.pipeline, detail=code)
+                     + " Nothing was started; try again in a minute.")
+        return
+    card.execution_id = str(started["pipelineExecutionId"])
+    await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
+    await runtime.cards.sync_message(card.execution_id)
+    await audit("started", execution_id=card.execution_id)
+    link = await link_to(runtime, env.channel, card.ts)
+    await answer(f":rocket: Deploying {target}: follow {link}.")

@@ -1,0 +1,175 @@
+"""Pipeline, build and scan events from the queue -> the deploy card and its thread.
+
+Executions not started from Slack (a push) get a card too, in the channel of
+the environment their variables name, or the dev channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.aws import ClientError, error_code
+from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card
+from bot.pipeline_events import PipelineEvent
+from bot.policy import mention_list
+from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+APPROVAL_STAGE = "Approval"
+IMAGE_INDEX_TTL = 14 * 86400
+PENDING_TTL = 8 * 86400  # an approval expires after 7 days
+
+
+def pending_key(environment: str, service: str) -> tuple[str, str]:
+    return f"PENDING#{environment}", service
+
+
+def image_key(repository: str, tag: str) -> tuple[str, str]:
+    return f"IMAGE#{repository}", tag
+
+
+def _blank(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+async def ensure_card(runtime: Runtime, execution_id: str) -> DeployCard | None:
+    """The execution's card, created from its own variables if nobody made it yet."""
+    loaded = await runtime.cards.load(execution_id)
+    if loaded is not None:
+        return loaded[0]
+    try:
+        resp = await runtime.aws.call("codepipeline", "get_pipeline_execution",
+                                      pipelineName=runtime.config.pipeline, pipelineExecutionId=execution_id)
+    except ClientError as e:
+        if error_code(e) in ("PipelineExecutionNotFoundException", "PipelineNotFoundException"):
+            log.info("event for an execution the pipeline does not know: %s", execution_id)
+            return None
+        raise
+    execution = resp["pipelineExecution"]
+    variables = {v["name"]: v.get("resolvedValue", "") for v in execution.get("variables", [])}
+    env = _blank(variables.get("ENVIRONMENT")) or "dev"
+    if env not in runtime.config.environments:
+        env = "dev" if "dev" in runtime.config.environments else next(iter(runtime.config.environments))
+    environment = runtime.config.environments[env]
+    ts = _blank(variables.get("SLACK_THREAD_TS"))
+    card = DeployCard(
+        execution_id=execution_id, pipeline=runtime.config.pipeline, environment=env,
+        service=_blank(variables.get("SERVICE")) or "changed",
+        channel=_blank(variables.get("SLACK_CHANNEL")) or environment.channel,
+        requested_by=_blank(variables.get("REQUESTED_BY")), ts=ts, trigger="slack" if ts else "push",
+        needs_approval=environment.approval)
+    revisions = execution.get("artifactRevisions") or []
+    if revisions and revisions[0].get("revisionId"):
+        card.commit = str(revisions[0]["revisionId"])
+    if await runtime.cards.create(card):
+        if card.ts is None:  # a push: this replica won the card, so it posts the message
+            text, blocks = render_card(card)
+            posted = await runtime.slack.chat_postMessage(channel=card.channel, text=text, blocks=blocks)
+            ts = str(posted["ts"])
+            await runtime.cards.mutate(execution_id, lambda c: setattr(c, "ts", ts))
+        return card
+    loaded = await runtime.cards.load(execution_id)
+    return loaded[0] if loaded else None
+
+
+def _services_of(card: DeployCard, runtime: Runtime) -> list[str]:
+    if card.service in runtime.config.services:
+        return [card.service]
+    return list(runtime.config.services)
+
+
+async def _approval_token(runtime: Runtime, execution_id: str) -> str | None:
+    state = await runtime.aws.call("codepipeline", "get_pipeline_state", name=runtime.config.pipeline)
+    for stage in state.get("stageStates", []):
+        if stage.get("stageName") != APPROVAL_STAGE:
+            continue
+        if (stage.get("latestExecution") or {}).get("pipelineExecutionId") != execution_id:
+            return None  # the stage holds another execution's approval
+        for action in stage.get("actionStates", []):
+            token = (action.get("latestExecution") or {}).get("token")
+            if token:
+                return str(token)
+    return None
+
+
+@dataclass
+class CardChange:
+    """What handling an event did to a card: the consumer syncs the message once per batch."""
+
+    execution_id: str
+    notes: list[ThreadNote] = field(default_factory=list)
+
+
+async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardChange | None:
+    if event.kind in ("pipeline", "stage", "action") and event.detail.get("pipeline") != runtime.config.pipeline:
+        log.debug("event of another pipeline ignored: %s", event.detail.get("pipeline"))
+        return None
+    execution_id = event.execution_id
+    if event.kind == "scan":
+        execution_id = await _execution_of_image(runtime, event.detail)
+        if execution_id is None:
+            log.info("scan of %s with no deploy in flight", event.detail.get("repository-name"))
+            return None
+    if execution_id is None:
+        return None  # a build not started by the pipeline
+    card = await ensure_card(runtime, execution_id)
+    if card is None:
+        return None
+    approvers = mention_list(runtime.config.environments[card.environment].approvers)
+    result = await runtime.cards.mutate(execution_id, lambda c: apply_event(c, event, approvers))
+    if result is None:
+        return None
+    card, notes = result
+    if event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED" \
+            and not card.approval.token:
+        token = await _approval_token(runtime, execution_id)
+        if token:
+            def set_token(c: DeployCard) -> None:
+                c.approval.token = token
+            await runtime.cards.mutate(execution_id, set_token)
+            pk, sk = pending_key(card.environment, card.service)
+            await runtime.state.put_marker(pk, sk, PENDING_TTL, only_if_absent=False, execution_id=execution_id,
+                                           channel=card.channel, ts=card.ts or "")
+    if card.commit and event.kind == "action" and event.stage == "Source":
+        for service in _services_of(card, runtime):
+            pk, sk = image_key(runtime.config.services[service].image_repository, card.commit)
+            await runtime.state.put_marker(pk, sk, IMAGE_INDEX_TTL, only_if_absent=False, execution_id=execution_id)
+    if card.finished or (card.approval.decision in ("Approved", "Rejected")):
+        await _clear_pending(runtime, card)
+    return CardChange(execution_id, notes)
+
+
+async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> None:
+    """Bring each touched card's message up to date once, then post its new thread notes."""
+    by_execution: dict[str, list[ThreadNote]] = {}
+    for change in changes:
+        by_execution.setdefault(change.execution_id, []).extend(change.notes)
+    for execution_id, notes in by_execution.items():
+        await runtime.cards.sync_message(execution_id)
+        if notes:
+            loaded = await runtime.cards.load(execution_id)
+            if loaded is not None:
+                await runtime.cards.post_notes(loaded[0], notes)
+
+
+async def _clear_pending(runtime: Runtime, card: DeployCard) -> None:
+    pk, sk = pending_key(card.environment, card.service)
+    marker = await runtime.state.get_marker(pk, sk)
+    if marker and marker.get("execution_id") == card.execution_id:
+        await runtime.state.delete_marker(pk, sk)
+
+
+async def _execution_of_image(runtime: Runtime, detail: dict[str, Any]) -> str | None:
+    repo = str(detail.get("repository-name"))
+    for tag in [*(detail.get("image-tags") or []), detail.get("image-digest")]:
+        if not tag:
+            continue
+        pk, sk = image_key(repo, str(tag))
+        marker = await runtime.state.get_marker(pk, sk)
+        if marker:
+            return str(marker["execution_id"])
+    return None

@@ -1,0 +1,78 @@
+"""The sandbox page in headless Chromium, used as a person uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, free_port, http, wait_for_http, wait_until
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# The machine has no network beyond loopback: keep Chromium from reaching out.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
+    env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3")
+    log = (tmp_path / "sandbox.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{url}/", timeout=40, proc=proc)
+    probe = b'{"user":"U0ONCALL","channel":"C0ONCALL","text":"/erp help"}'  # the bot starts just after the page
+    wait_until(lambda: proc.poll() is not None or json.loads(
+        http("POST", f"{url}/ui/command", probe, {"Content-Type": "application/json"})[1]).get("ok"),
+        timeout=40, what="the sandbox's bot")
+    assert proc.poll() is None, (tmp_path / "sandbox.log").read_text()
+    yield url
+    proc.send_signal(signal.SIGINT)
+    proc.wait(30)
+    log.close()
+
+
+def test_prod_deploy_with_approval_in_the_browser(sandbox: str):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(sandbox)
+        page.locator("#channels .ch", has_text="erp-prod").click()
+        page.select_option("#user", "U0DEV1")
+
+        page.fill("#text", "/erp help")
+        page.press("#text", "Enter")
+        expect(page.locator(".msg.ephemeral").last).to_contain_text("What I can do")
+        expect(page.locator(".msg.ephemeral").last).to_contain_text("Only visible to you")
+
+        page.fill("#text", "/erp deploy employee prod")
+        page.press("#text", "Enter")
+        card = page.locator(".msg", has_text="Deploy employee to prod").first
+        expect(card).to_contain_text("Waiting for approval", timeout=30_000)
+
+        page.select_option("#user", "U0APPR1")  # the approver looks at the same channel
+        card = page.locator(".msg", has_text="Deploy employee to prod").first
+        card.locator("button", has_text="Approve").click()
+        expect(page.locator("#dialog")).to_contain_text("Approve this deploy?")  # Slack's confirm dialog
+        page.locator("#dlg-ok").click()
+        expect(card).to_contain_text("Succeeded", timeout=30_000)
+        expect(card).to_contain_text("Approved by")
+        expect(card).to_contain_text("Ari Approver")
+        card.locator(".replies").click()
+        expect(page.locator("#thread-body")).to_contain_text("Scan of")
+        page.screenshot(path=str(ROOT / "docs" / "sandbox-prod-deploy.png"))
+        browser.close()
