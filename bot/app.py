@@ -53,6 +53,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
         logger=logging.getLogger("slack_bolt"),
     )
     runtime = Runtime.build(config, client, aws, metrics)
+    runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
                consumer=EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,

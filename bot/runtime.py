@@ -28,6 +28,7 @@ class Runtime:
     cards: CardStore
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
+    log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:

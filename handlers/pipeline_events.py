@@ -10,11 +10,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.aws import ClientError, error_code
-from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card
+from bot.aws import BotoCoreError, ClientError, error_code
+from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card, severity_line
 from bot.pipeline_events import PipelineEvent
 from bot.policy import mention_list
 from bot.runtime import Runtime
+from bot.scan_report import ScanReport, fetch_scan_report, finding_line, severity_counts, verdict
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +110,13 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         log.debug("event of another pipeline ignored: %s", event.detail.get("pipeline"))
         return None
     execution_id = event.execution_id
+    report: ScanReport | None = None
     if event.kind == "scan":
+        report = await _scan_report(runtime, event.detail)
+        await _tell_watchers(runtime, event.detail, report)
         execution_id = await _execution_of_image(runtime, event.detail)
         if execution_id is None:
-            log.info("scan of %s with no deploy in flight", event.detail.get("repository-name"))
+            await _scan_without_deploy(runtime, event, report)
             return None
     if execution_id is None:
         return None  # a build not started by the pipeline
@@ -124,6 +128,9 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     if result is None:
         return None
     card, notes = result
+    if report is not None:  # the thread gets the findings, not only the counts
+        service = _service_of_repository(runtime, report.repository)
+        notes = [ThreadNote(n.key, _report_text(report, service)) if n.key.startswith("scan:") else n for n in notes]
     if event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED" \
             and not card.approval.token:
         token = await _approval_token(runtime, execution_id)
@@ -161,6 +168,67 @@ async def _clear_pending(runtime: Runtime, card: DeployCard) -> None:
     marker = await runtime.state.get_marker(pk, sk)
     if marker and marker.get("execution_id") == card.execution_id:
         await runtime.state.delete_marker(pk, sk)
+
+
+def _service_of_repository(runtime: Runtime, repository: str) -> str:
+    for name, service in runtime.config.services.items():
+        if service.image_repository == repository:
+            return name
+    return repository
+
+
+def _report_text(report: ScanReport, service: str) -> str:
+    image = f"{report.repository}:{(report.tag or report.digest or '?')[:12]}"
+    top = "\n".join(finding_line(f) for f in report.top())
+    return f":shield: Scan of `{image}` ({service}): {verdict(report)}\n{severity_counts(report.counts)}" + \
+        (f"\n{top}" if top else "")
+
+
+async def _scan_report(runtime: Runtime, detail: dict[str, Any]) -> ScanReport | None:
+    """The findings behind a scan event; None when ECR cannot give them (the event's counts still count)."""
+    repo = str(detail.get("repository-name"))
+    tags = detail.get("image-tags") or []
+    image_id = {"imageTag": str(tags[0])} if tags else {"imageDigest": str(detail.get("image-digest"))}
+    try:
+        return await fetch_scan_report(runtime.aws, repo, image_id)
+    except (ClientError, BotoCoreError) as e:
+        log.info("no findings for %s %s: %s", repo, image_id, error_code(e))
+        return None
+
+
+async def _tell_watchers(runtime: Runtime, detail: dict[str, Any], report: ScanReport | None) -> None:
+    repo = str(detail.get("repository-name"))
+    for tag in [*(detail.get("image-tags") or []), detail.get("image-digest")]:
+        if not tag:
+            continue
+        marker = await runtime.state.get_marker(f"SCANWATCH#{repo}", str(tag))
+        if marker is None:
+            continue
+        await runtime.state.delete_marker(f"SCANWATCH#{repo}", str(tag))
+        service = _service_of_repository(runtime, repo)
+        text = _report_text(report, service) if report else \
+            f":shield: Scan of `{repo}:{str(tag)[:12]}` done: {severity_line(_counts(detail))}"
+        await runtime.slack.chat_postEphemeral(channel=str(marker["channel"]), user=str(marker["user"]), text=text)
+
+
+def _counts(detail: dict[str, Any]) -> dict[str, int]:
+    return {str(k).upper(): int(v) for k, v in (detail.get("finding-severity-counts") or {}).items()}
+
+
+async def _scan_without_deploy(runtime: Runtime, event: PipelineEvent, report: ScanReport | None) -> None:
+    """No deploy is waiting for this image: speak up only if it would be blocked (the team should know)."""
+    counts = report.counts if report else _counts(event.detail)
+    if not counts.get("CRITICAL"):
+        log.info("scan of %s with no deploy in flight: not blocking", event.detail.get("repository-name"))
+        return
+    env = "dev" if "dev" in runtime.config.environments else next(iter(runtime.config.environments))
+    repo = str(event.detail.get("repository-name"))
+    service = _service_of_repository(runtime, repo)
+    text = _report_text(report, service) if report else \
+        f":no_entry: Scan of `{repo}`: {severity_line(counts)}: an image with CRITICAL findings"
+    await runtime.slack.chat_postMessage(channel=runtime.config.environments[env].channel,
+                                         text=f"{text}\nNo deploy is using this image yet; the pipeline's scan gate"
+                                              " would stop it.", unfurl_links=False)
 
 
 async def _execution_of_image(runtime: Runtime, detail: dict[str, Any]) -> str | None:

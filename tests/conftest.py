@@ -10,7 +10,9 @@ import pytest
 
 from bot.aws import AwsClients
 from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.seed import create_events_queue, create_state_table
+from bot.sandbox.ecr_images import create_repositories
+from bot.sandbox.seed import SERVICES, create_events_queue, create_state_table
+from bot.sandbox.service_logs import seed_service_logs
 from bot.sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
     BOT_TOKEN,
@@ -105,3 +107,19 @@ def bot(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path) -> Itera
     slack.bot_url = f"{process.url}/slack/events"
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def erp_images(moto: MotoServer) -> None:
+    """The ERP repositories in moto's ECR (tests push their own uniquely tagged images)."""
+    try:
+        create_repositories(AwsClients(), list(SERVICES))
+    except Exception as e:  # a second session on the same server
+        if "RepositoryAlreadyExists" not in str(e):
+            raise
+
+
+@pytest.fixture(scope="session")
+def erp_logs(moto: MotoServer) -> int:
+    """Three hours of Spring Boot logs in the prod log groups; dev has none."""
+    return seed_service_logs(AwsClients(), list(SERVICES), ["prod"])

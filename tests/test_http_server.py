@@ -82,7 +82,7 @@ def test_badly_signed_requests_get_401_and_nothing_runs(bot: BotProcess, slack: 
     ("deploy employee prdo", "Unknown environment `prdo`: did you mean `prod`?"),
     ("deplyo employee prod", "Unknown command `deplyo`: did you mean `/erp deploy`?"),
     ("logs notification prod 15x", "Cannot read the time window `15x`"),
-    ("scan employee", "`/erp scan` is not available yet"),
+    ("status prod", "`/erp status` is not available yet"),
 ])
 def test_mistakes_get_a_one_line_ephemeral_answer(bot: BotProcess, slack: SlackWorkspace,
                                                   background_loop: BackgroundLoop, text: str, expected: str):

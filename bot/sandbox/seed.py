@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 from bot.aws import AwsClients
+from bot.sandbox.ecr_images import create_repositories, publish_image
+from bot.sandbox.service_logs import seed_service_logs
 
 SERVICES = ("employee", "approval-request", "approval-processing", "notification")
 STATE_TABLE = "erp-chatops-state"
@@ -69,8 +71,19 @@ def seed_parameters_and_secrets(aws: AwsClients, bot_token: str, signing_secret:
         sm.create_secret(Name=name, SecretString="sandbox-only-not-a-real-secret")
 
 
+def seed_images(aws: AwsClients) -> None:
+    """Each service's repository with a few earlier builds, scanned; one old image has a CRITICAL finding."""
+    create_repositories(aws, list(SERVICES))
+    for service in SERVICES:
+        for i, tag in enumerate(("release-2024.12.20", "release-2024.12.23", "release-2024.12.26")):
+            critical = 1 if (service == "notification" and i == 0) else 0
+            publish_image(aws, f"erp/{service}-service", tag, critical=critical)
+
+
 def seed_all(aws: AwsClients, bot_token: str, signing_secret: str) -> dict[str, str]:
     create_state_table(aws, STATE_TABLE)
     queue, dlq = create_events_queue(aws, EVENTS_QUEUE, EVENTS_DLQ)
     seed_parameters_and_secrets(aws, bot_token, signing_secret)
+    seed_images(aws)
+    seed_service_logs(aws, list(SERVICES), ["dev", "prod"])
     return {"queue_url": queue, "dlq_url": dlq, "table": STATE_TABLE}
