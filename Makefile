@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml
 
 ## sandbox: the bot with a local Slack workspace (http://localhost:3000) and local AWS
 sandbox: $(STAMP)
-	$(PY) -m bot sandbox
+	ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m bot sandbox
+
+## tools: kube-apiserver and helm for the tests, built once into a cache outside the repository
+tools:
+	@bash scripts/build-test-tools.sh >/dev/null
 
 ## test: the whole test suite
 test: $(STAMP)
-	$(PY) -m pytest
+	ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest
 
 ## bench: latency, throughput and footprint figures, printed and saved under bench/results/
 bench: $(STAMP)

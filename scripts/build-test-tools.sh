@@ -13,16 +13,20 @@ KUBE_VERSION="${KUBE_VERSION:-v1.31.14}"
 HELM_VERSION="${HELM_VERSION:-v3.16.2}"
 CACHE="${ERP_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/erp-chatops-tools}"
 KUBE_DIR="$CACHE/kube-apiserver-$KUBE_VERSION-r2"  # r2: version stamped into the binary
-HELM_DIR="$CACHE/helm-$HELM_VERSION-r2"
-BIN="$CACHE/bin-$KUBE_VERSION-$HELM_VERSION-r2"
+HELM_DIR="$CACHE/helm-$HELM_VERSION-r3"  # r3: default Kubernetes version stamped, as helm's Makefile does
+BIN="$CACHE/bin-$KUBE_VERSION-$HELM_VERSION-r3"
 
 log() { echo "build-test-tools: $*" >&2; }
 
 if [ ! -x "$HELM_DIR/helm" ]; then
   log "building helm $HELM_VERSION (once)"
   mkdir -p "$HELM_DIR"
-  GOBIN="$HELM_DIR" GOFLAGS=-buildvcs=false go install \
-    -ldflags "-s -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
+  kube_minor="${KUBE_VERSION#v1.}"; kube_minor="${kube_minor%%.*}"
+  flags="-s -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    flags="$flags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${kube_minor}"
+  done
+  GOBIN="$HELM_DIR" GOFLAGS=-buildvcs=false go install -ldflags "$flags" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}"
 fi
 
 if [ ! -x "$KUBE_DIR/kube-apiserver" ]; then

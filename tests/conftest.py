@@ -21,6 +21,7 @@ from tests.support import (
     BotProcess,
     MotoServer,
     base_config,
+    tools_bin,
     write_config,
 )
 
@@ -123,3 +124,16 @@ def erp_images(moto: MotoServer) -> None:
 def erp_logs(moto: MotoServer) -> int:
     """Three hours of Spring Boot logs in the prod log groups; dev has none."""
     return seed_service_logs(AwsClients(), list(SERVICES), ["prod"])
+
+
+@pytest.fixture(scope="session")
+def tools() -> Path:
+    found = tools_bin()
+    if found is None:
+        pytest.skip("kube-apiserver and helm are not built (make tools)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def helm(tools: Path) -> str:
+    return str(tools / "helm")

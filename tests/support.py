@@ -142,3 +142,17 @@ def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def tools_bin() -> Path | None:
+    """Where kube-apiserver and helm were built (scripts/build-test-tools.sh), if they were."""
+    import shutil
+
+    given = os.environ.get("ERP_TOOLS_BIN")
+    if given and (Path(given) / "helm").exists():
+        return Path(given)
+    if shutil.which("go") is None:
+        return None
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "build-test-tools.sh")], capture_output=True, text=True,
+                         timeout=3600)
+    return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
