@@ -1,0 +1,195 @@
+# --- the bot's service account (IRSA) -----------------------------------------------------
+# Exactly the API calls the bot makes (tests/test_infra.py derives them from the code and
+# compares), each on the ERP resources only.
+
+data "aws_iam_policy_document" "bot_trust" {
+  statement {
+    actions = ["sts:AssumeRoleWithWebIdentity"]
+    principals {
+      type        = "Federated"
+      identifiers = [var.eks_oidc_provider_arn]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_provider_url}:sub"
+      values   = ["system:serviceaccount:${var.bot_namespace}:${var.bot_service_account}"]
+    }
+    condition {
+      test     = "StringEquals"
+      variable = "${var.eks_oidc_provider_url}:aud"
+      values   = ["sts.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "bot" {
+  statement {
+    sid       = "DeployAndReadThePipeline"
+    actions   = ["codepipeline:StartPipelineExecution", "codepipeline:GetPipelineState", "codepipeline:GetPipelineExecution"]
+    resources = [local.pipeline_arn]
+  }
+  statement {
+    sid       = "AnswerTheProdApproval"
+    actions   = ["codepipeline:PutApprovalResult"]
+    resources = ["${local.pipeline_arn}/Approval/Approval"]
+  }
+  statement {
+    sid       = "ConsumePipelineEvents"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
+    resources = [aws_sqs_queue.events.arn]
+  }
+  statement {
+    sid       = "SharedState"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query", "dynamodb:DescribeTable"]
+    resources = [aws_dynamodb_table.state.arn]
+  }
+  statement {
+    sid       = "ScanSummaries"
+    actions   = ["ecr:DescribeImageScanFindings", "ecr:DescribeImages"]
+    resources = [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]
+  }
+  statement {
+    sid       = "LogQueries"
+    actions   = ["logs:StartQuery"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/erp/*"]
+  }
+  statement {
+    sid       = "LogQueryResults" # these two have no resource-level permissions in IAM
+    actions   = ["logs:GetQueryResults", "logs:StopQuery"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "SlackCredentials"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.slack.arn]
+  }
+}
+
+resource "aws_iam_role" "bot" {
+  name               = "${local.name}-bot"
+  assume_role_policy = data.aws_iam_policy_document.bot_trust.json
+}
+
+resource "aws_iam_role_policy" "bot" {
+  name   = "erp-chatops"
+  role   = aws_iam_role.bot.id
+  policy = data.aws_iam_policy_document.bot.json
+}
+
+# --- CodeBuild (buildspec.yml) -----------------------------------------------------------
+
+data "aws_iam_policy_document" "codebuild_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["codebuild.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "codebuild" {
+  statement {
+    sid       = "BuildLogs"
+    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-build*"]
+  }
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    sid = "PushAndScanImages"
+    actions = ["ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
+    "ecr:PutImage", "ecr:BatchGetImage", "ecr:StartImageScan", "ecr:DescribeImageScanFindings", "ecr:DescribeImages"]
+    resources = [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]
+  }
+  statement {
+    sid       = "Parameters"
+    actions   = ["ssm:GetParameters"]
+    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/*"]
+  }
+  statement {
+    sid       = "SlackTokenForProgress"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.slack.arn]
+  }
+  statement {
+    sid       = "FindTheDeployThread"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.state.arn]
+  }
+  statement {
+    sid       = "KubeconfigForHelm"
+    actions   = ["eks:DescribeCluster"]
+    resources = ["arn:aws:eks:${var.region}:${var.account_id}:cluster/erp-*"]
+  }
+  statement {
+    sid       = "DeployTrace"
+    actions   = ["xray:PutTraceSegments"]
+    resources = ["*"]
+  }
+  statement {
+    sid       = "PipelineArtifacts"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:GetBucketLocation"]
+    resources = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
+  }
+  statement {
+    sid       = "SourceConnection"
+    actions   = ["codeconnections:UseConnection", "codestar-connections:UseConnection"]
+    resources = [var.github_connection_arn]
+  }
+}
+
+resource "aws_iam_role" "codebuild" {
+  name               = "${local.name}-codebuild"
+  assume_role_policy = data.aws_iam_policy_document.codebuild_trust.json
+}
+
+resource "aws_iam_role_policy" "codebuild" {
+  name   = "erp-build"
+  role   = aws_iam_role.codebuild.id
+  policy = data.aws_iam_policy_document.codebuild.json
+}
+
+# --- CodePipeline -------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "codepipeline_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["codepipeline.amazonaws.com"]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "codepipeline" {
+  statement {
+    sid       = "Artifacts"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:GetBucketVersioning", "s3:GetObjectVersion"]
+    resources = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
+  }
+  statement {
+    sid       = "RunBuilds"
+    actions   = ["codebuild:StartBuild", "codebuild:BatchGetBuilds"]
+    resources = [aws_codebuild_project.build.arn, aws_codebuild_project.deploy.arn]
+  }
+  statement {
+    sid       = "Source"
+    actions   = ["codeconnections:UseConnection", "codestar-connections:UseConnection"]
+    resources = [var.github_connection_arn]
+  }
+}
+
+resource "aws_iam_role" "codepipeline" {
+  name               = "${local.name}-codepipeline"
+  assume_role_policy = data.aws_iam_policy_document.codepipeline_trust.json
+}
+
+resource "aws_iam_role_policy" "codepipeline" {
+  name   = "erp-pipeline"
+  role   = aws_iam_role.codepipeline.id
+  policy = data.aws_iam_policy_document.codepipeline.json
+}

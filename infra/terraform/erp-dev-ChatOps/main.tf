@@ -1,0 +1,395 @@
+# What the erp-chatops bot relies on in AWS: one V2 pipeline for all services, its CodeBuild
+# projects, the events it reads (EventBridge -> SQS, with a dead-letter queue), its state table,
+# its Slack secret, and the IAM role of its service account with exactly the calls it makes.
+
+locals {
+  name          = "erp-${var.environment}-ChatOps"
+  pipeline_name = "erp-pipeline"
+  pipeline_arn  = "arn:aws:codepipeline:${var.region}:${var.account_id}:${local.pipeline_name}"
+  repositories  = [for s in var.services : "erp/${s}-service"]
+  # Every CodeBuild action learns which deploy it serves (the bot finds the card by these).
+  pipeline_env_vars = [
+    { name = "PIPELINE_EXECUTION_ID", value = "#{codepipeline.PipelineExecutionId}", type = "PLAINTEXT" },
+    { name = "SERVICE", value = "#{variables.SERVICE}", type = "PLAINTEXT" },
+    { name = "ENVIRONMENT", value = "#{variables.ENVIRONMENT}", type = "PLAINTEXT" },
+    { name = "REQUESTED_BY", value = "#{variables.REQUESTED_BY}", type = "PLAINTEXT" },
+    { name = "SLACK_CHANNEL", value = "#{variables.SLACK_CHANNEL}", type = "PLAINTEXT" },
+    { name = "SLACK_THREAD_TS", value = "#{variables.SLACK_THREAD_TS}", type = "PLAINTEXT" },
+  ]
+}
+
+# --- state and events ---------------------------------------------------------------------
+
+resource "aws_dynamodb_table" "state" {
+  name         = "erp-chatops-state"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "pk"
+  range_key    = "sk"
+
+  attribute {
+    name = "pk"
+    type = "S"
+  }
+  attribute {
+    name = "sk"
+    type = "S"
+  }
+  ttl {
+    attribute_name = "ttl"
+    enabled        = true
+  }
+  point_in_time_recovery {
+    enabled = true
+  }
+  server_side_encryption {
+    enabled = true
+  }
+}
+
+resource "aws_sqs_queue" "events_dlq" {
+  name                      = "erp-chatops-events-dlq"
+  message_retention_seconds = 1209600 # 14 days to look at what could not be handled
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue" "events" {
+  name                       = "erp-chatops-events"
+  visibility_timeout_seconds = 30
+  receive_wait_time_seconds  = 5
+  sqs_managed_sse_enabled    = true
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.events_dlq.arn
+    maxReceiveCount     = 3
+  })
+}
+
+resource "aws_cloudwatch_event_rule" "codepipeline" {
+  name        = "erp-chatops-codepipeline"
+  description = "Execution, stage and action state changes of the ERP pipeline"
+  event_pattern = jsonencode({
+    source      = ["aws.codepipeline"]
+    resources   = [local.pipeline_arn]
+    detail-type = ["CodePipeline Pipeline Execution State Change", "CodePipeline Stage Execution State Change", "CodePipeline Action Execution State Change"]
+  })
+}
+
+resource "aws_cloudwatch_event_rule" "codebuild" {
+  name        = "erp-chatops-codebuild"
+  description = "Build state and phase changes of the ERP build and deploy projects"
+  event_pattern = jsonencode({
+    source      = ["aws.codebuild"]
+    detail-type = ["CodeBuild Build State Change", "CodeBuild Build Phase Change"]
+    detail      = { project-name = [aws_codebuild_project.build.name, aws_codebuild_project.deploy.name] }
+  })
+}
+
+resource "aws_cloudwatch_event_rule" "scans" {
+  name        = "erp-chatops-image-scans"
+  description = "ECR basic and Inspector enhanced scans of the ERP images"
+  event_pattern = jsonencode({
+    source      = ["aws.ecr", "aws.inspector2"]
+    detail-type = ["ECR Image Scan", "Inspector2 Scan"]
+    detail = { repository-name = concat(local.repositories,
+    [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]) }
+  })
+}
+
+resource "aws_cloudwatch_event_target" "to_queue" {
+  for_each = {
+    codepipeline = aws_cloudwatch_event_rule.codepipeline.name
+    codebuild    = aws_cloudwatch_event_rule.codebuild.name
+    scans        = aws_cloudwatch_event_rule.scans.name
+  }
+  rule = each.value
+  arn  = aws_sqs_queue.events.arn
+}
+
+data "aws_iam_policy_document" "events_to_queue" {
+  statement {
+    sid       = "EventBridgeRulesOnly"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.events.arn]
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values = [aws_cloudwatch_event_rule.codepipeline.arn, aws_cloudwatch_event_rule.codebuild.arn,
+      aws_cloudwatch_event_rule.scans.arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "events" {
+  queue_url = aws_sqs_queue.events.id
+  policy    = data.aws_iam_policy_document.events_to_queue.json
+}
+
+resource "aws_cloudwatch_metric_alarm" "dead_letters" {
+  alarm_name          = "erp-chatops-dead-letters"
+  alarm_description   = "Pipeline events the bot could not handle (see its logs for the reason)"
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.events_dlq.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+}
+
+# --- Slack ----------------------------------------------------------------------------------
+
+# The value is set once, outside Terraform (no secret in state or in git):
+#   aws secretsmanager put-secret-value --secret-id erp-chatops/slack \
+#     --secret-string '{"SLACK_BOT_TOKEN":"...","SLACK_SIGNING_SECRET":"..."}'
+resource "aws_secretsmanager_secret" "slack" {
+  name        = "erp-chatops/slack"
+  description = "erp-chatops Slack app: SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET"
+}
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+resource "aws_s3_bucket" "artifacts" {
+  bucket = "erp-${var.environment}-pipeline-artifacts"
+}
+
+resource "aws_codebuild_project" "build" {
+  name          = "erp-build"
+  description   = "Build changed service images, push to ECR, scan, stop on CRITICAL (buildspec.yml)"
+  service_role  = aws_iam_role.codebuild.arn
+  build_timeout = 60
+
+  source {
+    type      = "CODEPIPELINE"
+    buildspec = "buildspec.yml"
+  }
+  artifacts {
+    type = "CODEPIPELINE"
+  }
+  environment {
+    compute_type    = "BUILD_GENERAL1_MEDIUM"
+    image           = "aws/codebuild/standard:7.0"
+    type            = "LINUX_CONTAINER"
+    privileged_mode = true # docker build
+
+    environment_variable {
+      name  = "ECR_REPOSITORY"
+      value = "/erp/${var.environment}/ecr/repository"
+      type  = "PARAMETER_STORE"
+    }
+    environment_variable {
+      name  = "EKS_CLUSTER_NAME"
+      value = "/erp/${var.environment}/eks/cluster-name"
+      type  = "PARAMETER_STORE"
+    }
+    environment_variable {
+      name  = "HELM_VERSION"
+      value = "/erp/${var.environment}/helm/version"
+      type  = "PARAMETER_STORE"
+    }
+    environment_variable {
+      name  = "SLACK_BOT_TOKEN"
+      value = "${aws_secretsmanager_secret.slack.name}:SLACK_BOT_TOKEN"
+      type  = "SECRETS_MANAGER"
+    }
+    environment_variable {
+      name  = "STATE_TABLE"
+      value = aws_dynamodb_table.state.name
+      type  = "PLAINTEXT"
+    }
+  }
+  logs_config {
+    cloudwatch_logs {
+      group_name = "/aws/codebuild/erp-build"
+    }
+  }
+}
+
+resource "aws_codebuild_project" "deploy" {
+  name          = "erp-deploy"
+  description   = "helm upgrade --install with the built tags, wait for the rollout (buildspec.yml)"
+  service_role  = aws_iam_role.codebuild.arn
+  build_timeout = 30
+
+  source {
+    type      = "CODEPIPELINE"
+    buildspec = "buildspec.yml"
+  }
+  artifacts {
+    type = "CODEPIPELINE"
+  }
+  environment {
+    compute_type = "BUILD_GENERAL1_SMALL"
+    image        = "aws/codebuild/standard:7.0"
+    type         = "LINUX_CONTAINER"
+
+    environment_variable {
+      name  = "EKS_CLUSTER_NAME"
+      value = "/erp/${var.environment}/eks/cluster-name"
+      type  = "PARAMETER_STORE"
+    }
+    environment_variable {
+      name  = "HELM_VERSION"
+      value = "/erp/${var.environment}/helm/version"
+      type  = "PARAMETER_STORE"
+    }
+    environment_variable {
+      name  = "SLACK_BOT_TOKEN"
+      value = "${aws_secretsmanager_secret.slack.name}:SLACK_BOT_TOKEN"
+      type  = "SECRETS_MANAGER"
+    }
+    environment_variable {
+      name  = "STATE_TABLE"
+      value = aws_dynamodb_table.state.name
+      type  = "PLAINTEXT"
+    }
+  }
+  logs_config {
+    cloudwatch_logs {
+      group_name = "/aws/codebuild/erp-build"
+    }
+  }
+}
+
+resource "aws_codepipeline" "erp" {
+  name           = local.pipeline_name
+  role_arn       = aws_iam_role.codepipeline.arn
+  pipeline_type  = "V2"
+  execution_mode = "PARALLEL"
+
+  artifact_store {
+    location = aws_s3_bucket.artifacts.bucket
+    type     = "S3"
+  }
+
+  variable {
+    name          = "SERVICE"
+    default_value = " "
+    description   = "A service, all, or blank for whatever changed"
+  }
+  variable {
+    name          = "ENVIRONMENT"
+    default_value = "dev"
+    description   = "dev or prod"
+  }
+  variable {
+    name          = "REQUESTED_BY"
+    default_value = " "
+    description   = "Slack user ID of who asked for the deploy"
+  }
+  variable {
+    name          = "SLACK_CHANNEL"
+    default_value = " "
+    description   = "Channel of the deploy card"
+  }
+  variable {
+    name          = "SLACK_THREAD_TS"
+    default_value = " "
+    description   = "ts of the deploy card, for thread replies"
+  }
+
+  stage {
+    name = "Source"
+    action {
+      name             = "Source"
+      category         = "Source"
+      owner            = "AWS"
+      provider         = "CodeStarSourceConnection"
+      version          = "1"
+      output_artifacts = ["SourceOutput"]
+      namespace        = "SourceVariables"
+      configuration = {
+        ConnectionArn        = var.github_connection_arn
+        FullRepositoryId     = var.github_repository
+        BranchName           = "main"
+        OutputArtifactFormat = "CODEBUILD_CLONE_REF" # the build diffs against the last deploy
+      }
+    }
+  }
+
+  stage {
+    name = "Build"
+    action {
+      name             = "Build"
+      category         = "Build"
+      owner            = "AWS"
+      provider         = "CodeBuild"
+      version          = "1"
+      input_artifacts  = ["SourceOutput"]
+      output_artifacts = ["BuildOutput"]
+      namespace        = "BuildVariables"
+      configuration = {
+        ProjectName          = aws_codebuild_project.build.name
+        EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [{ name = "DEPLOY_PHASE", value = "build", type = "PLAINTEXT" }]))
+      }
+    }
+  }
+
+  stage {
+    name = "Approval"
+    before_entry {
+      condition {
+        result = "SKIP" # the approval applies to prod only
+        rule {
+          name = "ProdOnly"
+          rule_type_id {
+            category = "Rule"
+            owner    = "AWS"
+            provider = "VariableCheck"
+            version  = "1"
+          }
+          configuration = {
+            Variable = "#{variables.ENVIRONMENT}"
+            Value    = "prod"
+            Operator = "EQ"
+          }
+        }
+      }
+    }
+    action {
+      name     = "Approval"
+      category = "Approval"
+      owner    = "AWS"
+      provider = "Manual"
+      version  = "1"
+      configuration = {
+        CustomData = "Production deploy of #{variables.SERVICE} requested by #{variables.REQUESTED_BY}"
+      }
+    }
+  }
+
+  stage {
+    name = "Deploy"
+    action {
+      name            = "Deploy"
+      category        = "Build"
+      owner           = "AWS"
+      provider        = "CodeBuild"
+      version         = "1"
+      input_artifacts = ["SourceOutput", "BuildOutput"]
+      configuration = {
+        ProjectName   = aws_codebuild_project.deploy.name
+        PrimarySource = "SourceOutput"
+        EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [
+          { name = "IMAGE_TAGS", value = "#{BuildVariables.IMAGE_TAGS}", type = "PLAINTEXT" },
+          { name = "DEPLOY_PHASE", value = "deploy", type = "PLAINTEXT" },
+        ]))
+      }
+    }
+  }
+
+  trigger {
+    provider_type = "CodeStarSourceConnection"
+    git_configuration {
+      source_action_name = "Source"
+      push {
+        branches {
+          includes = ["main"]
+        }
+      }
+    }
+  }
+}

@@ -1,0 +1,161 @@
+"""The Terraform module, parsed and cross-checked with the code that relies on it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+import hcl2
+import yaml
+
+from bot.pipeline_events import KNOWN
+from bot.sandbox.seed import EVENTS_QUEUE, SLACK_SECRET_ID, STATE_TABLE
+from tests.support import ROOT
+
+MODULE = ROOT / "infra" / "terraform" / "erp-dev-ChatOps"
+DECLARATION = json.loads((ROOT / "infra" / "pipeline.json").read_text())["pipeline"]
+NO_RESOURCE_LEVEL = {"logs:GetQueryResults", "logs:StopQuery"}  # IAM offers only "*" for these
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps HCL's quotes; strip them, recursively."""
+    if isinstance(value, str):
+        return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+    if isinstance(value, list):
+        return [unquote(v) for v in value]
+    if isinstance(value, dict):
+        return {unquote(k): unquote(v) for k, v in value.items() if k != "__is_block__"}
+    return value
+
+
+def terraform() -> dict[str, dict[str, Any]]:
+    """{"resource.type.name": body, "data.type.name": body} over every .tf file of the module."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(MODULE.glob("*.tf")):
+        parsed = unquote(hcl2.load(path.open()))
+        for kind in ("resource", "data"):
+            for entry in parsed.get(kind, []):
+                for rtype, named in entry.items():
+                    for name, body in named.items():
+                        found[f"{kind}.{rtype}.{name}"] = body
+    return found
+
+
+TF = terraform()
+
+
+def test_pipeline_matches_the_declaration_the_sandbox_runs():
+    pipe = TF["resource.aws_codepipeline.erp"]
+    assert pipe["pipeline_type"] == DECLARATION["pipelineType"] == "V2"
+    assert pipe["execution_mode"] == DECLARATION["executionMode"]
+    assert [(v["name"], v["default_value"]) for v in pipe["variable"]] == \
+        [(v["name"], v["defaultValue"]) for v in DECLARATION["variables"]]
+    assert [v["name"] for v in pipe["variable"]] == ["SERVICE", "ENVIRONMENT", "REQUESTED_BY", "SLACK_CHANNEL",
+                                                     "SLACK_THREAD_TS"]
+    assert [s["name"] for s in pipe["stage"]] == [s["name"] for s in DECLARATION["stages"]] == \
+        ["Source", "Build", "Approval", "Deploy"]
+    for tf_stage, decl_stage in zip(pipe["stage"], DECLARATION["stages"], strict=True):
+        [tf_action] = tf_stage["action"]
+        [decl_action] = decl_stage["actions"]
+        assert tf_action["name"] == decl_action["name"]
+        assert (tf_action["category"], tf_action["provider"]) == \
+            (decl_action["actionTypeId"]["category"], decl_action["actionTypeId"]["provider"])
+    [approval] = [s for s in pipe["stage"] if s["name"] == "Approval"]
+    [condition] = approval["before_entry"][0]["condition"]
+    rule = condition["rule"][0]
+    assert condition["result"] == "SKIP" and rule["rule_type_id"][0]["provider"] == "VariableCheck"
+    assert rule["configuration"] == {"Variable": "#{variables.ENVIRONMENT}", "Value": "prod", "Operator": "EQ"}
+    decl_rule = DECLARATION["stages"][2]["beforeEntry"]["conditions"][0]["rules"][0]["configuration"]
+    assert rule["configuration"] == decl_rule
+
+
+def test_codebuild_gets_secrets_and_parameters_by_reference():
+    for name in ("build", "deploy"):
+        env = TF[f"resource.aws_codebuild_project.{name}"]["environment"][0]["environment_variable"]
+        types = {v["name"]: v["type"] for v in env}
+        assert types["SLACK_BOT_TOKEN"] == "SECRETS_MANAGER" and types["EKS_CLUSTER_NAME"] == "PARAMETER_STORE"
+        for v in env:
+            if v["type"] == "PLAINTEXT":
+                assert not re.search(r"(?i)token|secret|password", v["name"])
+    build_env = {v["name"]: v for v in TF["resource.aws_codebuild_project.build"]["environment"][0]["environment_variable"]}
+    assert build_env["ECR_REPOSITORY"]["value"].startswith("/erp/")  # the SSM names SEED-BRIEF.md gives
+    assert TF["resource.aws_codebuild_project.build"]["logs_config"][0]["cloudwatch_logs"][0]["group_name"] == \
+        "/aws/codebuild/erp-build"
+
+
+def test_names_agree_with_the_bot_the_chart_and_the_sandbox():
+    assert TF["resource.aws_dynamodb_table.state"]["name"] == STATE_TABLE
+    table = TF["resource.aws_dynamodb_table.state"]
+    assert (table["hash_key"], table["range_key"], table["ttl"][0]["attribute_name"]) == ("pk", "sk", "ttl")
+    assert TF["resource.aws_sqs_queue.events"]["name"] == EVENTS_QUEUE
+    redrive = TF["resource.aws_sqs_queue.events"]["redrive_policy"]
+    assert "maxReceiveCount" in redrive and "events_dlq" in redrive
+    assert TF["resource.aws_secretsmanager_secret.slack"]["name"] == SLACK_SECRET_ID
+    chart = yaml.safe_load((ROOT / "charts" / "erp-chatops" / "values.yaml").read_text())
+    assert chart["slackSecret"]["remoteKey"] == SLACK_SECRET_ID
+    assert chart["config"]["state_table"] == STATE_TABLE and chart["config"]["pipeline"] == DECLARATION["name"]
+    assert chart["serviceAccount"]["roleArn"].endswith("role/erp-dev-ChatOps-bot")
+
+
+def test_event_rules_cover_every_event_the_bot_reads():
+    patterns = [TF[f"resource.aws_cloudwatch_event_rule.{r}"]["event_pattern"] for r in ("codepipeline", "codebuild",
+                                                                                         "scans")]
+    text = " ".join(patterns)
+    for detail_type in KNOWN:
+        assert detail_type in text, detail_type
+    targets = TF["resource.aws_cloudwatch_event_target.to_queue"]
+    assert "aws_sqs_queue.events.arn" in targets["arn"]
+
+
+# --- least privilege: the bot's IAM policy is exactly what its code calls -------------------
+
+SERVICES = {"codepipeline", "sqs", "dynamodb", "ecr", "logs", "secretsmanager"}
+
+
+def _pascal(snake: str) -> str:
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+def calls_in_code() -> set[str]:
+    """Every AWS API the bot calls, read from its source (its sandbox stand-ins excluded)."""
+    found: set[str] = set()
+    files = [p for p in list((ROOT / "bot").rglob("*.py")) + list((ROOT / "handlers").rglob("*.py"))
+             if "sandbox" not in p.parts]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            # aws.call("service", "operation", ...)
+            if node.func.attr == "call" and len(args) >= 2 and args[0] in SERVICES:
+                found.add(f"{args[0]}:{_pascal(args[1])}")
+            # aws.client("service").operation(...) and .get_paginator("operation")
+            inner = node.func.value
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "client":
+                svc = inner.args[0].value if inner.args and isinstance(inner.args[0], ast.Constant) else None
+                if svc in SERVICES:
+                    op = args[0] if node.func.attr == "get_paginator" and args else node.func.attr
+                    found.add(f"{svc}:{_pascal(op)}")
+    return found
+
+
+def test_bot_policy_grants_exactly_what_the_code_calls():
+    policy = TF["data.aws_iam_policy_document.bot"]["statement"]
+    granted = {a for s in policy for a in s["actions"]}
+    called = calls_in_code()
+    assert called, "found no AWS calls: the derivation is broken"
+    assert granted == called, f"granted but unused: {granted - called}; used but not granted: {called - granted}"
+    for statement in policy:
+        resources = statement["resources"]
+        if resources == ["*"]:
+            assert set(statement["actions"]) <= NO_RESOURCE_LEVEL, statement["sid"]
+        else:
+            assert all("*" not in r or r.endswith("/erp/*") for r in resources), statement["sid"]
+
+
+def test_bot_role_is_for_its_service_account_only():
+    trust = TF["data.aws_iam_policy_document.bot_trust"]["statement"][0]
+    subjects = [c for c in trust["condition"] if c["variable"].endswith(":sub")]
+    assert subjects and subjects[0]["values"] == ["system:serviceaccount:${var.bot_namespace}:${var.bot_service_account}"]
