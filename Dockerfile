@@ -30,10 +30,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     HELM_CACHE_HOME=/tmp/helm/cache \
     HELM_CONFIG_HOME=/tmp/helm/config \
     HELM_DATA_HOME=/tmp/helm/data \
+    ERP_CHART=/app/charts/erp \
     PORT=3000
 RUN groupadd --system --gid 10001 erp && useradd --system --uid 10001 --gid erp --no-create-home erp
 COPY --from=build /opt/venv /opt/venv
 COPY --from=helm /usr/local/bin/helm /usr/local/bin/helm
+# per-service rollbacks re-apply the release with this chart (helm upgrade --reuse-values)
+COPY charts/erp /app/charts/erp
 USER 10001:10001
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=3s CMD ["python", "-c", "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT','3000'), timeout=2)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,10 @@ from slack_bolt.async_app import AsyncApp
 
 import handlers
 from bot.aws import AwsClients
+from bot.cluster import Cluster
 from bot.config import Config, load_config
 from bot.event_consumer import EventConsumer
+from bot.helm_cli import Helm
 from bot.http_server import build_http_app
 from bot.jsonlog import redactor
 from bot.metrics import Metrics
@@ -33,6 +36,19 @@ class Bot:
     bolt: AsyncApp
     http: web.Application
     consumer: EventConsumer[Any]
+
+
+def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
+    """Kubernetes and helm, when this bot has a cluster (kubeconfig or in-cluster) and a helm binary."""
+    cluster = Cluster.from_environment(environ.get("KUBECONFIG"))
+    helm_bin = shutil.which(environ.get("HELM_BIN", "helm"))
+    if cluster is None or helm_bin is None:
+        logging.getLogger(__name__).info("no cluster configured: status and rollback will say so")
+        return
+    runtime.cluster = cluster
+    runtime.helm = Helm(helm_bin, kubeconfig=environ.get("KUBECONFIG"))
+    runtime.erp_chart = environ.get("ERP_CHART", runtime.erp_chart)
+    runtime.rollout_timeout = float(environ.get("ROLLOUT_TIMEOUT_SECONDS", "300"))
 
 
 def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = None) -> Bot:
@@ -54,6 +70,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     )
     runtime = Runtime.build(config, client, aws, metrics)
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
+    _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
                consumer=EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws import AwsClients
 from bot.card_store import CardStore
+from bot.cluster import Cluster
 from bot.command_parser import CommandParser
 from bot.config import Config
+from bot.helm_cli import Helm
 from bot.inflight import InFlight
 from bot.metrics import Metrics
 from bot.policy import AccessPolicy
@@ -29,6 +32,10 @@ class Runtime:
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
     log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
+    helm: Helm | None = None  # None: no cluster configured for this bot
+    cluster: Cluster | None = None
+    erp_chart: str = str(Path(__file__).resolve().parents[1] / "charts" / "erp")
+    rollout_timeout: float = 300.0
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:

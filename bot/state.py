@@ -137,6 +137,23 @@ class StateStore:
             return None
         return item
 
+    async def transition(self, pk: str, sk: str, from_status: str, to_status: str, **attrs: Any) -> bool:
+        """Move a marker's `status` from one value to another; False if it was not in `from_status`."""
+        sets = {"status": to_status, **attrs}
+        names = {f"#a{i}": k for i, k in enumerate(sets)}
+        values = {f":v{i}": v for i, v in enumerate(sets.values())} | {":from": from_status}
+        try:
+            await self.aws.call(
+                "dynamodb", "update_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}),
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(sets))),
+                ConditionExpression="#a0 = :from", ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_item(values))
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
     async def delete_marker(self, pk: str, sk: str) -> None:
         await self.aws.call("dynamodb", "delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}))
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import approval, erp_command, scan
+from handlers import approval, erp_command, rollback, scan
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.history import history
 from handlers.logs import logs
 from handlers.pipeline_events import handle_pipeline_event, publish_changes
+from handlers.status import status
 
 # Verbs whose handlers have landed; the others answer "not available yet".
 VERBS: dict[str, VerbHandler] = {
     "deploy": deploy,
     "history": history,
     "logs": logs,
+    "rollback": rollback.rollback,
     "scan": scan.scan,
+    "status": status,
 }
 
 EVENT_HANDLER = handle_pipeline_event  # what the queue consumer calls for each event
@@ -27,4 +30,5 @@ EVENT_PUBLISHER = publish_changes  # and, once per batch, to bring the touched c
 def register(app: AsyncApp, runtime: Runtime) -> None:
     erp_command.register(app, runtime, VERBS)
     approval.register(app, runtime)
+    rollback.register(app, runtime)
     scan.register(app, runtime)

@@ -23,7 +23,6 @@ from bot.deploy_card import (
     APPROVE_ACTION,
     REJECT_ACTION,
     REJECT_VIEW,
-    ROLLBACK_ACTION,
     DeployCard,
 )
 from bot.runtime import Runtime
@@ -187,15 +186,8 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         await decide(runtime, view.get("private_metadata", ""), body["user"]["id"], channel, "Rejected",
                      value.strip())
 
-    async def roll_back(body: dict[str, Any]) -> None:
-        service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
-        await _tell(runtime, body.get("channel", {}).get("id", ""), body["user"]["id"],
-                    f"To roll back, type `/erp rollback {service} {env}`:"
-                    " it shows what will change and asks to confirm.")
-
     app.action(APPROVE_ACTION)(ack=ack_click, lazy=[runtime.work.track(approve)])
     app.action(REJECT_ACTION)(ack=ack_click, lazy=[runtime.work.track(ask_reason)])
     app.view(REJECT_VIEW)(ack=check_reason, lazy=[runtime.work.track(reject)])
-    app.action(ROLLBACK_ACTION)(ack=ack_click, lazy=[runtime.work.track(roll_back)])
     for link_button in ("open_pipeline", "open_logs"):  # URL buttons still send a click: acknowledge it
         app.action(link_button)(ack_click)

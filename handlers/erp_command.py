@@ -65,9 +65,6 @@ def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> 
                 await ack(response_type="ephemeral", text=parsed.message)
             elif parsed.verb == "help":
                 await ack(**help_reply(runtime.config, parsed.topic))
-            elif parsed.verb not in verbs:
-                await ack(response_type="ephemeral",
-                          text=f"`/erp {parsed.verb}` is not available yet. Type `/erp help` for what works today.")
             elif runtime.draining:
                 await ack(response_type="ephemeral", text="I'm restarting; send the command again in a few seconds.")
             else:

@@ -7,6 +7,7 @@ from datetime import datetime
 from slack_bolt.async_app import AsyncRespond
 
 from bot.command_parser import ErpCommand
+from bot.helm_cli import HelmError, service_tags, short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 
@@ -27,7 +28,7 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
     envs = [command.environment] if command.environment else list(runtime.config.environments)
     records = await runtime.state.list_audit(envs, service=command.service, limit=15)
     scope = " ".join(x for x in (command.service, command.environment) if x) or "all services and environments"
-    if not records:
+    if not records and not (command.environment and runtime.helm is not None):
         await respond(response_type="ephemeral", replace_original=True,
                       text=f"No deploys, approvals or rollbacks recorded yet for {scope}.")
         return
@@ -42,5 +43,29 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         reason = f" ({r.detail[:120]})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""
         what = describe(r.action, r.outcome, target)
         lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} <@{r.actor}> {what}{detail}{reason}")
-    await respond(response_type="ephemeral", replace_original=True,
-                  text=f"*Recent activity, {scope}* (newest first)\n" + "\n".join(lines))
+    text = f"*Recent activity, {scope}* (newest first)\n" + "\n".join(lines)
+    if command.environment and runtime.helm is not None:
+        text += "\n\n" + await release_history(runtime, command.environment, command.service)
+    await respond(response_type="ephemeral", replace_original=True, text=text)
+
+
+async def release_history(runtime: Runtime, environment: str, service: str | None, limit: int = 6) -> str:
+    """Helm's revisions, newest first, with each service's image tag in that revision."""
+    assert runtime.helm is not None
+    env = runtime.config.environments[environment]
+    try:
+        revisions = (await runtime.helm.history(env.release, env.namespace, limit=limit))[::-1]
+    except HelmError as e:
+        return f"Helm history of `{env.release}` unavailable: {str(e)[:150]}"
+    if not revisions:
+        return f"`{env.release}` is not installed in `{env.namespace}`."
+    lines = [f"*Helm release `{env.release}` in `{env.namespace}`*"]
+    for r in revisions:
+        try:
+            tags = service_tags(await runtime.helm.values(env.release, env.namespace, r.number))
+        except HelmError:
+            tags = {}
+        shown = {k: v for k, v in tags.items() if service is None or k == service}
+        images = ", ".join(f"{k} `{short_tag(v)}`" for k, v in shown.items())
+        lines.append(f"rev *{r.number}* {r.updated[:16].replace('T', ' ')} {r.status}: {images}")
+    return "\n".join(lines)

@@ -11,6 +11,7 @@ import pytest
 from bot.aws import AwsClients
 from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.ecr_images import create_repositories
+from bot.sandbox.local_kube import KubeUnavailable, LocalKube
 from bot.sandbox.seed import SERVICES, create_events_queue, create_state_table
 from bot.sandbox.service_logs import seed_service_logs
 from bot.sandbox.slack_workspace import SlackWorkspace
@@ -137,3 +138,15 @@ def tools() -> Path:
 @pytest.fixture(scope="session")
 def helm(tools: Path) -> str:
     return str(tools / "helm")
+
+
+@pytest.fixture(scope="session")
+def kube(tools: Path) -> Iterator[LocalKube]:
+    """A real kube-apiserver + etcd for the session (each test uses its own namespaces)."""
+    try:
+        cluster = LocalKube(tools)
+    except KubeUnavailable as e:
+        pytest.skip(str(e))
+    cluster.install_external_secrets_crds()
+    yield cluster
+    cluster.stop()

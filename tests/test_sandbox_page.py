@@ -22,10 +22,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[str]:
+def sandbox(tmp_path: Path, tools: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
-    env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3")
+    env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3", ERP_TOOLS_BIN=str(tools))
     log = (tmp_path / "sandbox.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -76,3 +76,36 @@ def test_prod_deploy_with_approval_in_the_browser(sandbox: str):
         expect(page.locator("#thread-body")).to_contain_text("Scan of")
         page.screenshot(path=str(ROOT / "docs" / "sandbox-prod-deploy.png"))
         browser.close()
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    return json.loads(http("POST", f"{url}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})[1])
+
+
+def _state(url: str, user: str) -> dict:
+    return json.loads(http("GET", f"{url}/ui/state?user={user}")[1])
+
+
+def _answer(url: str, user: str, text: str, channel: str) -> str:
+    before = len([m for m in _state(url, user)["messages"] if m["ephemeral"]])
+    assert _post(url, "/ui/command", {"user": user, "channel": channel, "text": text})["ok"]
+    return wait_until(lambda: [m["text"] for m in _state(url, user)["messages"] if m["ephemeral"]][before:]
+                      and [m["text"] for m in _state(url, user)["messages"] if m["ephemeral"]
+                           and "Working on" not in m["text"]][-1], timeout=30, what=text)
+
+
+def test_sandbox_cluster_status_and_prod_rollback(sandbox: str):
+    status = _answer(sandbox, "U0ONCALL", "/erp status prod", "C0ONCALL")
+    assert "revision *2*" in status and "employee `release-2024" in status and "5/5 complete" in status
+    answer = _answer(sandbox, "U0DEV1", "/erp rollback employee prod", "C0PROD")
+    assert "an approver must confirm" in answer
+    plan = wait_until(lambda: [m for m in _state(sandbox, "U0APPR1")["messages"] if m["channel"] == "C0PROD"
+                               and "Roll back employee" in json.dumps(m["blocks"])], what="the plan")[0]
+    assert "release-2024.12.26` -> `release-2024.12.23" in json.dumps(plan["blocks"])
+    assert _post(sandbox, "/ui/click", {"user": "U0APPR1", "channel": "C0PROD", "ts": plan["ts"],
+                                        "action_id": "rollback_confirm"})["ok"]
+    done = wait_until(lambda: [m for m in _state(sandbox, "U0APPR1")["messages"] if m["ts"] == plan["ts"]
+                               and "Rolled back" in json.dumps(m["blocks"])], timeout=60, what="the rollback")[0]
+    assert "5/5 complete" in json.dumps(done["blocks"])
+    after = _answer(sandbox, "U0ONCALL", "/erp status prod", "C0ONCALL")
+    assert "revision *3*" in after and "employee `release-2024" in after and "rolled back by <@U0APPR1>" in after

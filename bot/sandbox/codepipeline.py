@@ -18,6 +18,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,13 +96,15 @@ def _codebuild_time(t: float) -> str:
 
 class PipelineStandIn:
     def __init__(self, aws: AwsClients, events_queue_url: str, *, definition: Path = DEFINITION,
-                 step_seconds: float = 1.0, faults: Faults | None = None) -> None:
+                 step_seconds: float = 1.0, faults: Faults | None = None,
+                 deployer: Callable[[str, list[str], str], Awaitable[None]] | None = None) -> None:
         self.aws = aws
         self.queue_url = events_queue_url
         self.pipeline = json.loads(definition.read_text())["pipeline"]
         self.name = self.pipeline["name"]
         self.step = step_seconds
         self.faults = faults or Faults()
+        self.deployer = deployer  # runs the real helm upgrade when the sandbox has a cluster
         self.executions: dict[str, Execution] = {}
         self._tokens: dict[str, str] = {}  # clientRequestToken -> execution id
         self._stage_latest: dict[str, str] = {}  # stage -> execution id that entered it last
@@ -433,6 +436,11 @@ class PipelineStandIn:
         # images are pushed and scanned unless the build itself broke (the scan gate fails in POST_BUILD)
         if project == "erp-build" and (failing is None or failing[0] == "POST_BUILD"):
             await self._scan_events(e)
+        if failing is None and project == "erp-deploy" and self.deployer is not None:
+            try:
+                await self.deployer(e.variables.get("ENVIRONMENT", "dev"), e.services, e.revision)
+            except Exception as exc:
+                failing = ("BUILD", f"Error: UPGRADE FAILED: {exc}")
         if failing is not None:
             run.summary = failing[1]
             await build_event("FAILED", "COMPLETED")

@@ -15,6 +15,7 @@ import os
 import secrets
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import yaml
@@ -22,7 +23,9 @@ from aiohttp import web
 
 from bot.aws import AwsClients
 from bot.sandbox.codepipeline import Faults, PipelineStandIn
+from bot.sandbox.erp_cluster import SandboxCluster
 from bot.sandbox.local_aws import LocalAws, free_port
+from bot.sandbox.local_kube import KubeUnavailable, find_tools
 from bot.sandbox.page import add_page_routes
 from bot.sandbox.seed import SLACK_SECRET_ID, sandbox_config, seed_all
 from bot.sandbox.slack_workspace import SlackWorkspace
@@ -33,6 +36,7 @@ async def _main(host: str, port: int) -> int:
     from bot.http_server import serve
 
     aws_proc = LocalAws()
+    cluster: SandboxCluster | None = None
     workdir = Path(tempfile.mkdtemp(prefix="erp-chatops-sandbox-"))
     try:
         os.environ.update(aws_proc.env())  # boto3 finds local AWS through its own endpoint resolution
@@ -42,10 +46,12 @@ async def _main(host: str, port: int) -> int:
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(sandbox_config(seeded["queue_url"], seeded["table"]), sort_keys=False))
 
+        cluster = await _start_cluster()
         faults = Faults(fail_build=_names("SANDBOX_FAIL_BUILD"), critical_scan=_names("SANDBOX_CRITICAL_SCAN"),
                         fail_deploy=os.environ.get("SANDBOX_FAIL_DEPLOY") == "1")
         pipeline = PipelineStandIn(AwsClients(), seeded["queue_url"],
-                                   step_seconds=float(os.environ.get("SANDBOX_STEP_SECONDS", "1.5")), faults=faults)
+                                   step_seconds=float(os.environ.get("SANDBOX_STEP_SECONDS", "1.5")), faults=faults,
+                                   deployer=cluster.deploy if cluster else None)
         pipeline_runner = web.AppRunner(pipeline.web_app(), access_log=None)
         await pipeline_runner.setup()
         pipeline_port = free_port()
@@ -61,21 +67,42 @@ async def _main(host: str, port: int) -> int:
         workspace.base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104
 
         bot_port = free_port()
-        bot = build_bot(environ={
-            "BOT_CONFIG": str(config_path),
-            "SLACK_SECRET_ID": SLACK_SECRET_ID,
-            "SLACK_API_URL": f"{workspace.base_url}/api/",
-        })
+        environ = {"BOT_CONFIG": str(config_path), "SLACK_SECRET_ID": SLACK_SECRET_ID,
+                   "SLACK_API_URL": f"{workspace.base_url}/api/"}
+        if cluster is not None:
+            environ.update(KUBECONFIG=str(cluster.kube.kubeconfig), HELM_BIN=cluster.helm, ROLLOUT_TIMEOUT_SECONDS="60")
+        bot = build_bot(environ=environ)
         workspace.bot_url = f"http://127.0.0.1:{bot_port}/slack/events"
+        kube_note = f"Kubernetes {cluster.kube.url}" if cluster else \
+            "no Kubernetes (run `make tools` for status and rollback)"
         print(f"\n  erp-chatops sandbox is up: open http://localhost:{port}\n"
-              f"  (bot on :{bot_port}, local AWS on {aws_proc.url}; Ctrl-C stops everything)\n",
+              f"  (bot on :{bot_port}, local AWS on {aws_proc.url}, {kube_note}; Ctrl-C stops everything)\n",
               file=sys.stderr, flush=True)
-        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=[bot.consumer.run])
+        background: list[Callable[[], Awaitable[None]]] = [bot.consumer.run]
+        if cluster is not None:
+            background.append(cluster.play_controllers)
+        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=background)
         await runner.cleanup()
         await pipeline_runner.cleanup()
         return 0
     finally:
+        if cluster is not None:
+            cluster.stop()
         aws_proc.stop()
+
+
+async def _start_cluster() -> SandboxCluster | None:
+    """A real API server and helm when they are built and etcd is installed; otherwise none."""
+    tools = find_tools()
+    if tools is None:
+        return None
+    try:
+        cluster = SandboxCluster(tools)
+        await cluster.install()
+        return cluster
+    except (KubeUnavailable, RuntimeError) as e:
+        print(f"erp-chatops sandbox: no Kubernetes: {e}", file=sys.stderr)
+        return None
 
 
 def _names(variable: str) -> set[str]:

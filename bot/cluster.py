@@ -1,0 +1,101 @@
+"""Reading the cluster with the official kubernetes client, off the event loop.
+
+Rollout state follows `kubectl rollout status`: the controller must have seen
+the newest generation, every replica must be updated and available, and a
+Progressing=False condition (ProgressDeadlineExceeded) means it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+
+class ClusterUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    name: str
+    image_tag: str
+    desired: int
+    ready: int
+    updated: int
+    state: str  # complete, progressing, failed
+    reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("complete", "failed")
+
+
+def rollout_of(dep: Any) -> RolloutState:
+    spec, status, meta = dep.spec, dep.status, dep.metadata
+    desired = spec.replicas if spec.replicas is not None else 1
+    image = spec.template.spec.containers[0].image if spec.template.spec.containers else ""
+    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+    ready = status.ready_replicas or 0
+    updated = status.updated_replicas or 0
+    available = status.available_replicas or 0
+    total = status.replicas or 0
+    for cond in status.conditions or []:
+        if cond.type == "Progressing" and cond.status == "False":
+            return RolloutState(meta.name, tag, desired, ready, updated, "failed", cond.reason or "")
+    if (status.observed_generation or 0) < (meta.generation or 0):
+        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", "waiting for the controller")
+    if updated < desired:
+        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", f"{updated}/{desired} updated")
+    if total > updated:
+        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", "old pods terminating")
+    if available < updated:
+        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", f"{available}/{desired} available")
+    return RolloutState(meta.name, tag, desired, ready, updated, "complete")
+
+
+class Cluster:
+    def __init__(self, api: k8s.ApiClient) -> None:
+        self.apps = k8s.AppsV1Api(api)
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None) -> Cluster | None:
+        """The cluster from KUBECONFIG (or the given file), or in-cluster credentials; None when neither."""
+        path = kubeconfig or os.environ.get("KUBECONFIG")
+        if path:
+            return cls(k8s_config.new_client_from_config(config_file=path))
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            k8s_config.load_incluster_config()
+            return cls(k8s.ApiClient())
+        return None
+
+    async def rollouts(self, namespace: str, names: list[str] | None = None) -> dict[str, RolloutState]:
+        try:
+            listing = await asyncio.to_thread(self.apps.list_namespaced_deployment, namespace, _request_timeout=10)
+        except k8s.ApiException as e:
+            raise ClusterUnavailable(f"the API server answered {e.status} {e.reason}") from None
+        except Exception as e:  # connection refused, DNS, TLS
+            raise ClusterUnavailable(f"cannot reach the cluster ({type(e).__name__})") from None
+        states = {d.metadata.name: rollout_of(d) for d in listing.items}
+        return {n: s for n, s in states.items() if names is None or n in names}
+
+    async def wait_rollout(self, namespace: str, names: list[str], timeout: float,
+                           progress: Callable[[dict[str, RolloutState]], Awaitable[None]],
+                           interval: float = 1.0) -> dict[str, RolloutState]:
+        """Poll until every named deployment is complete or failed, or `timeout` passes; report changes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: dict[str, RolloutState] = {}
+        while True:
+            states = await self.rollouts(namespace, names)
+            if states != last:
+                await progress(states)
+                last = states
+            if all(s.done for s in states.values()) or loop.time() >= deadline:
+                return states
+            await asyncio.sleep(interval)

@@ -1,0 +1,321 @@
+"""`/erp rollback <service> <env> [revision]` and `/erp rollback <env> <revision>`.
+
+First the plan: what will change (current -> target revision and image tags),
+posted in the environment's channel with Confirm / Cancel. Only a deployer may
+ask; where the environment needs approval, an approver other than the person
+who asked must confirm. Then helm (argument lists, a timeout), the rollout
+watched through the kubernetes client with the message edited as it moves, and
+an audit record of what happened. The "Roll back" button on a failed deploy
+card leads here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.cluster import ClusterUnavailable, RolloutState
+from bot.command_parser import ErpCommand
+from bot.deploy_card import ROLLBACK_ACTION
+from bot.helm_cli import HelmError, Revision, service_tags, short_tag
+from bot.runtime import Runtime
+from bot.state import AuditRecord
+from handlers.erp_command import Invocation
+
+log = logging.getLogger(__name__)
+
+CONFIRM_ACTION = "rollback_confirm"
+CANCEL_ACTION = "rollback_cancel"
+PLAN_TTL = 3600  # a plan not confirmed within an hour is stale
+NO_CLUSTER = ("No cluster is configured for this bot (no kubeconfig or in-cluster credentials, or no helm), so"
+              " I can't read or change releases here.")
+
+
+class RollbackRefused(Exception):
+    """A one-line answer: nothing to roll back to, no such revision, ..."""
+
+
+@dataclass
+class RollbackPlan:
+    id: str
+    environment: str
+    namespace: str
+    release: str
+    service: str | None  # None: the whole release
+    current_revision: int
+    target_revision: int
+    current_tags: dict[str, str]
+    target_tags: dict[str, str]
+    requested_by: str
+    channel: str = ""
+    ts: str = ""
+
+    @property
+    def what(self) -> str:
+        return f"{self.service} in {self.environment}" if self.service else f"{self.release} in {self.environment}"
+
+    def changes(self) -> list[str]:
+        names = [self.service] if self.service else sorted(set(self.current_tags) | set(self.target_tags))
+        lines = []
+        for name in names:
+            cur, tgt = self.current_tags.get(name, "?"), self.target_tags.get(name, "?")
+            mark = ":leftwards_arrow_with_hook:" if cur != tgt else "="
+            lines.append(f"{mark} *{name}*: `{short_tag(cur)}` -> `{short_tag(tgt)}`" if cur != tgt
+                         else f"{mark} {name}: `{short_tag(cur)}` unchanged")
+        return lines
+
+
+def _plan_key(plan_id: str) -> tuple[str, str]:
+    return f"ROLLBACK#{plan_id}", "PLAN"
+
+
+def _deployments(runtime: Runtime, plan: RollbackPlan) -> list[str]:
+    names = [plan.service] if plan.service else list(runtime.config.services)
+    return [runtime.config.services[n].deployment for n in names if n in runtime.config.services]
+
+
+async def make_plan(runtime: Runtime, environment: str, service: str | None, revision: int | None,
+                    requested_by: str) -> RollbackPlan:
+    assert runtime.helm is not None
+    env = runtime.config.environments[environment]
+    try:
+        history = await runtime.helm.history(env.release, env.namespace)
+    except HelmError as e:
+        raise RollbackRefused(f"helm could not read the release `{env.release}` in `{env.namespace}`: {e}") from None
+    if not history:
+        raise RollbackRefused(f"There is no release `{env.release}` in `{env.namespace}` to roll back.")
+    deployed = [r for r in history if r.status == "deployed"] or history
+    current = deployed[-1]
+    numbers = [r.number for r in history]
+    if revision is not None and revision not in numbers:
+        raise RollbackRefused(f"Revision {revision} is not in `{env.release}`'s history in {environment}"
+                              f" (revisions {numbers[0]}-{numbers[-1]}). See `/erp history {environment}`.")
+    if revision == current.number:
+        raise RollbackRefused(f"Revision {revision} is what {environment} runs now: nothing to roll back.")
+    current_tags = service_tags(await runtime.helm.values(env.release, env.namespace, current.number))
+    if service is None:
+        assert revision is not None
+        target_tags = service_tags(await runtime.helm.values(env.release, env.namespace, revision))
+        return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, current.number,
+                            revision, current_tags, target_tags, requested_by)
+    target: Revision | None = None
+    target_tag = None
+    candidates = [r for r in history if r.number == revision] if revision else \
+        [r for r in reversed(history) if r.number < current.number]
+    for r in candidates:
+        tag = service_tags(await runtime.helm.values(env.release, env.namespace, r.number)).get(service)
+        if tag and (revision is not None or tag != current_tags.get(service)):
+            target, target_tag = r, tag
+            break
+    if target is None or target_tag is None:
+        raise RollbackRefused(f"Nothing to roll back to: every revision of `{env.release}` in {environment} runs"
+                              f" {service} `{short_tag(current_tags.get(service, '?'))}`.")
+    if target_tag == current_tags.get(service):
+        raise RollbackRefused(f"{service} in {environment} already runs `{short_tag(target_tag)}`"
+                              f" (revision {target.number}).")
+    return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, service, current.number,
+                        target.number, {service: current_tags.get(service, "?")}, {service: target_tag},
+                        requested_by)
+
+
+def plan_blocks(plan: RollbackPlan, runtime: Runtime, status: str, *, buttons: bool) -> list[dict[str, Any]]:
+    env = runtime.config.environments[plan.environment]
+    who = "an approver" if env.approval else "the requester or a deployer"
+    head = (f"*Revision {plan.current_revision} -> {plan.target_revision}*"
+            + (" (a new revision with the old image)" if plan.service else " (helm rollback)"))
+    blocks: list[Any] = [
+        HeaderBlock(text=f":leftwards_arrow_with_hook: Roll back {plan.what}"[:150]),
+        SectionBlock(text=MarkdownTextObject(text=head + "\n" + "\n".join(plan.changes()))),
+        SectionBlock(text=MarkdownTextObject(text=status)),
+    ]
+    if buttons:
+        blocks.append(ActionsBlock(elements=[
+            ButtonElement(text="Confirm rollback", action_id=CONFIRM_ACTION, value=plan.id, style="danger",
+                          confirm=ConfirmObject(title="Roll back now?", text=f"{plan.what}: revision"
+                                                f" {plan.current_revision} -> {plan.target_revision}.",
+                                                confirm="Roll back", deny="Not yet")),
+            ButtonElement(text="Cancel", action_id=CANCEL_ACTION, value=plan.id)]))
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(
+        text=f"asked by <@{plan.requested_by}> · confirm: {who}")]))
+    return [b.to_dict() for b in blocks]
+
+
+async def propose(runtime: Runtime, environment: str, service: str | None, revision: int | None,
+                  user: str) -> str:
+    """Post the plan in the environment's channel; returns a one-line answer for the person who asked."""
+    if runtime.helm is None or runtime.cluster is None:
+        return NO_CLUSTER
+    decision = await runtime.policy.can_rollback(user, environment)
+    if not decision:
+        await runtime.state.record_audit(AuditRecord(actor=user, action="rollback", environment=environment,
+                                                     service=service, outcome="refused", detail=decision.reason))
+        return f":no_entry: {decision.reason}"
+    try:
+        plan = await make_plan(runtime, environment, service, revision, user)
+    except RollbackRefused as e:
+        return str(e)
+    env = runtime.config.environments[environment]
+    waiting = ("Waiting for an approver to confirm." if env.approval else "Confirm to roll back, or cancel.")
+    posted = await runtime.slack.chat_postMessage(
+        channel=env.channel, text=f"Roll back {plan.what}? (revision {plan.current_revision} ->"
+                                  f" {plan.target_revision})", blocks=plan_blocks(plan, runtime, waiting, buttons=True))
+    plan.channel, plan.ts = env.channel, str(posted["ts"])
+    await runtime.state.put_marker(*_plan_key(plan.id), PLAN_TTL, only_if_absent=False, status="pending",
+                                   plan=json.dumps(asdict(plan)))
+    return f"The rollback plan for {plan.what} is in <#{env.channel}>: " + \
+        ("an approver must confirm it." if env.approval else "confirm it there.")
+
+
+async def rollback(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    assert command.environment is not None
+    answer = await propose(runtime, command.environment, command.service, command.revision, who.user_id)
+    await respond(response_type="ephemeral", replace_original=True, text=answer)
+
+
+async def _tell(runtime: Runtime, channel: str, user: str, text: str) -> None:
+    try:
+        await runtime.slack.chat_postEphemeral(channel=channel, user=user, text=text)
+    except SlackApiError as e:
+        log.warning("could not answer %s: %s", user, e.response.get("error"))
+
+
+def _progress_line(states: dict[str, RolloutState]) -> str:
+    parts = []
+    for s in states.values():
+        icon = {"complete": ":large_green_circle:", "failed": ":red_circle:"}.get(s.state, ":large_yellow_circle:")
+        parts.append(f"{icon} {s.name} `{short_tag(s.image_tag)}` {s.ready}/{s.desired} {s.state}"
+                     + (f" ({s.reason})" if s.reason and s.state != "complete" else ""))
+    return "\n".join(parts) or "no deployments found"
+
+
+async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> None:
+    assert runtime.helm is not None and runtime.cluster is not None
+    by = f"confirmed by <@{confirmed_by}>"
+
+    async def show(status: str) -> None:
+        await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text=f"Rollback of {plan.what}: {status}",
+                                        blocks=plan_blocks(plan, runtime, status, buttons=False))
+
+    async def audit(outcome: str, detail: str) -> None:
+        await runtime.state.record_audit(AuditRecord(actor=confirmed_by, action="rollback",
+                                                     environment=plan.environment, service=plan.service,
+                                                     outcome=outcome, detail=detail))
+
+    started = time.monotonic()
+    await show(f":hourglass_flowing_sand: Rolling back ({by})...")
+    try:
+        if plan.service:
+            await runtime.helm.set_service_tag(plan.release, plan.namespace, runtime.erp_chart, plan.service,
+                                               plan.target_tags[plan.service])
+        else:
+            await runtime.helm.rollback(plan.release, plan.namespace, plan.target_revision)
+    except HelmError as e:
+        await show(f":red_circle: *helm failed*, nothing was rolled back ({by}). Details in the thread.")
+        await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts, text=f"helm said:\n```{e}```")
+        await audit("failed", f"helm: {str(e)[:200]}")
+        return
+
+    async def progress(states: dict[str, RolloutState]) -> None:
+        await show(f":hourglass_flowing_sand: helm done, rolling out ({by})\n{_progress_line(states)}")
+
+    try:
+        states = await runtime.cluster.wait_rollout(plan.namespace, _deployments(runtime, plan),
+                                                    runtime.rollout_timeout, progress)
+    except ClusterUnavailable as e:
+        await show(f":warning: helm rolled back, but I can't watch the rollout: {e} ({by}).")
+        await audit("failed", f"rollout not watched: {e}")
+        return
+    took = f"{time.monotonic() - started:.0f}s"
+    if all(s.state == "complete" for s in states.values()):
+        await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
+        await audit("ok", f"revision {plan.current_revision} -> {plan.target_revision}")
+    elif any(s.state == "failed" for s in states.values()):
+        await show(f":red_circle: *The rollout failed* after {took} ({by})\n{_progress_line(states)}")
+        await audit("failed", "rollout failed")
+    else:
+        await show(f":warning: *The rollout did not finish* within {runtime.rollout_timeout:.0f}s ({by})\n"
+                   f"{_progress_line(states)}")
+        await audit("failed", "rollout timed out")
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    async def ack_click(ack: AsyncAck) -> None:
+        await ack()
+
+    async def load(plan_id: str) -> tuple[RollbackPlan, str] | None:
+        marker = await runtime.state.get_marker(*_plan_key(plan_id))
+        if marker is None:
+            return None
+        return RollbackPlan(**json.loads(marker["plan"])), str(marker["status"])
+
+    async def confirm(body: dict[str, Any]) -> None:
+        user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
+        loaded = await load(body["actions"][0]["value"])
+        if loaded is None:
+            await _tell(runtime, channel, user, "This rollback plan has expired. Ask again with `/erp rollback`.")
+            return
+        plan, status = loaded
+        if status != "pending":
+            await _tell(runtime, channel, user, f"This rollback is already {status}.")
+            return
+        env = runtime.config.environments[plan.environment]
+        if env.approval:  # a second person, who may approve, never the one who asked
+            decision = await runtime.policy.can_approve(user, plan.environment, plan.requested_by)
+        else:
+            decision = await runtime.policy.can_rollback(user, plan.environment)
+        if not decision:
+            reason = decision.reason.replace("You asked for this deploy", "You asked for this rollback")
+            await runtime.state.record_audit(AuditRecord(actor=user, action="rollback", environment=plan.environment,
+                                                         service=plan.service, outcome="refused", detail=reason))
+            await _tell(runtime, channel, user, f":no_entry: {reason}")
+            return
+        if not await runtime.state.transition(*_plan_key(plan.id), "pending", "running", confirmed_by=user):
+            await _tell(runtime, channel, user, "Someone else has just confirmed or cancelled this rollback.")
+            return
+        await execute(runtime, plan, user)
+        await runtime.state.transition(*_plan_key(plan.id), "running", "done")
+
+    async def cancel(body: dict[str, Any]) -> None:
+        user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
+        loaded = await load(body["actions"][0]["value"])
+        if loaded is None or loaded[1] != "pending":
+            await _tell(runtime, channel, user, "This rollback can no longer be cancelled.")
+            return
+        plan = loaded[0]
+        allowed = user == plan.requested_by or await runtime.policy.can_rollback(user, plan.environment)
+        if not allowed:
+            await _tell(runtime, channel, user, "Only the person who asked or a deployer can cancel this rollback.")
+            return
+        if await runtime.state.transition(*_plan_key(plan.id), "pending", "cancelled"):
+            await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text="Rollback cancelled",
+                                            blocks=plan_blocks(plan, runtime, f"Cancelled by <@{user}>.",
+                                                               buttons=False))
+
+    async def from_card(body: dict[str, Any]) -> None:
+        """The "Roll back" button on a failed deploy card."""
+        service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
+        user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
+        if service not in runtime.config.services or env not in runtime.config.environments:
+            await _tell(runtime, channel, user, "This card's deploy cannot be rolled back per service.")
+            return
+        await _tell(runtime, channel, user, await propose(runtime, env, service, None, user))
+
+    app.action(CONFIRM_ACTION)(ack=ack_click, lazy=[runtime.work.track(confirm)])
+    app.action(CANCEL_ACTION)(ack=ack_click, lazy=[runtime.work.track(cancel)])
+    app.action(ROLLBACK_ACTION)(ack=ack_click, lazy=[runtime.work.track(from_card)])

@@ -1,0 +1,74 @@
+"""`/erp status [env]`: what the cluster really runs, in one compact message for a phone.
+
+Per service: the image tag, ready/desired replicas, the rollout state (with the
+reason when it failed), and the last deploy from the audit trail; per
+environment: the Helm release revision and when it was deployed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from slack_bolt.async_app import AsyncRespond
+
+from bot.cluster import ClusterUnavailable
+from bot.command_parser import ErpCommand
+from bot.helm_cli import HelmError, short_tag
+from bot.runtime import Runtime
+from handlers.erp_command import Invocation
+from handlers.rollback import NO_CLUSTER
+
+ICON = {"complete": ":large_green_circle:", "progressing": ":large_yellow_circle:", "failed": ":red_circle:"}
+
+
+def _when(iso: str) -> str:
+    try:
+        epoch = int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return iso[:16]
+    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{iso[:16]}>"
+
+
+async def environment_status(runtime: Runtime, env_name: str) -> str:
+    assert runtime.helm is not None and runtime.cluster is not None
+    env = runtime.config.environments[env_name]
+    try:
+        history = await runtime.helm.history(env.release, env.namespace, limit=5)
+    except HelmError as e:
+        history, release_line = [], f"release `{env.release}`: helm could not read it ({str(e)[:120]})"
+    else:
+        deployed = [r for r in history if r.status == "deployed"]
+        current = deployed[-1] if deployed else (history[-1] if history else None)
+        release_line = (f"release `{env.release}` revision *{current.number}* ({current.status},"
+                        f" {_when(current.updated)})" if current else f"release `{env.release}` is not installed")
+    try:
+        rollouts = await runtime.cluster.rollouts(env.namespace)
+    except ClusterUnavailable as e:
+        return f"*{env_name}* · {release_line}\n:warning: {e}"
+    audit = await runtime.state.list_audit([env_name], limit=50)
+    lines = [f"*{env_name}* (`{env.namespace}`) · {release_line}"]
+    for name, svc in runtime.config.services.items():
+        state = rollouts.get(svc.deployment)
+        if state is None:
+            lines.append(f":white_circle: {name}: not deployed")
+            continue
+        detail = f" ({state.reason})" if state.state == "failed" and state.reason else ""
+        last = next((r for r in audit if r.service in (name, "all", "changed") and r.outcome in ("started", "ok")
+                     and r.action in ("deploy", "rollback")), None)
+        who = f" · {r_action(last.action)} by <@{last.actor}> {_when(last.at)}" if last else ""
+        lines.append(f"{ICON.get(state.state, ':white_circle:')} {name} `{short_tag(state.image_tag)}`"
+                     f" {state.ready}/{state.desired} {state.state}{detail}{who}")
+    return "\n".join(lines)
+
+
+def r_action(action: str) -> str:
+    return {"deploy": "deployed", "rollback": "rolled back"}.get(action, action)
+
+
+async def status(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    if runtime.helm is None or runtime.cluster is None:
+        await respond(response_type="ephemeral", replace_original=True, text=NO_CLUSTER)
+        return
+    envs = [command.environment] if command.environment else list(runtime.config.environments)
+    parts = [await environment_status(runtime, e) for e in envs]
+    await respond(response_type="ephemeral", replace_original=True, text="\n\n".join(parts))
