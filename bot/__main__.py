@@ -1,4 +1,4 @@
-"""`python -m bot serve | sandbox` (also the console script `erp-chatops`)."""
+"""`python -m bot serve | sandbox | notify | ci` (also the console script `erp-chatops`)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,52 @@ def _sandbox(args: argparse.Namespace) -> int:
     return run_sandbox(port=int(os.environ.get("PORT", "3000")), host=args.host)
 
 
+def _notify(args: argparse.Namespace) -> int:
+    from bot.notify import Notifier
+
+    text = sys.stdin.read() if args.text == "-" else args.text
+    Notifier().post(text)
+    return 0  # a progress message never fails the build
+
+
+def _ci(args: argparse.Namespace) -> int:
+    import time
+
+    from bot import build_steps as steps
+    from bot.notify import Notifier
+
+    notifier = Notifier()
+    try:
+        if args.step == "changed-services":
+            print(" ".join(steps.changed_services(os.environ)))
+        elif args.step == "image-tags":
+            print(steps.image_tags(args.services, args.tag))
+        elif args.step == "scan-gate":
+            steps.scan_gate(args.services, args.tag, notifier, wait_seconds=args.wait)
+        elif args.step == "deploy":
+            started = time.time()
+            result = steps.deploy(args.release, args.chart, args.namespace, args.environment, args.image_tags,
+                                  notifier, rollout_timeout=args.rollout_timeout)
+            ended = time.time()
+            try:
+                steps.xray_segment("erp-deploy", started, ended, result.ok, {
+                    "environment": args.environment, "images": args.image_tags or "none",
+                    "result": "succeeded" if result.ok else "failed"})
+            except Exception as e:  # the trace is a record, not a reason to fail a deploy
+                print(f"ci deploy: could not record the X-Ray segment: {type(e).__name__}", file=sys.stderr)
+            took = f"{ended - started:.0f}s"
+            if not result.ok:
+                raise steps.StepFailed(f"{result.message} (after {took})")
+            if args.commit:
+                steps.record_deploy(os.environ, args.environment, args.commit)
+            notifier.post(f":white_check_mark: Deployed to {args.environment} in {took}: {result.message}")
+    except steps.StepFailed as e:
+        print(f"ci {args.step}: {e}", file=sys.stderr)
+        notifier.post(f":x: {args.step}: {e}")
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="erp-chatops", description="The ERP platform's ChatOps Slack bot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,9 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     serve_p.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a container listens on all interfaces
     sandbox_p = sub.add_parser("sandbox", help="run the bot with a local Slack workspace and local AWS")
     sandbox_p.add_argument("--host", default="127.0.0.1")
+    notify_p = sub.add_parser("notify", help="post a line into the deploy's Slack thread (for the buildspec)")
+    notify_p.add_argument("--text", required=True, help="the message, or - to read it from standard input")
+    ci = sub.add_parser("ci", help="the buildspec's steps")
+    steps = ci.add_subparsers(dest="step", required=True)
+    steps.add_parser("changed-services", help="services to build: SERVICE, or the diff since the last deploy")
+    for name in ("image-tags", "scan-gate"):
+        step = steps.add_parser(name)
+        step.add_argument("--tag", required=True)
+        step.add_argument("services", nargs="*")
+        step.add_argument("--wait", type=int, default=900, help="seconds to wait for each scan")
+    deploy = steps.add_parser("deploy", help="helm upgrade with the built tags, wait, roll back on failure")
+    for flag in ("--release", "--chart", "--namespace", "--environment"):
+        deploy.add_argument(flag, required=True)
+    deploy.add_argument("--image-tags", default="")
+    deploy.add_argument("--commit", default="")
+    deploy.add_argument("--rollout-timeout", type=float, default=600)
     args = parser.parse_args(argv)
-    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
-    return {"serve": _serve, "sandbox": _sandbox}[args.command](args)
+    if args.command in ("serve", "sandbox"):
+        setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    return {"serve": _serve, "sandbox": _sandbox, "notify": _notify, "ci": _ci}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ def _enhanced(f: dict[str, Any]) -> Finding:
                    url=details.get("sourceUrl"), title=f.get("title"))
 
 
-def _read_pages(aws: AwsClients, repository: str, image_id: dict[str, str]) -> ScanReport:
-    paginator = aws.client("ecr").get_paginator("describe_image_scan_findings")
+def read_findings(ecr: Any, repository: str, image_id: dict[str, str]) -> ScanReport:
+    """Every page of DescribeImageScanFindings for one image, through an ECR client."""
+    paginator = ecr.get_paginator("describe_image_scan_findings")
     report: ScanReport | None = None
     for page in paginator.paginate(repositoryName=repository, imageId=image_id):
         status = page.get("imageScanStatus", {})
@@ -107,7 +108,7 @@ def _read_pages(aws: AwsClients, repository: str, image_id: dict[str, str]) -> S
 
 
 async def fetch_scan_report(aws: AwsClients, repository: str, image_id: dict[str, str]) -> ScanReport:
-    return await asyncio.to_thread(_read_pages, aws, repository, image_id)
+    return await asyncio.to_thread(read_findings, aws.client("ecr"), repository, image_id)
 
 
 def severity_counts(counts: dict[str, int]) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import hcl2
@@ -111,34 +113,69 @@ def test_event_rules_cover_every_event_the_bot_reads():
 
 # --- least privilege: the bot's IAM policy is exactly what its code calls -------------------
 
-SERVICES = {"codepipeline", "sqs", "dynamodb", "ecr", "logs", "secretsmanager"}
+SERVICES = {"codepipeline", "sqs", "dynamodb", "ecr", "logs", "secretsmanager", "xray", "ssm"}
+CODEBUILD_SIDE = {"build_steps.py", "notify.py"}  # run by the buildspec in CodeBuild, with its role
 
 
 def _pascal(snake: str) -> str:
     return "".join(part.capitalize() for part in snake.split("_"))
 
 
-def calls_in_code() -> set[str]:
-    """Every AWS API the bot calls, read from its source (its sandbox stand-ins excluded)."""
+@functools.cache
+def _client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name="ap-northeast-2", aws_access_key_id="x", aws_secret_access_key="x")
+
+
+def _waiter_operation(service: str, waiter: str) -> str:
+    return str(_client(service).get_waiter(waiter).config.operation)
+
+
+def _is_operation(service: str, method: str) -> bool:
+    """Only real API operations count (a dict that happens to be called `logs` does not)."""
+    return _pascal(method) in _client(service).meta.service_model.operation_names
+
+
+def calls_in(files: list[Path]) -> set[str]:
+    """Every AWS API these files call, read from their source."""
     found: set[str] = set()
-    files = [p for p in list((ROOT / "bot").rglob("*.py")) + list((ROOT / "handlers").rglob("*.py"))
-             if "sandbox" not in p.parts]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
                 continue
             args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            method, target = node.func.attr, node.func.value
             # aws.call("service", "operation", ...)
-            if node.func.attr == "call" and len(args) >= 2 and args[0] in SERVICES:
+            if method == "call" and len(args) >= 2 and args[0] in SERVICES:
                 found.add(f"{args[0]}:{_pascal(args[1])}")
-            # aws.client("service").operation(...) and .get_paginator("operation")
-            inner = node.func.value
-            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Attribute) and inner.func.attr == "client":
-                svc = inner.args[0].value if inner.args and isinstance(inner.args[0], ast.Constant) else None
-                if svc in SERVICES:
-                    op = args[0] if node.func.attr == "get_paginator" and args else node.func.attr
-                    found.add(f"{svc}:{_pascal(op)}")
+                continue
+            # aws.client("service").op(...) / boto3.client("service", ...).op(...), or a client held in a
+            # variable named after its service: ecr.op(...)
+            service = None
+            if isinstance(target, ast.Call) and isinstance(target.func, ast.Attribute) and target.func.attr == "client":
+                first = target.args[0] if target.args else None
+                service = first.value if isinstance(first, ast.Constant) else None
+            elif isinstance(target, ast.Name) and target.id in SERVICES:
+                service = target.id
+            if service not in SERVICES:
+                continue
+            if method == "get_paginator" and args:
+                found.add(f"{service}:{_pascal(args[0])}")
+            elif method == "get_waiter" and args:
+                found.add(f"{service}:{_waiter_operation(str(service), args[0])}")
+            elif _is_operation(str(service), method):
+                found.add(f"{service}:{_pascal(method)}")
     return found
+
+
+def bot_files() -> list[Path]:
+    files = list((ROOT / "bot").rglob("*.py")) + list((ROOT / "handlers").rglob("*.py"))
+    return [p for p in files if "sandbox" not in p.parts and p.name not in CODEBUILD_SIDE]
+
+
+def calls_in_code() -> set[str]:
+    return calls_in(bot_files())
 
 
 def test_bot_policy_grants_exactly_what_the_code_calls():
@@ -159,3 +196,10 @@ def test_bot_role_is_for_its_service_account_only():
     trust = TF["data.aws_iam_policy_document.bot_trust"]["statement"][0]
     subjects = [c for c in trust["condition"] if c["variable"].endswith(":sub")]
     assert subjects and subjects[0]["values"] == ["system:serviceaccount:${var.bot_namespace}:${var.bot_service_account}"]
+
+
+def test_codebuild_role_allows_what_the_build_steps_call():
+    granted = {a for s in TF["data.aws_iam_policy_document.codebuild"]["statement"] for a in s["actions"]}
+    called = calls_in([ROOT / "bot" / name for name in CODEBUILD_SIDE])
+    assert {"ecr:DescribeImageScanFindings", "xray:PutTraceSegments", "dynamodb:GetItem"} <= called
+    assert called <= granted, f"the buildspec's steps call {called - granted}, which its role does not allow"
