@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot.config import Config
+from bot.image_tag import TAG
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ VERBS: dict[str, VerbHelp] = {
 SINCE_FORMS = "15m, 2h, 1d or an ISO time such as 2026-11-26T03:00Z"
 _DURATION = re.compile(r"^(\d{1,4})([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_TAG = re.compile(r"^(?:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|sha256:[0-9a-f]{64})$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _MAX_FILTER = 200
 _MAX_LOOKBACK = timedelta(days=30)
 # Phones turn quotes into curly ones; Slack escapes &, < and > in command text.
@@ -277,7 +278,7 @@ class CommandParser:
         service = self._service(args[0], "scan")
         tag = None
         if len(args) == 2 and args[1].lower() != "latest":
-            if not _TAG.match(args[1]):
+            if not (TAG.match(args[1]) or _DIGEST.match(args[1])):
                 raise UsageError(f"`{args[1][:40]}` is not an image tag or sha256 digest. {_usage('scan')}")
             tag = args[1]
         return ErpCommand(verb="scan", service=service, tag=tag)

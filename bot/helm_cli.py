@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from bot.image_tag import TAG
+
 log = logging.getLogger(__name__)
 
-TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 MAX_ERROR = 600
 
 
@@ -83,14 +83,6 @@ class Helm:
     async def rollback(self, release: str, namespace: str, revision: int) -> str:
         return await self.run("rollback", release, str(revision), "-n", namespace, "--history-max", "20",
                               "--timeout", "5m")
-
-
-SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-def short_tag(tag: str) -> str:
-    """Commit SHAs shortened as git does; every other tag in full (release-2024.12.26 != release-2024.12.23)."""
-    return tag[:7] if SHA.match(tag) else tag[:64]
 
 
 def service_tags(values: dict[str, Any]) -> dict[str, str]:

@@ -21,6 +21,7 @@ from slack_bolt.async_app import AsyncApp
 from bot.jsonlog import request_id
 from bot.readiness import Readiness
 from bot.runtime import Runtime
+from bot.slack_payload import payload_problem
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,12 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
 
     async def slack_events(request: web.Request) -> web.StreamResponse:
         try:
-            bolt_request = await to_bolt_request(request)  # parses the body: malformed JSON raises here
+            problem = payload_problem(await request.text(), request.content_type)
+            bolt_request = None if problem else await to_bolt_request(request)  # malformed JSON raises here
         except (ValueError, UnicodeDecodeError):
-            log.warning("refused a request whose body is not a Slack payload")
+            problem = "the body is not text"
+        if bolt_request is None:
+            log.warning("refused a request that is not a Slack payload: %s", problem)
             return web.json_response({"error": "invalid payload"}, status=400)
         bolt_response = await bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)

@@ -16,6 +16,7 @@ from typing import Any
 from slack_sdk.models.blocks import ContextBlock, MarkdownTextObject, SectionBlock
 
 from bot.aws import AwsClients
+from bot.image_tag import short_tag
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -130,7 +131,7 @@ def finding_line(f: Finding) -> str:
 
 
 def report_blocks(report: ScanReport, service: str) -> list[dict[str, Any]]:
-    image = f"{report.repository}:{(report.tag or report.digest or '?')[:12]}"
+    image = f"{report.repository}:{short_tag(report.tag or report.digest or '?')}"
     head = f":shield: *Scan of `{image}`* ({service})\n{verdict(report)}\n{severity_counts(report.counts)}"
     blocks: list[Any] = [SectionBlock(text=MarkdownTextObject(text=head))]
     top = report.top()

@@ -7,7 +7,8 @@ from datetime import datetime
 from slack_bolt.async_app import AsyncRespond
 
 from bot.command_parser import ErpCommand
-from bot.helm_cli import HelmError, service_tags, short_tag
+from bot.helm_cli import HelmError, service_tags
+from bot.image_tag import short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 

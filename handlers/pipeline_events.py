@@ -12,6 +12,7 @@ from typing import Any
 
 from bot.aws import BotoCoreError, ClientError, error_code
 from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card, severity_line
+from bot.image_tag import short_tag
 from bot.pipeline_events import PipelineEvent
 from bot.policy import mention_list
 from bot.runtime import Runtime
@@ -178,7 +179,7 @@ def _service_of_repository(runtime: Runtime, repository: str) -> str:
 
 
 def _report_text(report: ScanReport, service: str) -> str:
-    image = f"{report.repository}:{(report.tag or report.digest or '?')[:12]}"
+    image = f"{report.repository}:{short_tag(report.tag or report.digest or '?')}"
     top = "\n".join(finding_line(f) for f in report.top())
     return f":shield: Scan of `{image}` ({service}): {verdict(report)}\n{severity_counts(report.counts)}" + \
         (f"\n{top}" if top else "")
@@ -207,7 +208,7 @@ async def _tell_watchers(runtime: Runtime, detail: dict[str, Any], report: ScanR
         await runtime.state.delete_marker(f"SCANWATCH#{repo}", str(tag))
         service = _service_of_repository(runtime, repo)
         text = _report_text(report, service) if report else \
-            f":shield: Scan of `{repo}:{str(tag)[:12]}` done: {severity_line(_counts(detail))}"
+            f":shield: Scan of `{repo}:{short_tag(str(tag))}` done: {severity_line(_counts(detail))}"
         await runtime.slack.chat_postEphemeral(channel=str(marker["channel"]), user=str(marker["user"]), text=text)
 
 

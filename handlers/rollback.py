@@ -33,7 +33,8 @@ from slack_sdk.models.blocks import (
 from bot.cluster import ClusterUnavailable, RolloutState
 from bot.command_parser import ErpCommand
 from bot.deploy_card import ROLLBACK_ACTION
-from bot.helm_cli import HelmError, Revision, service_tags, short_tag
+from bot.helm_cli import HelmError, Revision, service_tags
+from bot.image_tag import short_tag
 from bot.runtime import Runtime
 from bot.state import AuditRecord
 from handlers.erp_command import Invocation

@@ -10,6 +10,7 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
 
 from bot.aws import BotoCoreError, ClientError, error_code
 from bot.command_parser import ErpCommand
+from bot.image_tag import short_tag
 from bot.runtime import Runtime
 from bot.scan_report import fetch_scan_report, report_blocks
 from handlers.erp_command import Invocation
@@ -35,7 +36,7 @@ def _latest_image(runtime: Runtime, repository: str) -> dict[str, Any] | None:
 def _recent_tags(runtime: Runtime, repository: str, n: int = 3) -> list[str]:
     resp = runtime.aws.client("ecr").describe_images(repositoryName=repository, filter={"tagStatus": "TAGGED"})
     images = sorted(resp.get("imageDetails", []), key=lambda i: i["imagePushedAt"], reverse=True)
-    return [i["imageTags"][0][:12] for i in images[:n] if i.get("imageTags")]
+    return [short_tag(i["imageTags"][0]) for i in images[:n] if i.get("imageTags")]
 
 
 async def scan(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
@@ -67,7 +68,7 @@ async def scan(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
             await answer(f"No image `{command.tag}` in `{repository}`.{hint} Or try `/erp scan {command.service}`"
                          " for the latest.")
         elif code == "ScanNotFoundException":
-            await answer(f"`{repository}:{(command.tag or 'latest')[:12]}` has not been scanned. The pipeline scans"
+            await answer(f"`{repository}:{short_tag(command.tag or 'latest')}` has not been scanned. The pipeline scans"
                          " every image it builds; images pushed by hand are scanned on push when the repository"
                          " has scan-on-push.")
         else:
@@ -79,12 +80,12 @@ async def scan(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     if not report.complete:
         button = ButtonElement(text="Post the result here when done", action_id=NOTIFY_ACTION,
                                value=f"{repository} {tag}")
-        blocks = [SectionBlock(text=f":hourglass_flowing_sand: The scan of `{repository}:{tag[:12]}` is still"
+        blocks = [SectionBlock(text=f":hourglass_flowing_sand: The scan of `{repository}:{short_tag(tag)}` is still"
                                     f" {report.status.lower().replace('_', ' ')}."),
                   ActionsBlock(elements=[button])]
         await answer("The scan is still running.", [b.to_dict() for b in blocks])
         return
-    await answer(f"Scan of {repository}:{tag[:12]}: {'blocks' if report.blocking else 'passes'} the gate",
+    await answer(f"Scan of {repository}:{short_tag(tag)}: {'blocks' if report.blocking else 'passes'} the gate",
                  report_blocks(report, command.service))
 
 
@@ -97,6 +98,6 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         await runtime.state.put_marker(*watch_key(repository, tag), WATCH_TTL, only_if_absent=False,
                                        user=body["user"]["id"], channel=body.get("channel", {}).get("id", ""))
         await respond(response_type="ephemeral", replace_original=True,
-                      text=f"I'll post the scan of `{repository}:{tag[:12]}` here when it is done.")
+                      text=f"I'll post the scan of `{repository}:{short_tag(tag)}` here when it is done.")
 
     app.action(NOTIFY_ACTION)(ack=ack_click, lazy=[runtime.work.track(watch)])

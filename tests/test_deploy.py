@@ -61,7 +61,7 @@ def test_dev_deploy_runs_to_success_as_one_message(bot: BotProcess, slack: Slack
     wait_until(lambda: slack.thread("C0DEV", card.ts), what="the scan note in the thread")
     assert len(slack.channel_messages("C0DEV")) == 1
     thread = " ".join(m.text for m in slack.thread("C0DEV", card.ts))
-    assert "Scan of `erp/employee-service" in thread and "passes the gate" in thread
+    assert "Scan of `erp/employee-service" in thread and "passes the gate" in thread.lower()
     # the requester got a link to the card
     assert any("Deploying employee to dev" in m.text for m in slack.ephemerals("U0DEV1"))
     # the card is only edited when its content changed
@@ -99,7 +99,8 @@ def test_prod_deploy_waits_for_an_approver_and_records_who(bot: BotProcess, slac
     assert len(slack.channel_messages("C0PROD")) == 1
 
     command(background_loop, slack, "U0DEV1", "C0DEV", "history employee prod")
-    history = slack.ephemerals("U0DEV1")[-1].text
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "Recent activity" in m.text],
+                         what="the history")[-1]
     assert "<@U0APPR1> approved employee in prod" in history
     assert "<@U0DEV1> tried to approve employee in prod: refused (You asked for this deploy" in history
     assert "<@U0DEV1> started a deploy of employee to prod" in history

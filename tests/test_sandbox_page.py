@@ -74,6 +74,9 @@ def test_prod_deploy_with_approval_in_the_browser(sandbox: str):
         expect(card).to_contain_text("Ari Approver")
         card.locator(".replies").click()
         expect(page.locator("#thread-body")).to_contain_text("Scan of")
+        # the buildspec's own progress lines, posted into the deploy's thread
+        expect(page.locator("#thread-body")).to_contain_text("Built and pushed employee-service")
+        expect(page.locator("#thread-body")).to_contain_text("Deployed to prod")
         page.screenshot(path=str(ROOT / "docs" / "sandbox-prod-deploy.png"))
         browser.close()
 

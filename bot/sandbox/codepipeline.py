@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.aws import AwsClients
+from bot.notify import Notifier
 from bot.sandbox.ecr_images import publish_image
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Faults:
     fail_build: set[str] = field(default_factory=set)  # services whose image build fails
     critical_scan: set[str] = field(default_factory=set)  # services whose image has a CRITICAL finding
     fail_deploy: bool = False  # the helm upgrade fails
+    throttle: int = 0  # the next N API calls answer ThrottlingException, as AWS does under load
 
 
 @dataclass
@@ -97,7 +99,8 @@ def _codebuild_time(t: float) -> str:
 class PipelineStandIn:
     def __init__(self, aws: AwsClients, events_queue_url: str, *, definition: Path = DEFINITION,
                  step_seconds: float = 1.0, faults: Faults | None = None,
-                 deployer: Callable[[str, list[str], str], Awaitable[None]] | None = None) -> None:
+                 deployer: Callable[[str, list[str], str], Awaitable[None]] | None = None,
+                 notify_environ: dict[str, str] | None = None) -> None:
         self.aws = aws
         self.queue_url = events_queue_url
         self.pipeline = json.loads(definition.read_text())["pipeline"]
@@ -105,6 +108,7 @@ class PipelineStandIn:
         self.step = step_seconds
         self.faults = faults or Faults()
         self.deployer = deployer  # runs the real helm upgrade when the sandbox has a cluster
+        self.notify_environ = notify_environ  # the buildspec's `erp-chatops notify` settings, when set
         self.executions: dict[str, Execution] = {}
         self._tokens: dict[str, str] = {}  # clientRequestToken -> execution id
         self._stage_latest: dict[str, str] = {}  # stage -> execution id that entered it last
@@ -121,6 +125,10 @@ class PipelineStandIn:
     async def _dispatch(self, request: web.Request) -> web.Response:
         target = request.headers.get("X-Amz-Target", "")
         operation = target.rsplit(".", 1)[-1]
+        if self.faults.throttle > 0:
+            self.faults.throttle -= 1
+            return web.json_response({"__type": "ThrottlingException", "message": "Rate exceeded"}, status=400,
+                                     content_type="application/x-amz-json-1.1")
         try:
             body = json.loads(await request.text() or "{}")
             handler = getattr(self, f"op_{operation}", None)
@@ -389,8 +397,22 @@ class PipelineStandIn:
             return status == "Approved", (None if status == "Approved" else "Rejected")
         return await self._run_codebuild(e, run, action)
 
+    async def _progress(self, e: Execution, text: str) -> None:
+        """What the buildspec's `erp-chatops notify` lines post, through the same code."""
+        if self.notify_environ is None:
+            return
+        env = {**self.notify_environ, "PIPELINE_EXECUTION_ID": e.id,
+               "SLACK_CHANNEL": e.variables.get("SLACK_CHANNEL", ""),
+               "SLACK_THREAD_TS": e.variables.get("SLACK_THREAD_TS", "")}
+        await asyncio.to_thread(Notifier(env).post, text)
+
     async def _run_codebuild(self, e: Execution, run: ActionRun, action: dict[str, Any]) -> tuple[bool, str | None]:
         project = action["configuration"]["ProjectName"]
+        step = "Build" if project == "erp-build" else "Deploy"
+        env_name = e.variables.get("ENVIRONMENT", "dev")
+        await self._progress(e, f":hammer_and_wrench: {step} started for {env_name} (commit {e.revision[:7]})")
+        if project == "erp-build":
+            await self._progress(e, f"Building: {' '.join(e.services)}")
         build_uuid = str(uuid.uuid4())
         build_id = f"arn:aws:codebuild:{REGION}:{ACCOUNT}:build/{project}:{build_uuid}"
         group, stream = f"/aws/codebuild/{project}", build_uuid
@@ -436,15 +458,27 @@ class PipelineStandIn:
         # images are pushed and scanned unless the build itself broke (the scan gate fails in POST_BUILD)
         if project == "erp-build" and (failing is None or failing[0] == "POST_BUILD"):
             await self._scan_events(e)
+        if failing is None and project == "erp-build":
+            for service in e.services:
+                await self._progress(e, f":package: Built and pushed {service}-service:{e.revision[:7]}")
+        if failing is None and project == "erp-deploy":
+            await self._progress(e, f":ship: helm upgrade erp in erp-{env_name}: "
+                                    + ", ".join(f"{s} `{e.revision[:7]}`" for s in e.services))
         if failing is None and project == "erp-deploy" and self.deployer is not None:
             try:
                 await self.deployer(e.variables.get("ENVIRONMENT", "dev"), e.services, e.revision)
             except Exception as exc:
                 failing = ("BUILD", f"Error: UPGRADE FAILED: {exc}")
+        took = f"{time.time() - started:.0f}s"
         if failing is not None:
             run.summary = failing[1]
+            await self._progress(e, f":x: {failing[1]}")
+            await self._progress(e, f"{step} :x: failed in {took}")
             await build_event("FAILED", "COMPLETED")
             return False, "JobFailed"
+        if project == "erp-deploy":
+            await self._progress(e, f":white_check_mark: Deployed to {env_name} in {took}: rollout complete")
+        await self._progress(e, f"{step} :white_check_mark: succeeded in {took}")
         run.summary = "Build succeeded" if project == "erp-build" else "helm upgrade --install succeeded"
         await build_event("SUCCEEDED", "COMPLETED")
         return True, None

@@ -76,7 +76,10 @@ def publish_image(aws: AwsClients, repository: str, tag: str, critical: int = 0)
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023,
                                       "digest": "sha256:" + hashlib.sha256(f"cfg{repository}{tag}".encode()).hexdigest()},
-                           "layers": []})
+                           # moto derives the image digest from the layers: each image gets its own
+                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                       "size": 52_428_800,
+                                       "digest": "sha256:" + hashlib.sha256(f"layer{repository}{tag}".encode()).hexdigest()}]})
     pushed = ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag=tag)
     digest = pushed["image"]["imageId"]["imageDigest"]
     ecr.start_image_scan(repositoryName=repository, imageId={"imageTag": tag})

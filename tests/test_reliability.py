@@ -1,0 +1,146 @@
+"""The promises a bot that approves production deploys must keep, under misbehaviour and hostile input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import boto3
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.command_parser import CommandParser, ErpCommand, UsageError
+from bot.config import parse_config
+from bot.sandbox.codepipeline import PipelineStandIn
+from bot.sandbox.slack_signing import interaction_body, signed_headers
+from bot.sandbox.slack_workspace import Fault, SlackWorkspace
+from tests.support import BOT_TOKEN, SIGNING_SECRET, BackgroundLoop, BotProcess, base_config, http, wait_until
+
+PARSER = CommandParser(parse_config(base_config("q", "t"), "t.yaml"))
+INJECTIONS = ["employee; rm -rf /", "$(id)", "`id`", "employee && curl evil", "| stats count(*)", "../../etc/passwd",
+              "employee\nprod", "'; DROP TABLE", "${IFS}", "<script>", "\u202eprod"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_gets_a_reply_never_an_exception(text: str):
+    try:
+        result = PARSER.parse(text)
+    except UsageError as e:
+        assert e.message and "\n" not in e.message and len(e.message) < 600
+    else:
+        assert isinstance(result, ErpCommand)
+
+
+def test_injection_attempts_in_every_argument_are_refused_or_inert():
+    for bad in INJECTIONS:
+        for template in ("deploy {} prod", "deploy employee {}", "rollback {} prod", "scan employee {}",
+                         "status {}", "history {}", "logs {}", "rollback employee prod {}"):
+            try:
+                cmd = PARSER.parse(template.format(bad))
+            except UsageError:
+                continue
+            # accepted only where the text is inert data: never as a service, environment, tag or revision
+            assert cmd.service in (None, *PARSER.services, "all")
+            assert cmd.environment in (None, *PARSER.environments)
+            assert cmd.tag is None or cmd.tag.replace("-", "").replace(".", "").replace("_", "").isalnum()
+
+
+def card_of(slack: SlackWorkspace, channel: str) -> str:
+    cards = slack.channel_messages(channel)
+    return json.dumps(cards[0].blocks) if cards else ""
+
+
+def test_hostile_payloads_get_4xx_never_5xx(bot: BotProcess):
+    bodies = [
+        interaction_body({"type": "block_actions", "user": {"id": "U0DEV1"}, "actions": [{"action_id": "deploy_approve",
+                                                                                          "value": "x" * 5000}]}),
+        interaction_body({"type": "view_submission", "user": {"id": "U0APPR1"}, "view": {"callback_id": "deploy_reject_reason",
+                                                                                           "private_metadata": "nope"}}),
+        interaction_body({"type": 7}), interaction_body([]), "payload=null", "command=%2Ferp&text=" + "%00" * 100,
+    ]
+    for body in bodies:
+        status, _, _ = http("POST", f"{bot.url}/slack/events", body.encode(), signed_headers(SIGNING_SECRET, body))
+        assert status < 500, body[:80]
+    time.sleep(1)
+    assert http("GET", f"{bot.url}/healthz")[0] == 200
+
+
+def test_slack_rate_limits_and_outages_still_end_in_the_right_card(bot: BotProcess, slack: SlackWorkspace,
+                                                                   background_loop: BackgroundLoop,
+                                                                   pipeline: PipelineStandIn):
+    slack.faults += [Fault("chat.update", status=429, error="ratelimited", retry_after=1, times=2),
+                     Fault("chat.update", status=503, error="service_unavailable", times=2),
+                     Fault("chat.postMessage", status=500, error="internal_error", times=1)]
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+    wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the card to end Succeeded")
+    assert len(slack.channel_messages("C0DEV")) == 1
+    failed = [c for c in slack.calls if not c.ok]
+    assert {c.error for c in failed} >= {"ratelimited", "service_unavailable"}
+    # the last successful edit is the final state: no stale edit landed after it
+    last = [c for c in slack.calls_to("chat.update") if c.ok][-1]
+    assert "Succeeded" in json.dumps(last.args.get("blocks"))
+
+
+def test_codepipeline_throttling_is_absorbed_by_retries(bot: BotProcess, slack: SlackWorkspace,
+                                                        background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    pipeline.faults.throttle = 2  # botocore's standard retry mode rides these out
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy notification dev"))
+    wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the deploy")
+    assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
+
+
+def test_throttling_past_the_retries_says_so_and_leaves_no_card(bot: BotProcess, slack: SlackWorkspace,
+                                                                background_loop: BackgroundLoop,
+                                                                pipeline: PipelineStandIn):
+    pipeline.faults.throttle = 50
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+    answer = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "throttling" in m.text],
+                        timeout=60, what="the answer")[0]
+    assert "Nothing was started" in answer
+    assert pipeline.executions == {} and slack.channel_messages("C0DEV") == []
+
+
+def test_a_replica_killed_mid_run_loses_nothing(bot: BotProcess, bot_env: dict[str, str], slack: SlackWorkspace,
+                                                background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+                                                aws_resources: dict[str, str], tmp_path: Path):
+    boto3.client("sqs").set_queue_attributes(QueueUrl=aws_resources["queue_url"],
+                                             Attributes={"VisibilityTimeout": "4"})
+    second = BotProcess(bot_env, tmp_path / "second.log")
+
+    async def pushes() -> None:
+        for _ in range(8):
+            pipeline.start_from_push("dev")
+    background_loop.run(pushes())
+    time.sleep(0.8)
+    second.proc.send_signal(signal.SIGKILL)  # no goodbye: whatever it held comes back to the queue
+    second.proc.wait()
+    third = BotProcess(bot_env, tmp_path / "third.log")
+    try:
+        wait_until(lambda: len([m for m in slack.channel_messages("C0DEV") if "Succeeded" in json.dumps(m.blocks)])
+                   == 8, timeout=90, what="eight finished cards")
+        assert len(slack.channel_messages("C0DEV")) == 8  # one per execution, none twice
+        sqs = boto3.client("sqs")
+        dead = sqs.get_queue_attributes(QueueUrl=aws_resources["dlq_url"],
+                                        AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+        assert dead["ApproximateNumberOfMessages"] == "0"
+    finally:
+        third.stop()
+        second.stop()
+
+
+def test_secrets_appear_nowhere(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                pipeline: PipelineStandIn):
+    pipeline.faults.fail_build.add("employee")
+    background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy employee prod"))
+    background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy nope prod"))
+    wait_until(lambda: "Failed" in card_of(slack, "C0PROD"), timeout=60, what="the failure")
+    metrics = http("GET", f"{bot.url}/metrics")[1]
+    log = bot.log_path.read_text()
+    everything = [log, metrics, json.dumps([c.args for c in slack.calls]),
+                  json.dumps([(m.text, m.blocks) for m in slack.messages])]
+    for secret in (BOT_TOKEN, SIGNING_SECRET):
+        for place in everything:
+            assert secret not in place
