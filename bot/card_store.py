@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
 CardChange = Callable[[DeployCard], list[ThreadNote] | bool | None]
+Loaded = tuple[DeployCard, dict[str, Any]]  # a card and its stored item (for the version)
 
 
 class CardConflict(Exception):
@@ -34,7 +35,7 @@ class CardStore:
         self.state = state
         self.slack = slack
 
-    async def load(self, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
+    async def load(self, execution_id: str) -> Loaded | None:
         item = await self.state.get_card(execution_id)
         if item is None or "body" not in item:
             return None
@@ -45,10 +46,15 @@ class CardStore:
         return await self.state.claim_card(card.execution_id, body=card.to_json(), channel=card.channel,
                                            ts=card.ts, environment=card.environment, service=card.service)
 
-    async def mutate(self, execution_id: str, change: CardChange) -> tuple[DeployCard, list[ThreadNote]] | None:
-        """Apply `change` to the latest card until the write wins; returns the card and the notes this call owns."""
-        for _ in range(MAX_ATTEMPTS):
-            loaded = await self.load(execution_id)
+    async def mutate(self, execution_id: str, change: CardChange,
+                     loaded: Loaded | None = None) -> tuple[DeployCard, list[ThreadNote]] | None:
+        """Apply `change` to the latest card until the write wins; returns the card and the notes this call owns.
+
+        `loaded`, a copy just read, saves the first read; a conflict reads again.
+        """
+        for attempt in range(MAX_ATTEMPTS):
+            if attempt or loaded is None:
+                loaded = await self.load(execution_id)
             if loaded is None:
                 return None
             card, item = loaded

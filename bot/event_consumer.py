@@ -68,11 +68,18 @@ class EventConsumer(Generic[Change]):
                 await self.process_batch(messages)
 
     async def process_batch(self, messages: list[dict[str, Any]]) -> None:
-        async def guarded(m: dict[str, Any]) -> _Handled[Change] | None:
+        async def guarded(m: dict[str, Any], e: PipelineEvent) -> _Handled[Change] | None:
             async with self._limit:
-                return await self._handle(m)
+                return await self._handle(m, e)
 
-        handled = [h for h in await asyncio.gather(*(guarded(m) for m in messages)) if h is not None]
+        parsed = [p for p in (self._parse(m) for m in messages) if p is not None]
+        seen = await self.runtime.state.processed_among([e.event_id for _, e in parsed])
+        for message, event in parsed:
+            if event.event_id in seen:  # at-least-once delivery: already handled
+                self.runtime.metrics.events_processed.labels("duplicate").inc()
+                await self._delete(message["ReceiptHandle"])
+        fresh = [(m, e) for m, e in parsed if e.event_id not in seen]
+        handled = [h for h in await asyncio.gather(*(guarded(m, e) for m, e in fresh)) if h is not None]
         if not handled:
             return
         metrics = self.runtime.metrics
@@ -86,38 +93,40 @@ class EventConsumer(Generic[Change]):
                 metrics.events_failed.labels(h.event.kind).inc()
                 await self._retry_later(h.receipt, 5)
             return
+        # durable effects first, then one request each to remember the ids and to delete the messages
+        await self.runtime.state.mark_events_processed([h.event.event_id for h in handled])
+        await self._delete_batch([h.receipt for h in handled])
         for h in handled:
-            await self.runtime.state.mark_event_processed(h.event.event_id)
-            await self._delete(h.receipt)
             metrics.events_processed.labels(h.event.kind).inc()
 
-    async def _handle(self, message: dict[str, Any]) -> _Handled[Change] | None:
+    def _parse(self, message: dict[str, Any]) -> tuple[dict[str, Any], PipelineEvent] | None:
+        """The event in a message; unreadable ones are sent on toward the DLQ, unknown types dropped."""
         receipt = message["ReceiptHandle"]
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-        metrics = self.runtime.metrics
         try:
             event = parse_event(message.get("Body", ""))
         except MalformedEvent as e:
-            metrics.events_failed.labels("malformed").inc()
+            self.runtime.metrics.events_failed.labels("malformed").inc()
             log.warning("unreadable queue message (receive %d): %s; it goes to the dead-letter queue", receives, e,
                         extra=log_fields(message_id=message.get("MessageId"), reason=str(e)))
-            await self._retry_later(receipt, 0)
+            self.runtime.work.spawn(self._retry_later(receipt, 0))
             return None
         if event is None:
             log.debug("event type the bot does not handle, dropped")
-            await self._delete(receipt)
+            self.runtime.work.spawn(self._delete(receipt))
             return None
+        return message, event
+
+    async def _handle(self, message: dict[str, Any], event: PipelineEvent) -> _Handled[Change] | None:
+        receipt = message["ReceiptHandle"]
+        receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         token = execution_id_var.set(event.execution_id)
         try:
-            if await self.runtime.state.event_processed(event.event_id):
-                metrics.events_processed.labels("duplicate").inc()
-                await self._delete(receipt)
-                return None
             return _Handled(receipt, event, await self.handler(event, self.runtime))
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            metrics.events_failed.labels(event.kind).inc()
+            self.runtime.metrics.events_failed.labels(event.kind).inc()
             log.warning("event %s (%s) failed on receive %d: %s", event.event_id, event.kind, receives, e,
                         exc_info=True, extra=log_fields(reason=str(e)))
             await self._retry_later(receipt, min(MAX_BACKOFF, 2 ** receives))
@@ -127,6 +136,14 @@ class EventConsumer(Generic[Change]):
 
     async def _delete(self, receipt: str) -> None:
         await self.runtime.aws.call("sqs", "delete_message", QueueUrl=self.queue_url, ReceiptHandle=receipt)
+
+    async def _delete_batch(self, receipts: list[str]) -> None:
+        for i in range(0, len(receipts), BATCH):
+            entries = [{"Id": str(n), "ReceiptHandle": r} for n, r in enumerate(receipts[i:i + BATCH])]
+            resp = await self.runtime.aws.call("sqs", "delete_message_batch", QueueUrl=self.queue_url,
+                                               Entries=entries)
+            for failed in resp.get("Failed", []):  # the message comes back; its id is already marked processed
+                log.warning("could not delete a handled message: %s", failed.get("Message"))
 
     async def _retry_later(self, receipt: str, seconds: int) -> None:
         with contextlib.suppress(Exception):  # if this fails, the visibility timeout does the same job

@@ -3,6 +3,7 @@
 Items:
   EXEC#<execution id> / CARD       the deploy card of a pipeline execution
   EVENT#<event id>    / SEEN       an event already handled (expires after a week)
+  PENDING#, IMAGE#, REQ#, ROLLBACK#, SCANWATCH#, LASTDEPLOY#  small markers (see their users)
   AUDIT#<env>         / <time>#<id> who did what, where, when, with what outcome
 
 Writes that decide something are conditional, so two replicas racing on the
@@ -159,22 +160,29 @@ class StateStore:
 
     # --- events -----------------------------------------------------------------
 
-    async def event_processed(self, event_id: str) -> bool:
-        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
-                                   Key=_to_item({"pk": f"EVENT#{event_id}", "sk": "SEEN"}))
-        return "Item" in resp
+    async def processed_among(self, event_ids: list[str]) -> set[str]:
+        """Which of these events were already handled (one request per 100 ids)."""
+        seen: set[str] = set()
+        unique = list(dict.fromkeys(event_ids))
+        for i in range(0, len(unique), 100):
+            keys = [_to_item({"pk": f"EVENT#{e}", "sk": "SEEN"}) for e in unique[i:i + 100]]
+            while keys:
+                resp = await self.aws.call("dynamodb", "batch_get_item", RequestItems={
+                    self.table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk"}})
+                seen |= {_from_item(item)["pk"].removeprefix("EVENT#")
+                         for item in resp.get("Responses", {}).get(self.table, [])}
+                keys = resp.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+        return seen
 
-    async def mark_event_processed(self, event_id: str) -> bool:
-        """True the first time an event id is seen; False for a duplicate delivery."""
-        item = {"pk": f"EVENT#{event_id}", "sk": "SEEN", "ttl": int(time.time()) + EVENT_TTL_SECONDS}
-        try:
-            await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item(item),
-                                ConditionExpression="attribute_not_exists(pk)")
-            return True
-        except ClientError as e:
-            if _is_conditional_failure(e):
-                return False
-            raise
+    async def mark_events_processed(self, event_ids: list[str]) -> None:
+        """Many at once (25 per request); a repeat only refreshes the expiry, so no condition is needed."""
+        ttl = int(time.time()) + EVENT_TTL_SECONDS
+        for i in range(0, len(event_ids), 25):
+            requests = [{"PutRequest": {"Item": _to_item({"pk": f"EVENT#{e}", "sk": "SEEN", "ttl": ttl})}}
+                        for e in dict.fromkeys(event_ids[i:i + 25])]
+            while requests:
+                resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
+                requests = resp.get("UnprocessedItems", {}).get(self.table, [])
 
     # --- audit trail ------------------------------------------------------------
 

@@ -38,11 +38,11 @@ def _blank(value: str | None) -> str | None:
     return value or None
 
 
-async def ensure_card(runtime: Runtime, execution_id: str) -> DeployCard | None:
-    """The execution's card, created from its own variables if nobody made it yet."""
+async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
+    """The execution's card (and its stored item), created from its own variables if nobody made it yet."""
     loaded = await runtime.cards.load(execution_id)
     if loaded is not None:
-        return loaded[0]
+        return loaded
     try:
         resp = await runtime.aws.call("codepipeline", "get_pipeline_execution",
                                       pipelineName=runtime.config.pipeline, pipelineExecutionId=execution_id)
@@ -73,9 +73,7 @@ async def ensure_card(runtime: Runtime, execution_id: str) -> DeployCard | None:
             posted = await runtime.slack.chat_postMessage(channel=card.channel, text=text, blocks=blocks)
             ts = str(posted["ts"])
             await runtime.cards.mutate(execution_id, lambda c: setattr(c, "ts", ts))
-        return card
-    loaded = await runtime.cards.load(execution_id)
-    return loaded[0] if loaded else None
+    return await runtime.cards.load(execution_id)
 
 
 def _services_of(card: DeployCard, runtime: Runtime) -> list[str]:
@@ -121,11 +119,11 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
             return None
     if execution_id is None:
         return None  # a build not started by the pipeline
-    card = await ensure_card(runtime, execution_id)
-    if card is None:
+    loaded = await ensure_card(runtime, execution_id)
+    if loaded is None:
         return None
-    approvers = mention_list(runtime.config.environments[card.environment].approvers)
-    result = await runtime.cards.mutate(execution_id, lambda c: apply_event(c, event, approvers))
+    approvers = mention_list(runtime.config.environments[loaded[0].environment].approvers)
+    result = await runtime.cards.mutate(execution_id, lambda c: apply_event(c, event, approvers), loaded)
     if result is None:
         return None
     card, notes = result

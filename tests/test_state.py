@@ -29,11 +29,12 @@ async def test_card_updates_are_optimistic(aws_resources: dict[str, str]):
     assert await s.get_card("never-started") is None
 
 
-async def test_events_are_processed_once(aws_resources: dict[str, str]):
+async def test_processed_events_are_remembered_in_batches(aws_resources: dict[str, str]):
     s = store(aws_resources)
-    assert await s.mark_event_processed("evt-1")
-    assert not await s.mark_event_processed("evt-1")
-    assert await s.mark_event_processed("evt-2")
+    ids = [f"evt-{i}" for i in range(60)]
+    assert await s.processed_among(ids) == set()
+    await s.mark_events_processed(ids[:40] + ids[:5])  # more than one request's worth, with repeats
+    assert await s.processed_among([*ids, "other"]) == set(ids[:40])
 
 
 async def test_audit_trail_newest_first_and_filtered(aws_resources: dict[str, str]):
