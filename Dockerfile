@@ -15,6 +15,7 @@ FROM python:3.11-slim-bookworm AS helm
 ARG HELM_VERSION=3.16.2
 ARG HELM_SHA256=9318379b847e333460d33d291d4c088156299a26cd93d570a7f5d0c36e50b5bb
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# checkov:skip=CKV_DOCKER_4:fetching helm's release by URL; its sha256 is verified on the next line
 ADD https://get.helm.sh/helm-v${HELM_VERSION}-linux-amd64.tar.gz /tmp/helm.tar.gz
 RUN echo "${HELM_SHA256}  /tmp/helm.tar.gz" | sha256sum -c - \
     && tar -xzf /tmp/helm.tar.gz -C /tmp \

@@ -22,8 +22,8 @@ tools:
 	@bash scripts/build-test-tools.sh >/dev/null
 
 ## test: the whole test suite
-test: $(STAMP)
-	ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest
+test: $(STAMP) .venv-checkov/bin/checkov
+	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest
 
 ## bench: latency, throughput and footprint figures, printed and saved under bench/results/
 bench: $(STAMP)
@@ -35,4 +35,9 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy bot handlers
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache
+
+## checkov: its own virtualenv (it pins many packages of its own)
+.venv-checkov/bin/checkov:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'

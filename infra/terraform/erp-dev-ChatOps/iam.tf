@@ -63,6 +63,11 @@ data "aws_iam_policy_document" "bot" {
     actions   = ["secretsmanager:GetSecretValue"]
     resources = [aws_secretsmanager_secret.slack.arn]
   }
+  statement {
+    sid       = "DecryptWithTheChatOpsKey" # used by DynamoDB and Secrets Manager on the bot's behalf
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.chatops.arn]
+  }
 }
 
 resource "aws_iam_role" "bot" {
@@ -139,6 +144,11 @@ data "aws_iam_policy_document" "codebuild" {
     sid       = "SourceConnection"
     actions   = ["codeconnections:UseConnection", "codestar-connections:UseConnection"]
     resources = [var.github_connection_arn]
+  }
+  statement {
+    sid       = "ArtifactsAndSecretKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.chatops.arn]
   }
 }
 
