@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from bot.sandbox.local_aws import LocalAws
+from bot.sandbox.local_aws import LocalAws, free_port, wait_for_http
 from bot.sandbox.seed import sandbox_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,27 +26,6 @@ T = TypeVar("T")
 
 SIGNING_SECRET = "sandbox-signing-secret-0123456789abcdef"
 BOT_TOKEN = "xoxb-0000000000-erp-sandbox-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[Any] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers, even if not 200
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
 def http(method: str, url: str, body: bytes | None = None,

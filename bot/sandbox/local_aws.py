@@ -18,6 +18,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until `url` answers at all (any status), or the process behind it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()  # noqa: S310 - loopback only
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
 class LocalAws:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -25,21 +41,7 @@ class LocalAws:
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no user text
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait()
-
-    def _wait(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"moto's server exited with {self.proc.returncode}")
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).close()  # noqa: S310 - loopback
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"moto's server did not answer on {self.url}")
+        wait_for_http(f"{self.url}/moto-api/", proc=self.proc)
 
     def env(self) -> dict[str, str]:
         """What boto3 needs to talk to it, through its own endpoint resolution."""

@@ -383,7 +383,8 @@ class SlackWorkspace:
                                 blocks=args.get("blocks") or [], thread_ts=thread_ts))
         return {"ok": True, "channel": channel, "ts": msg.ts, "message": msg.as_slack()}
 
-    def m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _own_message(self, args: dict[str, Any], refusal: str) -> Message | dict[str, Any]:
+        """The bot's message named by channel and ts, or Slack's error answer."""
         channel = self._channel_id(args.get("channel"))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
@@ -391,7 +392,14 @@ class SlackWorkspace:
         if msg is None:
             return {"ok": False, "error": "message_not_found"}
         if msg.user != BOT_USER_ID:
-            return {"ok": False, "error": "cant_update_message"}
+            return {"ok": False, "error": refusal}
+        return msg
+
+    def m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        msg = self._own_message(args, "cant_update_message")
+        if not isinstance(msg, Message):
+            return msg
+        channel = msg.channel
         if (problem := self._message_content(args)) is not None:
             return problem
         msg.text = args.get("text", msg.text)
@@ -402,17 +410,12 @@ class SlackWorkspace:
         return {"ok": True, "channel": channel, "ts": msg.ts, "text": msg.text, "message": msg.as_slack()}
 
     def m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_id(args.get("channel"))
-        if channel is None:
-            return {"ok": False, "error": "channel_not_found"}
-        msg = self.find(channel, str(args.get("ts", "")))
-        if msg is None:
-            return {"ok": False, "error": "message_not_found"}
-        if msg.user != BOT_USER_ID:
-            return {"ok": False, "error": "cant_delete_message"}
+        msg = self._own_message(args, "cant_delete_message")
+        if not isinstance(msg, Message):
+            return msg
         self.messages.remove(msg)
-        self._publish("message", channel=channel, ts=msg.ts)
-        return {"ok": True, "channel": channel, "ts": msg.ts}
+        self._publish("message", channel=msg.channel, ts=msg.ts)
+        return {"ok": True, "channel": msg.channel, "ts": msg.ts}
 
     def m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel_id(args.get("channel"))
