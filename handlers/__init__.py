@@ -13,7 +13,7 @@ from handlers.logs import logs
 from handlers.pipeline_events import handle_pipeline_event, publish_changes
 from handlers.status import status
 
-# Verbs whose handlers have landed; the others answer "not available yet".
+# Every verb the parser knows has its handler here (tests/test_http_server.py checks it).
 VERBS: dict[str, VerbHandler] = {
     "deploy": deploy,
     "history": history,
