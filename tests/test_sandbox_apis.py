@@ -57,6 +57,7 @@ def test_what_slack_accepts_passes():
     assert validate_view({"type": "modal", "title": {"type": "plain_text", "text": "t" * 25}, "blocks": []})
 
 
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")  # the no_text case, on purpose
 async def test_the_web_api_refuses_what_slack_refuses(slack: SlackWorkspace):
     client = make_web_client(BOT_TOKEN, f"{slack.base_url}/api/")
     for call, error in ((client.chat_postMessage(channel="C0NOPE", text="x"), "channel_not_found"),
