@@ -239,3 +239,38 @@ def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack
         wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")), what="the result")
     finally:
         bot.stop()
+
+
+def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop, tmp_path: Path):
+    release.bot.stop()
+    impatient = BotProcess({**release.env, "ROLLOUT_TIMEOUT_SECONDS": "2"}, tmp_path / "impatient.log")
+    slack.bot_url = f"{impatient.url}/slack/events"
+    try:
+        ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        background_loop.run(slack.click("U0DEV1", plan_message(slack, "C0DEV"), CONFIRM_ACTION))
+        # nobody plays the controller this time: the new generation is never rolled out
+        final = wait_until(lambda: "did not finish" in shown(plan_message(slack, "C0DEV"))
+                           and plan_message(slack, "C0DEV"), timeout=30, what="the time-out")
+        assert "within 2s" in shown(final) and "employee-service" in shown(final)
+        history = ask(background_loop, slack, "U0DEV1", "history employee dev", "C0DEV")
+        assert "tried to rollback employee in dev: failed (rollout timed out)" in history
+    finally:
+        impatient.stop()
+
+
+def test_an_unreachable_cluster_is_said_plainly(release: Release, slack: SlackWorkspace,
+                                                background_loop: BackgroundLoop, tmp_path: Path):
+    release.bot.stop()
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(release.kube.kubeconfig.read_text().replace(release.kube.url, "https://127.0.0.1:9"))
+    cut_off = BotProcess({**release.env, "KUBECONFIG": str(dead)}, tmp_path / "cut-off.log")
+    slack.bot_url = f"{cut_off.url}/slack/events"
+    try:
+        text = ask(background_loop, slack, "U0ONCALL", "status prod")
+        assert ":warning: cannot reach the cluster" in text or "helm could not read it" in text
+        answer = ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        assert "helm could not read the release" in answer
+        assert "Traceback" not in text + answer
+    finally:
+        cut_off.stop()
