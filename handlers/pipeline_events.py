@@ -111,12 +111,13 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     execution_id = event.execution_id
     report: ScanReport | None = None
     if event.kind == "scan":
-        report = await _scan_report(runtime, event.detail)
-        await _tell_watchers(runtime, event.detail, report)
+        findings = _Findings(runtime, event.detail)  # read from ECR only if someone will see them
+        await _tell_watchers(runtime, event.detail, findings)
         execution_id = await _execution_of_image(runtime, event.detail)
         if execution_id is None:
-            await _scan_without_deploy(runtime, event, report)
+            await _scan_without_deploy(runtime, event, findings)
             return None
+        report = await findings.get()
     if execution_id is None:
         return None  # a build not started by the pipeline
     loaded = await ensure_card(runtime, execution_id)
@@ -183,19 +184,29 @@ def _report_text(report: ScanReport, service: str) -> str:
         (f"\n{top}" if top else "")
 
 
-async def _scan_report(runtime: Runtime, detail: dict[str, Any]) -> ScanReport | None:
-    """The findings behind a scan event; None when ECR cannot give them (the event's counts still count)."""
-    repo = str(detail.get("repository-name"))
-    tags = detail.get("image-tags") or []
-    image_id = {"imageTag": str(tags[0])} if tags else {"imageDigest": str(detail.get("image-digest"))}
-    try:
-        return await fetch_scan_report(runtime.aws, repo, image_id)
-    except (ClientError, BotoCoreError) as e:
-        log.info("no findings for %s %s: %s", repo, image_id, error_code(e))
-        return None
+class _Findings:
+    """The findings behind a scan event, read from ECR at most once and only when asked for;
+    None when ECR cannot give them (the event's own counts still count)."""
+
+    def __init__(self, runtime: Runtime, detail: dict[str, Any]) -> None:
+        self.runtime, self.detail = runtime, detail
+        self._read = False
+        self._report: ScanReport | None = None
+
+    async def get(self) -> ScanReport | None:
+        if not self._read:
+            self._read = True
+            repo = str(self.detail.get("repository-name"))
+            tags = self.detail.get("image-tags") or []
+            image_id = {"imageTag": str(tags[0])} if tags else {"imageDigest": str(self.detail.get("image-digest"))}
+            try:
+                self._report = await fetch_scan_report(self.runtime.aws, repo, image_id)
+            except (ClientError, BotoCoreError) as e:
+                log.info("no findings for %s %s: %s", repo, image_id, error_code(e))
+        return self._report
 
 
-async def _tell_watchers(runtime: Runtime, detail: dict[str, Any], report: ScanReport | None) -> None:
+async def _tell_watchers(runtime: Runtime, detail: dict[str, Any], findings: _Findings) -> None:
     repo = str(detail.get("repository-name"))
     for tag in [*(detail.get("image-tags") or []), detail.get("image-digest")]:
         if not tag:
@@ -205,6 +216,7 @@ async def _tell_watchers(runtime: Runtime, detail: dict[str, Any], report: ScanR
             continue
         await runtime.state.delete_marker(f"SCANWATCH#{repo}", str(tag))
         service = _service_of_repository(runtime, repo)
+        report = await findings.get()
         text = _report_text(report, service) if report else \
             f":shield: Scan of `{repo}:{short_tag(str(tag))}` done: {severity_line(_counts(detail))}"
         await runtime.slack.chat_postEphemeral(channel=str(marker["channel"]), user=str(marker["user"]), text=text)
@@ -214,12 +226,13 @@ def _counts(detail: dict[str, Any]) -> dict[str, int]:
     return {str(k).upper(): int(v) for k, v in (detail.get("finding-severity-counts") or {}).items()}
 
 
-async def _scan_without_deploy(runtime: Runtime, event: PipelineEvent, report: ScanReport | None) -> None:
+async def _scan_without_deploy(runtime: Runtime, event: PipelineEvent, findings: _Findings) -> None:
     """No deploy is waiting for this image: speak up only if it would be blocked (the team should know)."""
-    counts = report.counts if report else _counts(event.detail)
+    counts = _counts(event.detail)  # ECR's own counts decide; the findings are read only to be shown
     if not counts.get("CRITICAL"):
         log.info("scan of %s with no deploy in flight: not blocking", event.detail.get("repository-name"))
         return
+    report = await findings.get()
     env = "dev" if "dev" in runtime.config.environments else next(iter(runtime.config.environments))
     repo = str(event.detail.get("repository-name"))
     service = _service_of_repository(runtime, repo)
