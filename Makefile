@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: sandbox test bench lint tools clean
+.PHONY: sandbox test bench soak lint tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) .venv-checkov/bin/checkov
 ## bench: latency, throughput and footprint figures, printed and saved under bench/results/
 bench: $(STAMP)
 	$(PY) -m bench
+
+## soak: the many-replica soak, longer than CI runs it (1,000 executions, three replicas killed along the way)
+soak: $(STAMP)
+	SOAK_EXECUTIONS=$${SOAK_EXECUTIONS:-1000} SOAK_KILLS=$${SOAK_KILLS:-3} SOAK_REPLICAS=$${SOAK_REPLICAS:-3} \
+		$(PY) -m pytest tests/test_soak.py -s -p no:cacheprovider
 
 ## lint: ruff and mypy
 lint: $(STAMP)

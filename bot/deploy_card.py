@@ -102,6 +102,7 @@ class DeployCard:
     links: dict[str, str] = field(default_factory=dict)
     needs_approval: bool = False
     notes: list[str] = field(default_factory=list)
+    posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
 
     # --- storage ----------------------------------------------------------------
 

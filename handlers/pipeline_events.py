@@ -6,13 +6,17 @@ the environment their variables name, or the dev channel.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.aws import BotoCoreError, ClientError, error_code
 from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card, severity_line
 from bot.image_tag import short_tag
+from bot.jsonlog import log_fields
 from bot.pipeline_events import PipelineEvent
 from bot.policy import mention_list
 from bot.runtime import Runtime
@@ -23,6 +27,15 @@ log = logging.getLogger(__name__)
 APPROVAL_STAGE = "Approval"
 IMAGE_INDEX_TTL = 14 * 86400
 PENDING_TTL = 8 * 86400  # an approval expires after 7 days
+HISTORY_LOOKBACK = timedelta(hours=6)  # a build scans its images within minutes of its start
+CLOCK_SKEW = timedelta(minutes=1)  # event times have whole seconds; AWS's clocks differ a little
+POST_LEASE = timedelta(seconds=15)  # how long one replica may take to post a card before another tries
+POST_POLL_SECONDS = 0.5
+CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata naming the execution a card belongs to
+
+
+class CardNotPosted(Exception):
+    """The event waits (it comes back from the queue) until the card it belongs to has its message."""
 
 
 def pending_key(environment: str, service: str) -> tuple[str, str]:
@@ -41,8 +54,11 @@ def _blank(value: str | None) -> str | None:
 async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
     """The execution's card (and its stored item), created from its own variables if nobody made it yet."""
     loaded = await runtime.cards.load(execution_id)
-    if loaded is not None:
+    if loaded is not None and (loaded[0].ts or loaded[0].trigger != "push"):
         return loaded
+    if loaded is not None:  # a push's card whose message is not posted yet (its poster may have died)
+        await _post_card(runtime, execution_id)
+        return await runtime.cards.load(execution_id)
     try:
         resp = await runtime.aws.call("codepipeline", "get_pipeline_execution",
                                       pipelineName=runtime.config.pipeline, pipelineExecutionId=execution_id)
@@ -67,19 +83,80 @@ async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, 
     revisions = execution.get("artifactRevisions") or []
     if revisions and revisions[0].get("revisionId"):
         card.commit = str(revisions[0]["revisionId"])
-    if await runtime.cards.create(card):
-        if card.ts is None:  # a push: this replica won the card, so it posts the message
-            text, blocks = render_card(card)
-            posted = await runtime.slack.chat_postMessage(channel=card.channel, text=text, blocks=blocks)
-            ts = str(posted["ts"])
-            await runtime.cards.mutate(execution_id, lambda c: setattr(c, "ts", ts))
-    return await runtime.cards.load(execution_id)
+    if await runtime.cards.create(card) and card.commit:
+        await _index_images(runtime, card)
+    loaded = await runtime.cards.load(execution_id)
+    if loaded is not None and loaded[0].ts is None and loaded[0].trigger == "push":
+        await _post_card(runtime, execution_id)
+        loaded = await runtime.cards.load(execution_id)
+    return loaded
+
+
+async def _post_card(runtime: Runtime, execution_id: str) -> None:
+    """Post a push's card once, across replicas: one takes a lease on the card and posts; if it dies on
+    the way, the others wait the lease out, and the next one first looks for the message it may have posted.
+    Waiting (rare: only after a crash) keeps this event until the card has its message."""
+    earlier: str | None = None
+    won = False
+
+    def take_lease(c: DeployCard) -> bool:  # mutate may call it again on a conflict: the last call counts
+        nonlocal earlier, won
+        now = datetime.now(UTC)
+        earlier, won = c.posting_since, False
+        if c.ts or (c.posting_since and datetime.fromisoformat(c.posting_since) > now - POST_LEASE):
+            return False  # posted, or another replica is posting it right now
+        c.posting_since, won = now.isoformat(timespec="seconds"), True
+        return True
+
+    deadline = time.monotonic() + 2 * POST_LEASE.total_seconds()
+    while True:
+        result = await runtime.cards.mutate(execution_id, take_lease)
+        if result is None or result[0].ts or won:
+            break
+        if time.monotonic() > deadline:
+            raise CardNotPosted(f"the card of {execution_id} is still being posted by another replica")
+        await asyncio.sleep(POST_POLL_SECONDS)
+    if result is None or not won:
+        return
+    card = result[0]
+    ts = await _find_posted_card(runtime, card) if earlier else None
+    if ts is None:
+        text, blocks = render_card(card)
+        posted = await runtime.slack.chat_postMessage(
+            channel=card.channel, text=text, blocks=blocks,
+            metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": execution_id}})
+        ts = str(posted["ts"])
+
+    def record(c: DeployCard) -> None:
+        c.ts, c.posting_since = ts, None
+    await runtime.cards.mutate(execution_id, record)
+
+
+async def _find_posted_card(runtime: Runtime, card: DeployCard) -> str | None:
+    """The card's message, if a replica posted it and died before it could note where."""
+    history = await runtime.slack.conversations_history(channel=card.channel, limit=200, include_all_metadata=True)
+    for message in history.get("messages") or []:
+        meta = message.get("metadata") or {}
+        if meta.get("event_type") == CARD_EVENT_TYPE and \
+                (meta.get("event_payload") or {}).get("execution_id") == card.execution_id:
+            log.info("found the card a replica posted before it stopped", extra=log_fields(ts=message.get("ts")))
+            return str(message["ts"])
+    return None
 
 
 def _services_of(card: DeployCard, runtime: Runtime) -> list[str]:
     if card.service in runtime.config.services:
         return [card.service]
     return list(runtime.config.services)
+
+
+async def _index_images(runtime: Runtime, card: DeployCard) -> None:
+    """Remember which execution builds the images of this commit, so their scan events find its card."""
+    assert card.commit
+    for service in _services_of(card, runtime):
+        pk, sk = image_key(runtime.config.services[service].image_repository, card.commit)
+        await runtime.state.put_marker(pk, sk, IMAGE_INDEX_TTL, only_if_absent=False,
+                                       execution_id=card.execution_id)
 
 
 async def _approval_token(runtime: Runtime, execution_id: str) -> str | None:
@@ -113,7 +190,7 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     if event.kind == "scan":
         findings = _Findings(runtime, event.detail)  # read from ECR only if someone will see them
         await _tell_watchers(runtime, event.detail, findings)
-        execution_id = await _execution_of_image(runtime, event.detail)
+        execution_id = await _execution_of_image(runtime, event)
         if execution_id is None:
             await _scan_without_deploy(runtime, event, findings)
             return None
@@ -142,9 +219,7 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
             await runtime.state.put_marker(pk, sk, PENDING_TTL, only_if_absent=False, execution_id=execution_id,
                                            channel=card.channel, ts=card.ts or "")
     if card.commit and event.kind == "action" and event.stage == "Source":
-        for service in _services_of(card, runtime):
-            pk, sk = image_key(runtime.config.services[service].image_repository, card.commit)
-            await runtime.state.put_marker(pk, sk, IMAGE_INDEX_TTL, only_if_absent=False, execution_id=execution_id)
+        await _index_images(runtime, card)
     if card.finished or (card.approval.decision in ("Approved", "Rejected")):
         await _clear_pending(runtime, card)
     return CardChange(execution_id, notes)
@@ -243,13 +318,35 @@ async def _scan_without_deploy(runtime: Runtime, event: PipelineEvent, findings:
                                               " would stop it.", unfurl_links=False)
 
 
-async def _execution_of_image(runtime: Runtime, detail: dict[str, Any]) -> str | None:
-    repo = str(detail.get("repository-name"))
-    for tag in [*(detail.get("image-tags") or []), detail.get("image-digest")]:
+async def _execution_of_image(runtime: Runtime, event: PipelineEvent) -> str | None:
+    """The execution that built the scanned image: from the image index, or, when the scan arrived before
+    any other event of its execution (events come in any order), from the pipeline's own history."""
+    repo = str(event.detail.get("repository-name"))
+    tags = [str(t) for t in event.detail.get("image-tags") or [] if t]
+    for tag in [*tags, event.detail.get("image-digest")]:
         if not tag:
             continue
         pk, sk = image_key(repo, str(tag))
         marker = await runtime.state.get_marker(pk, sk)
         if marker:
             return str(marker["execution_id"])
-    return None
+    return await _execution_of_revision(runtime, set(tags), event.time) if tags else None
+
+
+async def _execution_of_revision(runtime: Runtime, revisions: set[str], at: datetime) -> str | None:
+    """The newest execution of one of these commits that started before `at` (the images are tagged with the
+    commit), looking back HISTORY_LOOKBACK at most."""
+    params: dict[str, Any] = {"pipelineName": runtime.config.pipeline, "maxResults": 100}
+    while True:
+        page = await runtime.aws.call("codepipeline", "list_pipeline_executions", **params)
+        for summary in page.get("pipelineExecutionSummaries", []):
+            started = summary.get("startTime")
+            if isinstance(started, datetime) and started > at + CLOCK_SKEW:
+                continue  # started after the scan: not the build that pushed the image
+            if isinstance(started, datetime) and started < at - HISTORY_LOOKBACK:
+                return None
+            if revisions & {str(r.get("revisionId")) for r in summary.get("sourceRevisions", [])}:
+                return str(summary["pipelineExecutionId"])
+        if not page.get("nextToken"):
+            return None
+        params["nextToken"] = page["nextToken"]

@@ -90,8 +90,12 @@ class BotProcess:
 
     def log_lines(self) -> list[dict[str, Any]]:
         self._log.flush()
+        return self.read_log(self.log_path)
+
+    @staticmethod
+    def read_log(path: Path) -> list[dict[str, Any]]:
         lines = []
-        for line in self.log_path.read_text().splitlines():
+        for line in path.read_text().splitlines():
             try:
                 lines.append(json.loads(line))
             except ValueError:

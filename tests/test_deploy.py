@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import boto3
+from slack_sdk import WebClient
 
-from bot.deploy_card import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION
-from bot.sandbox.codepipeline import PipelineStandIn
+from bot.deploy_card import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION, DeployCard, render_card
+from bot.sandbox.codepipeline import Execution, PipelineStandIn
 from bot.sandbox.slack_workspace import Message, SlackWorkspace
-from tests.support import BackgroundLoop, BotProcess, base_config, http, wait_until, write_config
+from tests.support import BOT_TOKEN, BackgroundLoop, BotProcess, base_config, http, wait_until, write_config
 
 
 def card_text(message: Message) -> str:
@@ -266,3 +268,33 @@ def test_two_replicas_make_one_card_per_execution(bot: BotProcess, bot_env: dict
             assert sum(float(line.rsplit(" ", 1)[1]) for line in handled) > 0
     finally:
         second.stop()
+
+
+def test_a_card_posted_by_a_replica_that_died_is_adopted_not_posted_twice(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+        aws_resources: dict[str, str]):
+    pipeline.deliver = False  # the events wait until the dead replica's leftovers are in place
+
+    async def push() -> Execution:
+        execution = pipeline.start_from_push("dev")
+        assert execution.task is not None
+        await execution.task
+        return execution
+    execution = background_loop.run(push())
+    # what a replica leaves behind when it is killed right after posting the card, before noting where
+    leftover = DeployCard(execution_id=execution.id, pipeline=pipeline.name, environment="dev", service="changed",
+                          channel="C0DEV", trigger="push",
+                          posting_since=(datetime.now(UTC) - timedelta(seconds=20)).isoformat(timespec="seconds"))
+    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={
+        "pk": {"S": f"EXEC#{execution.id}"}, "sk": {"S": "CARD"}, "execution_id": {"S": execution.id},
+        "version": {"N": "1"}, "channel": {"S": "C0DEV"}, "body": {"S": leftover.to_json()}})
+    WebClient(token=BOT_TOKEN, base_url=f"{slack.base_url}/api/").chat_postMessage(
+        channel="C0DEV", text=render_card(leftover)[0], blocks=render_card(leftover)[1],
+        metadata={"event_type": "erp_deploy_card", "event_payload": {"execution_id": execution.id}})
+    sqs = boto3.client("sqs")
+    for event in execution.events:
+        sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(event))
+    wait_until(lambda: "Succeeded" in json.dumps([m.blocks for m in slack.channel_messages("C0DEV")]), timeout=60,
+               what="the adopted card to end Succeeded")
+    assert len(slack.channel_messages("C0DEV")) == 1
+    assert any("found the card a replica posted" in line.get("message", "") for line in bot.log_lines())

@@ -84,6 +84,7 @@ class Execution:
     decision: asyncio.Future[tuple[str, str]] | None = None
     task: asyncio.Task[None] | None = None
     status_summary: str | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)  # what it emitted, in order
 
 
 def _epoch(t: float) -> float:
@@ -100,7 +101,7 @@ class PipelineStandIn:
     def __init__(self, aws: AwsClients, events_queue_url: str, *, definition: Path = DEFINITION,
                  step_seconds: float = 1.0, faults: Faults | None = None,
                  deployer: Callable[[str, list[str], str], Awaitable[None]] | None = None,
-                 notify_environ: dict[str, str] | None = None) -> None:
+                 notify_environ: dict[str, str] | None = None, deliver: bool = True) -> None:
         self.aws = aws
         self.queue_url = events_queue_url
         self.pipeline = json.loads(definition.read_text())["pipeline"]
@@ -109,6 +110,7 @@ class PipelineStandIn:
         self.faults = faults or Faults()
         self.deployer = deployer  # runs the real helm upgrade when the sandbox has a cluster
         self.notify_environ = notify_environ  # the buildspec's `erp-chatops notify` settings, when set
+        self.deliver = deliver  # False: events are only recorded (the soak delivers them its own way)
         self.executions: dict[str, Execution] = {}
         self._tokens: dict[str, str] = {}  # clientRequestToken -> execution id
         self._stage_latest: dict[str, str] = {}  # stage -> execution id that entered it last
@@ -192,12 +194,15 @@ class PipelineStandIn:
         self._check_pipeline(body.get("pipelineName"))
         newest = sorted(self.executions.values(), key=lambda e: e.started, reverse=True)
         limit = int(body.get("maxResults", 100))
-        return {"pipelineExecutionSummaries": [
+        first = int(body.get("nextToken") or 0)  # an opaque token to callers; an offset here
+        page = newest[first:first + limit]
+        more = {"nextToken": str(first + limit)} if first + limit < len(newest) else {}
+        return {**more, "pipelineExecutionSummaries": [
             {"pipelineExecutionId": e.id, "status": e.status, "startTime": _epoch(e.started),
              "lastUpdateTime": _epoch(e.updated),
              "sourceRevisions": [{"actionName": "Source", "revisionId": e.revision}],
              "trigger": {"triggerType": e.trigger_type, "triggerDetail": e.trigger_detail},
-             "executionMode": self.pipeline.get("executionMode", "PARALLEL")} for e in newest[:limit]]}
+             "executionMode": self.pipeline.get("executionMode", "PARALLEL")} for e in page]}
 
     async def op_GetPipelineState(self, body: dict[str, Any]) -> dict[str, Any]:
         self._check_pipeline(body.get("name"))
@@ -282,12 +287,15 @@ class PipelineStandIn:
         declared["ENVIRONMENT"] = environment
         return self.start(declared)
 
-    async def _emit(self, source: str, detail_type: str, detail: dict[str, Any], resources: list[str]) -> None:
+    async def _emit(self, e: Execution, source: str, detail_type: str, detail: dict[str, Any],
+                    resources: list[str]) -> None:
         event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
                  "account": ACCOUNT, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
                  "resources": resources, "detail": detail}
         self.emitted.append(event)
-        await self.aws.call("sqs", "send_message", QueueUrl=self.queue_url, MessageBody=json.dumps(event))
+        e.events.append(event)
+        if self.deliver:
+            await self.aws.call("sqs", "send_message", QueueUrl=self.queue_url, MessageBody=json.dumps(event))
 
     def _pipeline_arn(self) -> str:
         return f"arn:aws:codepipeline:{REGION}:{ACCOUNT}:{self.name}"
@@ -298,11 +306,11 @@ class PipelineStandIn:
                                   "start-time": datetime.fromtimestamp(e.started, UTC).isoformat()}
         if state == "STARTED":
             detail["execution-trigger"] = {"trigger-type": e.trigger_type, "trigger-detail": e.trigger_detail}
-        await self._emit("aws.codepipeline", "CodePipeline Pipeline Execution State Change", detail,
+        await self._emit(e, "aws.codepipeline", "CodePipeline Pipeline Execution State Change", detail,
                          [self._pipeline_arn()])
 
     async def _stage_event(self, e: Execution, stage: str, state: str) -> None:
-        await self._emit("aws.codepipeline", "CodePipeline Stage Execution State Change",
+        await self._emit(e, "aws.codepipeline", "CodePipeline Stage Execution State Change",
                          {"pipeline": self.name, "execution-id": e.id, "stage": stage, "state": state,
                           "version": 1.0, "pipeline-execution-attempt": 1.0,
                           "start-time": datetime.fromtimestamp(e.started, UTC).isoformat()},
@@ -329,7 +337,7 @@ class PipelineStandIn:
             if error_code:
                 result["error-code"] = error_code
             detail["execution-result"] = result
-        await self._emit("aws.codepipeline", "CodePipeline Action Execution State Change", detail,
+        await self._emit(e, "aws.codepipeline", "CodePipeline Action Execution State Change", detail,
                          [self._pipeline_arn()])
 
     def _condition_skips(self, e: Execution, stage: dict[str, Any]) -> bool:
@@ -434,7 +442,7 @@ class PipelineStandIn:
                 "timeout-in-minutes": 60, "queued-timeout-in-minutes": 480}
 
         async def build_event(status: str, phase: str) -> None:
-            await self._emit("aws.codebuild", "CodeBuild Build State Change",
+            await self._emit(e, "aws.codebuild", "CodeBuild Build State Change",
                              {"build-status": status, "project-name": project, "build-id": build_id,
                               "additional-information": {**info, "build-complete": status != "IN_PROGRESS"},
                               "current-phase": phase, "current-phase-context": "[]", "version": "1"}, [build_id])
@@ -445,7 +453,7 @@ class PipelineStandIn:
             phase_start = time.time()
             await asyncio.sleep(self.step / 2)
             failed_here = failing is not None and phase == failing[0]
-            await self._emit("aws.codebuild", "CodeBuild Build Phase Change", {
+            await self._emit(e, "aws.codebuild", "CodeBuild Build Phase Change", {
                 "completed-phase": phase, "completed-phase-status": "FAILED" if failed_here else "SUCCEEDED",
                 "completed-phase-duration-seconds": max(0, round(time.time() - phase_start)),
                 "completed-phase-context": f"[: {failing[1]}]" if failed_here and failing else "[: ]",
@@ -509,7 +517,7 @@ class PipelineStandIn:
                 log.info("stand-in could not push %s: %s", repo, exc)
                 counts = {"HIGH": 2, "MEDIUM": 5, "LOW": 3, **({"CRITICAL": critical} if critical else {})}
                 digest = "sha256:" + hashlib.sha256(f"{repo}:{e.revision}".encode()).hexdigest()
-            await self._emit("aws.ecr", "ECR Image Scan",
+            await self._emit(e, "aws.ecr", "ECR Image Scan",
                              {"scan-status": "COMPLETE", "repository-name": repo, "finding-severity-counts": counts,
                               "image-digest": digest, "image-tags": [e.revision]},
                              [f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/{repo}"])

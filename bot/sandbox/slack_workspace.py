@@ -49,6 +49,7 @@ class Message:
     ephemeral_for: str | None = None  # user id: only they see it
     files: list[dict[str, Any]] = field(default_factory=list)
     edited: int = 0
+    metadata: dict[str, Any] | None = None  # message metadata: {"event_type": ..., "event_payload": {...}}
 
     def as_slack(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "message", "user": self.user, "text": self.text, "ts": self.ts,
@@ -379,9 +380,31 @@ class SlackWorkspace:
         thread_ts = args.get("thread_ts") or None
         if thread_ts and self.find(channel, thread_ts) is None:
             return {"ok": False, "error": "thread_not_found"}
+        metadata = args.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        if metadata is not None and not (isinstance(metadata, dict) and isinstance(metadata.get("event_type"), str)
+                                         and isinstance(metadata.get("event_payload"), dict)):
+            return {"ok": False, "error": "invalid_metadata_format"}
         msg = self._add(Message(channel=channel, ts=self._next_ts(), user=BOT_USER_ID, text=args.get("text", ""),
-                                blocks=args.get("blocks") or [], thread_ts=thread_ts))
+                                blocks=args.get("blocks") or [], thread_ts=thread_ts, metadata=metadata))
         return {"ok": True, "channel": channel, "ts": msg.ts, "message": msg.as_slack()}
+
+    def m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Top-level messages, newest first; metadata only with include_all_metadata, as Slack does."""
+        channel = self._channel_id(args.get("channel"))
+        if channel is None:
+            return {"ok": False, "error": "channel_not_found"}
+        limit = min(int(args.get("limit") or 100), 999)
+        with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
+        newest = sorted(self.channel_messages(channel), key=lambda m: float(m.ts), reverse=True)
+        out = []
+        for m in newest[:limit]:
+            entry = m.as_slack()
+            if with_metadata and m.metadata is not None:
+                entry["metadata"] = m.metadata
+            out.append(entry)
+        return {"ok": True, "messages": out, "has_more": len(newest) > limit}
 
     def _own_message(self, args: dict[str, Any], refusal: str) -> Message | dict[str, Any]:
         """The bot's message named by channel and ts, or Slack's error answer."""
