@@ -2,8 +2,9 @@
 
 Endpoints and credentials come from boto3's own resolution only (AWS_REGION,
 AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE>, IRSA ...); throttling and 5xx
-are absorbed by botocore's `standard` retry mode. Failed calls are counted
-through botocore's event hooks, so no call site has to remember to.
+are absorbed by botocore's `standard` retry mode. Failed attempts (retried
+ones too) are counted through botocore's event hooks, so no call site has to
+remember to.
 """
 
 from __future__ import annotations
@@ -18,12 +19,25 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.metrics import Metrics
 
+THROTTLING_CODES = {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+                    "RequestThrottledException", "TooManyRequestsException", "ProvisionedThroughputExceededException",
+                    "RequestLimitExceeded", "LimitExceededException", "SlowDown"}
 RETRY_CONFIG = BotoConfig(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=3,
     read_timeout=20,
     user_agent_appid="erp-chatops",
 )
+
+
+def aws_trouble(exc: BaseException) -> str:
+    """What went wrong with AWS, in words for a chat reply (the retries already gave up)."""
+    code = error_code(exc)
+    operation = getattr(exc, "operation_name", None)
+    where = f" (`{code}` from {operation})" if operation else f" (`{code}`)"
+    if code.rsplit("#", 1)[-1] in THROTTLING_CODES:
+        return "AWS is throttling the bot's requests" + where
+    return "AWS is not answering the bot" + where
 
 
 def error_code(exc: BaseException) -> str:
@@ -46,8 +60,7 @@ class AwsClients:
             if service not in self._clients:
                 c = self._session.client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
                 if self._metrics is not None:
-                    c.meta.events.register("after-call", self._count_http_error)
-                    c.meta.events.register("after-call-error", self._count_transport_error)
+                    c.meta.events.register("response-received", self._count_attempt)
                 self._clients[service] = c
             return self._clients[service]
 
@@ -57,16 +70,17 @@ class AwsClients:
         method = getattr(client, operation)
         return await asyncio.to_thread(method, **params)
 
-    def _count_http_error(self, http_response: Any, parsed: dict[str, Any], model: Any, **_: Any) -> None:
-        status = getattr(http_response, "status_code", 200)
-        if status >= 400 and self._metrics is not None:
-            code = str(parsed.get("Error", {}).get("Code", status))
-            self._metrics.aws_errors.labels(model.service_model.service_name, model.name, code).inc()
+    def _count_attempt(self, event_name: str, response_dict: dict[str, Any] | None,
+                       parsed_response: dict[str, Any] | None, exception: BaseException | None, **_: Any) -> None:
+        """Every failed attempt, retried or not, so throttling shows on /metrics before it shows in chat."""
+        if self._metrics is None:
+            return
+        _event, service, operation = event_name.split(".", 2)
+        if exception is not None:
+            self._metrics.aws_errors.labels(service, operation, type(exception).__name__).inc()
+        elif response_dict is not None and response_dict.get("status_code", 200) >= 400:
+            code = str((parsed_response or {}).get("Error", {}).get("Code") or response_dict["status_code"])
+            self._metrics.aws_errors.labels(service, operation, code).inc()
 
-    def _count_transport_error(self, exception: BaseException, model: Any, **_: Any) -> None:
-        if self._metrics is not None:
-            self._metrics.aws_errors.labels(
-                model.service_model.service_name, model.name, type(exception).__name__).inc()
 
-
-__all__ = ["AwsClients", "BotoCoreError", "ClientError", "error_code"]
+__all__ = ["AwsClients", "BotoCoreError", "ClientError", "aws_trouble", "error_code"]

@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackApiError
 from bot.aws import BotoCoreError, ClientError, error_code
 from bot.command_parser import ErpCommand
 from bot.deploy_card import DeployCard, render_card
+from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from bot.state import AuditRecord
 from handlers.erp_command import Invocation
@@ -99,8 +100,14 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
                      + " Nothing was started; try again in a minute.")
         return
     card.execution_id = str(started["pipelineExecutionId"])
-    await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
-    await runtime.cards.sync_message(card.execution_id)
-    await audit("started", execution_id=card.execution_id)
+    try:
+        await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
+        await runtime.cards.sync_message(card.execution_id)
+        await audit("started", execution_id=card.execution_id)
+    except (ClientError, BotoCoreError, SlackApiError) as e:
+        # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
+        log.warning("deploy %s started; its card catches up from the events: %s", card.execution_id,
+                    error_code(e), extra=log_fields(user=who.user_id, outcome="started", service=service,
+                                                     environment=env.name, execution_id=card.execution_id))
     link = await link_to(runtime, env.channel, card.ts)
     await answer(f":rocket: Deploying {target}: follow {link}.")

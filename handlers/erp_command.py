@@ -17,6 +17,7 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
+from bot.aws import BotoCoreError, ClientError, aws_trouble, error_code
 from bot.command_parser import ErpCommand, UsageError
 from bot.jsonlog import log_fields, request_id
 from bot.runtime import Runtime
@@ -84,6 +85,12 @@ def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> 
                 note = f":hourglass_flowing_sand: Working on `/erp {parsed.verb}`..."
                 await respond(response_type="ephemeral", text=note)
             await work
+        except (ClientError, BotoCoreError) as e:  # botocore's retries gave up: say so, in words
+            log.warning("/erp %s stopped: %s", parsed.verb, error_code(e),
+                        extra=log_fields(verb=parsed.verb, user=who.user_id, reason=error_code(e)))
+            await respond(response_type="ephemeral", replace_original=True,
+                          text=f":warning: {aws_trouble(e)} right now, so `/erp {parsed.verb}` stopped before"
+                               " changing anything. Try again in a minute.")
         except Exception:
             log.exception("/erp %s failed", parsed.verb,
                           extra=log_fields(verb=parsed.verb, user=who.user_id, channel=who.channel_id))

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.aws import AwsClients
+from bot.sandbox.aws_fault_proxy import AwsFaultProxy
 from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.ecr_images import create_repositories
 from bot.sandbox.local_kube import KubeUnavailable, LocalKube
@@ -88,6 +89,16 @@ def pipeline(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> 
     for execution in stand_in.executions.values():
         if execution.task is not None:
             background_loop.loop.call_soon_threadsafe(execution.task.cancel)
+    background_loop.run(runner.cleanup())
+
+
+@pytest.fixture
+def aws_faults(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[AwsFaultProxy]:
+    """A fault-injecting proxy in front of moto; point a service at it with AWS_ENDPOINT_URL_<SERVICE>."""
+    proxy = AwsFaultProxy(upstream=moto.url)
+    runner, port = background_loop.serve(proxy.web_app())
+    proxy.url = f"http://127.0.0.1:{port}"
+    yield proxy
     background_loop.run(runner.cleanup())
 
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from bot.command_parser import CommandParser, ErpCommand, UsageError
 from bot.config import parse_config
+from bot.sandbox.aws_fault_proxy import AwsFaultProxy
+from bot.sandbox.aws_fault_proxy import Fault as AwsFault
 from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.slack_signing import interaction_body, signed_headers
 from bot.sandbox.slack_workspace import Fault, SlackWorkspace
@@ -144,3 +146,55 @@ def test_secrets_appear_nowhere(bot: BotProcess, slack: SlackWorkspace, backgrou
     for secret in (BOT_TOKEN, SIGNING_SECRET):
         for place in everything:
             assert secret not in place
+
+
+def faulty_aws_bot(bot_env: dict[str, str], proxy: AwsFaultProxy, slack: SlackWorkspace, log: Path) -> BotProcess:
+    """The bot with SQS and DynamoDB behind the fault-injecting proxy (CodePipeline and the rest direct)."""
+    process = BotProcess({**bot_env, "AWS_ENDPOINT_URL_SQS": proxy.url, "AWS_ENDPOINT_URL_DYNAMODB": proxy.url}, log)
+    slack.bot_url = f"{process.url}/slack/events"
+    return process
+
+
+def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
+                                                         slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                                         pipeline: PipelineStandIn, aws_resources: dict[str, str],
+                                                         tmp_path: Path):
+    aws_faults.faults += [AwsFault("dynamodb", "throttle", times=12, every=3),
+                          AwsFault("dynamodb", "internal", times=3, every=5),
+                          AwsFault("sqs", "throttle", times=6, every=2), AwsFault("sqs", "unavailable", times=3, every=3),
+                          AwsFault("sqs", "reset", times=2, every=5)]
+    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+        wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=90, what="the card to end Succeeded")
+        assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
+        assert aws_faults.count("dynamodb") >= 10 and aws_faults.count("sqs") >= 6  # the faults did happen
+        assert {kind for _, _, kind in aws_faults.injected} == {"throttle", "internal", "unavailable", "reset"}
+        metrics = http("GET", f"{bot.url}/metrics")[1]
+        assert 'code="ThrottlingException"' in metrics  # retried calls are still counted, per code
+        dead = boto3.client("sqs").get_queue_attributes(QueueUrl=aws_resources["dlq_url"],
+                                                        AttributeNames=["ApproximateNumberOfMessages"])
+        assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
+        assert not [m for m in slack.ephemerals("U0DEV1") if "AWS is" in m.text]
+    finally:
+        bot.stop()
+
+
+def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
+                                                           slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                                           pipeline: PipelineStandIn, tmp_path: Path):
+    outage = AwsFault("dynamodb", "unavailable", times=10**6)
+    aws_faults.faults.append(outage)
+    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+        answer = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "AWS is" in m.text],
+                            timeout=90, what="the answer")[0]
+        assert "not answering" in answer and "stopped before changing anything" in answer and "\n" not in answer
+        assert pipeline.executions == {} and slack.channel_messages("C0DEV") == []  # no card, no execution
+        outage.times = 0  # DynamoDB is back: the same command works
+        background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+        wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the deploy after the outage")
+        assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
+    finally:
+        bot.stop()
