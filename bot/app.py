@@ -21,6 +21,7 @@ from bot.helm_cli import Helm
 from bot.http_server import build_http_app
 from bot.jsonlog import redactor
 from bot.metrics import Metrics
+from bot.replay_guard import ReplayGuard
 from bot.runtime import Runtime
 from bot.slack_client import make_web_client
 from bot.slack_credentials import load_slack_credentials
@@ -69,6 +70,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
         logger=logging.getLogger("slack_bolt"),
     )
     runtime = Runtime.build(config, client, aws, metrics)
+    bolt.use(ReplayGuard(runtime.state).middleware)  # after Bolt's own signature check: a replay is refused
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
     _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.sandbox.codepipeline import PipelineStandIn
 from bot.sandbox.slack_signing import signed_headers, slash_command_body
 from bot.sandbox.slack_workspace import Fault, SlackWorkspace
 from tests.support import (
@@ -20,6 +21,7 @@ from tests.support import (
     BotProcess,
     base_config,
     http,
+    wait_until,
     write_config,
 )
 
@@ -194,3 +196,24 @@ def test_every_verb_the_parser_knows_has_a_handler():
     from bot.command_parser import VERBS
 
     assert set(handlers.VERBS) | {"help"} == set(VERBS)
+
+
+def test_a_replayed_request_is_refused_by_every_replica(bot: BotProcess, bot_env: dict[str, str],
+                                                       slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                                       pipeline: PipelineStandIn, tmp_path: Path):
+    status, _ = background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+    assert status == 200
+    wait_until(lambda: pipeline.executions, what="the deploy to start")
+    other = BotProcess(bot_env, tmp_path / "other.log")
+    try:
+        # the same signed bytes again, inside Slack's 5 minutes: to the same replica and to another one
+        assert background_loop.run(slack.replay())[0] == 401
+        assert background_loop.run(slack.replay(f"{other.url}/slack/events"))[0] == 401
+        time.sleep(1)
+        assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
+        assert any("replayed Slack request was refused" in line.get("message", "") for line in other.log_lines())
+        # a fresh request for the same thing is not a replay: it gets its own answer
+        status, _ = background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help"))
+        assert status == 200
+    finally:
+        other.stop()

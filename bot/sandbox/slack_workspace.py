@@ -103,6 +103,7 @@ class SlackWorkspace:
         self.channels = dict(channels or DEFAULT_CHANNELS)
         self.groups = {k: list(v) for k, v in (groups or DEFAULT_GROUPS).items()}
         self.calls: list[ApiCall] = []
+        self.delivered: list[tuple[str, dict[str, str]]] = []  # signed requests sent to the bot, in order
         self.messages: list[Message] = []
         self.views: dict[str, dict[str, Any]] = {}
         self.files: dict[str, dict[str, Any]] = {}
@@ -172,9 +173,18 @@ class SlackWorkspace:
         if not self.bot_url:
             raise RuntimeError("the workspace has no bot URL to deliver to")
         headers = signed_headers(self.signing_secret, body, timestamp)
+        self.delivered.append((body, headers))
+        return await self._post(self.bot_url, body, headers)
+
+    async def replay(self, url: str | None = None) -> tuple[int, str]:
+        """Send the last request again, byte for byte with its signature, as someone who captured it would."""
+        body, headers = self.delivered[-1]
+        return await self._post(url or self.bot_url, body, headers)
+
+    @staticmethod
+    async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
         async with aiohttp.ClientSession() as session, session.post(
-                self.bot_url, data=body.encode(), headers=headers,
-                timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                url, data=body.encode(), headers=headers, timeout=aiohttp.ClientTimeout(total=10)) as resp:
             return resp.status, await resp.text()
 
     def _new_response_url(self, user: str, channel: str, origin_ts: str | None = None) -> str:

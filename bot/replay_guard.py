@@ -1,0 +1,60 @@
+"""Refuses a Slack request seen before: a replay inside the 5 minutes a signature stays valid.
+
+Bolt checks the signature and the timestamp's age but remembers nothing, so a
+captured request could be sent again within that window and act twice. Each
+signature (unique per timestamp and body) is claimed once: in this process first
+(no I/O), then in the state table, which all replicas share. If the table cannot
+be reached, the in-process memory still holds and the request goes on: the
+signature was valid, and every change it asks for needs the table anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+
+from bot.aws import BotoCoreError, ClientError, error_code
+from bot.state import StateStore
+
+log = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 5 * 60 + 60  # Slack's 5 minutes, plus clock skew
+LOCAL_LIMIT = 50_000  # signatures remembered in this process (about 5 MB at most)
+
+
+class ReplayGuard:
+    def __init__(self, state: StateStore, window: int = WINDOW_SECONDS) -> None:
+        self.state = state
+        self.window = window
+        self._seen: OrderedDict[str, float] = OrderedDict()
+
+    def _seen_here(self, signature: str, now: float) -> bool:
+        while self._seen and (next(iter(self._seen.values())) < now or len(self._seen) > LOCAL_LIMIT):
+            self._seen.popitem(last=False)
+        if signature in self._seen:
+            return True
+        self._seen[signature] = now + self.window
+        return False
+
+    async def first_time(self, signature: str) -> bool:
+        """True the first time a signature is presented, anywhere; False for a replay."""
+        if self._seen_here(signature, time.monotonic()):
+            return False
+        try:
+            return await self.state.put_marker("REPLAY", signature, self.window)
+        except (ClientError, BotoCoreError) as e:
+            log.warning("replay check on this replica only: the state table did not answer (%s)", error_code(e))
+            return True
+
+    async def middleware(self, req: AsyncBoltRequest, next: Any) -> BoltResponse | None:
+        """Bolt global middleware: it runs after Bolt verified the signature and its age."""
+        signature = (req.headers.get("x-slack-signature") or [""])[0]
+        if signature and not await self.first_time(signature):
+            log.warning("a replayed Slack request was refused")
+            return BoltResponse(status=401, body="this request was already received")
+        return await next()  # type: ignore[no-any-return]
