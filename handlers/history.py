@@ -13,6 +13,7 @@ from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 
 OUTCOME_ICON = {"ok": ":white_check_mark:", "started": ":rocket:", "refused": ":no_entry:", "failed": ":x:"}
+TRY = {"rollback": "roll back"}
 DONE = {"deploy": "deployed", "approve": "approved", "reject": "rejected", "rollback": "rolled back"}
 
 
@@ -22,7 +23,7 @@ def describe(action: str, outcome: str, target: str) -> str:
         return f"started a deploy of {target}"
     if outcome == "ok":
         return f"{DONE.get(action, action)} {target}"
-    return f"tried to {action} {target}: {outcome}"
+    return f"tried to {TRY.get(action, action)} {target}: {outcome}"
 
 
 async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:

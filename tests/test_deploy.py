@@ -298,3 +298,25 @@ def test_a_card_posted_by_a_replica_that_died_is_adopted_not_posted_twice(
                what="the adopted card to end Succeeded")
     assert len(slack.channel_messages("C0DEV")) == 1
     assert any("found the card a replica posted" in line.get("message", "") for line in bot.log_lines())
+
+
+def test_wrong_users_are_refused_and_every_refusal_is_audited(bot: BotProcess, slack: SlackWorkspace,
+                                                              background_loop: BackgroundLoop,
+                                                              pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0ONCALL", "C0PROD", "deploy employee prod")  # on-call may not deploy prod
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    background_loop.run(slack.click("U0DEV1", card, APPROVE_ACTION))  # the requester, approving
+    background_loop.run(slack.click("U0DEV1", card, REJECT_ACTION))  # and rejecting
+    wait_until(lambda: len([m for m in slack.ephemerals("U0DEV1") if "You asked for this deploy" in m.text]) == 2,
+               what="both refusals")
+    assert slack.views == {}  # no reason modal for someone who may not decide
+    [execution] = pipeline.executions.values()
+    assert execution.status == "InProgress" and "Waiting for approval" in card_text(the_card(slack, "C0PROD"))
+    command(background_loop, slack, "U0APPR1", "C0PROD", "history employee prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0APPR1") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    for line in ("<@U0ONCALL> tried to deploy employee to prod: refused",
+                 "<@U0DEV1> tried to approve employee in prod: refused",
+                 "<@U0DEV1> tried to reject employee in prod: refused"):
+        assert line in history

@@ -75,12 +75,13 @@ def test_slack_rate_limits_and_outages_still_end_in_the_right_card(bot: BotProce
                                                                    pipeline: PipelineStandIn):
     slack.faults += [Fault("chat.update", status=429, error="ratelimited", retry_after=1, times=2),
                      Fault("chat.update", status=503, error="service_unavailable", times=2),
-                     Fault("chat.postMessage", status=500, error="internal_error", times=1)]
+                     Fault("chat.postMessage", status=500, error="internal_error", times=1),
+                     Fault("chat.update", reset=True, error="connection_reset", times=2)]
     background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
     wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the card to end Succeeded")
     assert len(slack.channel_messages("C0DEV")) == 1
     failed = [c for c in slack.calls if not c.ok]
-    assert {c.error for c in failed} >= {"ratelimited", "service_unavailable"}
+    assert {c.error for c in failed} >= {"ratelimited", "service_unavailable", "internal_error", "connection_reset"}
     # the last successful edit is the final state: no stale edit landed after it
     last = [c for c in slack.calls_to("chat.update") if c.ok][-1]
     assert "Succeeded" in json.dumps(last.args.get("blocks"))

@@ -165,6 +165,9 @@ def test_prod_rollback_needs_an_approver_who_did_not_ask(release: Release, slack
     release.wait_images("prod", notification="v1.1.0")
     release.complete_rollouts("prod")
     wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0PROD")), what="the result")
+    history = ask(background_loop, slack, "U0APPR1", "history notification prod")
+    assert "<@U0ONCALL> tried to roll back notification in prod: refused" in history  # each refusal is audited
+    assert "<@U0APPR1> tried to roll back notification in prod: refused (You asked for this rollback" in history
 
 
 def test_whole_release_rollback_and_bad_revisions(release: Release, slack: SlackWorkspace,

@@ -80,6 +80,7 @@ class Fault:
     error: str | None = None
     retry_after: int | None = None
     times: int = 1
+    reset: bool = False  # drop the connection without an answer, as a failing load balancer does
 
 
 DEFAULT_PEOPLE = [
@@ -350,6 +351,9 @@ class SlackWorkspace:
             if fault.method in (method, "*") and fault.times > 0:
                 fault.times -= 1
                 self.calls.append(ApiCall(method, args, False, fault.error or f"http_{fault.status}"))
+                if fault.reset and request.transport is not None:
+                    request.transport.abort()
+                    return web.Response(status=500)  # never reaches the client: the connection is gone
                 headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
                 if fault.status != 200:
                     return web.json_response({"ok": False, "error": fault.error or "fatal_error"},
