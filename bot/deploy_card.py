@@ -281,8 +281,11 @@ STAGE_ICON = {"PENDING": ":white_circle:", "STARTED": ":hourglass_flowing_sand:"
 
 
 def card_phase(card: DeployCard) -> str:
-    """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one."""
+    """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one
+    (succeeded, failed, rejected, stopped, superseded)."""
     if card.finished:
+        if card.status == "Failed" and card.approval.decision == "Rejected":
+            return "rejected"  # nothing was deployed: there is nothing to roll back
         return card.status.lower()
     if card.awaiting_approval:
         return "deciding" if card.approval.decision in ("Approving", "Rejecting") else "awaiting_approval"

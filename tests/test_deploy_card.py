@@ -115,6 +115,8 @@ def test_buttons_follow_the_phase(prod_events: list[PipelineEvent]):
     failed = play(prod_events[:upto_approval])
     failed.status = "Failed"
     assert ROLLBACK_ACTION in actions(failed)
+    failed.approval.decision = "Rejected"  # refused at the gate: nothing reached prod, nothing to roll back
+    assert card_phase(failed) == "rejected" and ROLLBACK_ACTION not in actions(failed)
 
 
 def test_cards_stay_within_block_kit_limits(prod_events: list[PipelineEvent]):
