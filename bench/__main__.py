@@ -16,6 +16,7 @@ import tempfile
 import time
 import tracemalloc
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,14 @@ async def ack_latency(bot_url: str, concurrency: int = 50, rounds: int = 10) -> 
     texts = ["help", "help deploy", "deploy employe prod", "logs notification prod 15x"]
     samples: list[float] = []
     async with aiohttp.ClientSession() as session:
-        async def one(i: int) -> None:
+        async def one(i: int) -> None:  # each request its own trigger_id, as Slack sends them (no replays)
             body = slash_command_body(text=texts[i % len(texts)], user_id="U0DEV1", user_name="dana",
                                       channel_id="C0DEV", channel_name="erp-dev",
-                                      response_url="http://127.0.0.1:9/r", trigger_id=f"t{i}")
+                                      response_url="http://127.0.0.1:9/r", trigger_id=f"t{i}.{uuid.uuid4().hex}")
             started = time.perf_counter()
             async with session.post(bot_url, data=body.encode(), headers=signed_headers(SECRET, body)) as resp:
                 await resp.read()
+            assert resp.status == 200, f"the bench's request was refused: {resp.status}"
             samples.append((time.perf_counter() - started) * 1000)
 
         await asyncio.gather(*(one(i) for i in range(concurrency)))  # warm-up round
@@ -164,6 +166,7 @@ def main() -> int:
         result["noise_prod_deploy"] = {
             "events": events, "channel_messages": len(workspace.channel_messages("C0PROD")),
             "slack_calls": len(workspace.calls) - calls_before,
+            "slack_calls_by_method": dict(Counter(c.method for c in workspace.calls[calls_before:])),
             "thread_messages": len(workspace.thread("C0PROD", message.ts)),
             "relay_messages_for_comparison": events}
 

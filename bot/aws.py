@@ -22,8 +22,10 @@ from bot.metrics import Metrics
 THROTTLING_CODES = {"Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
                     "RequestThrottledException", "TooManyRequestsException", "ProvisionedThroughputExceededException",
                     "RequestLimitExceeded", "LimitExceededException", "SlowDown"}
+AWS_THREADS = 32  # worker threads for boto3 calls (bot.http_server), one pooled connection each
 RETRY_CONFIG = BotoConfig(
     retries={"mode": "standard", "max_attempts": 5},
+    max_pool_connections=AWS_THREADS,
     connect_timeout=3,
     read_timeout=20,
     user_agent_appid="erp-chatops",

@@ -30,6 +30,8 @@ Change = TypeVar("Change")
 DEFAULT_WAIT_SECONDS = 5  # long poll; short enough that shutdown never waits long on it
 BATCH = 10
 MAX_BACKOFF = 300
+HEARTBEAT_SECONDS = 2  # a batch still in hand after this long has its messages' visibility extended...
+HEARTBEAT_EXTEND = 8  # ...to this many seconds, again every HEARTBEAT_SECONDS until it is done
 
 
 @dataclass
@@ -49,6 +51,7 @@ class EventConsumer(Generic[Change]):
         self.wait_seconds = wait_seconds
         self.queue_url = runtime.config.events_queue_url
         self._limit = asyncio.Semaphore(concurrency)
+        self._in_flight: set[str] = set()  # receipts of the batch being handled
 
     async def run(self) -> None:
         log.info("consuming events from the queue")
@@ -79,7 +82,13 @@ class EventConsumer(Generic[Change]):
                 self.runtime.metrics.events_processed.labels("duplicate").inc()
                 await self._delete(message["ReceiptHandle"])
         fresh = [(m, e) for m, e in parsed if e.event_id not in seen]
-        handled = [h for h in await asyncio.gather(*(guarded(m, e) for m, e in fresh)) if h is not None]
+        self._in_flight = {m["ReceiptHandle"] for m, _ in fresh}
+        heartbeat = asyncio.ensure_future(self._keep_invisible())
+        try:
+            handled = [h for h in await asyncio.gather(*(guarded(m, e) for m, e in fresh)) if h is not None]
+        finally:
+            heartbeat.cancel()
+            self._in_flight = set()
         if not handled:
             return
         metrics = self.runtime.metrics
@@ -126,6 +135,7 @@ class EventConsumer(Generic[Change]):
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            self._in_flight.discard(receipt)  # its back-off below decides when it comes back
             self.runtime.metrics.events_failed.labels(event.kind).inc()
             log.warning("event %s (%s) failed on receive %d: %s", event.event_id, event.kind, receives, e,
                         exc_info=True, extra=log_fields(reason=str(e)))
@@ -133,6 +143,21 @@ class EventConsumer(Generic[Change]):
             return None
         finally:
             execution_id_var.reset(token)
+
+    async def _keep_invisible(self) -> None:
+        """While a batch is still being handled (a handler waiting out another replica's lease, say),
+        keep its messages from going back to the queue, where another replica would take them too and
+        their receive count would climb toward the dead-letter queue. A dead replica stops extending:
+        its messages come back within HEARTBEAT_EXTEND."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            receipts = sorted(self._in_flight)
+            for i in range(0, len(receipts), BATCH):
+                entries = [{"Id": str(n), "ReceiptHandle": r, "VisibilityTimeout": HEARTBEAT_EXTEND}
+                           for n, r in enumerate(receipts[i:i + BATCH])]
+                with contextlib.suppress(Exception):  # best effort: the visibility timeout still applies
+                    await self.runtime.aws.call("sqs", "change_message_visibility_batch",
+                                                QueueUrl=self.queue_url, Entries=entries)
 
     async def _delete(self, receipt: str) -> None:
         await self.runtime.aws.call("sqs", "delete_message", QueueUrl=self.queue_url, ReceiptHandle=receipt)

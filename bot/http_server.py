@@ -13,11 +13,13 @@ import logging
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
+from bot.aws import AWS_THREADS
 from bot.jsonlog import request_id
 from bot.readiness import Readiness
 from bot.runtime import Runtime
@@ -84,6 +86,9 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
 async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
                 background: list[Callable[[], Awaitable[None]]] | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: no new work, finish what is in flight, exit."""
+    # boto3 calls run in the default executor: room for a burst of commands and the consumer at once
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=AWS_THREADS,
+                                                                       thread_name_prefix="aws"))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

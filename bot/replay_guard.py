@@ -27,6 +27,16 @@ WINDOW_SECONDS = 5 * 60 + 60  # Slack's 5 minutes, plus clock skew
 LOCAL_LIMIT = 50_000  # signatures remembered in this process (about 5 MB at most)
 
 
+CHANGING_VERBS = {"deploy", "rollback"}  # /erp verbs that start something; buttons and modals all may
+
+
+def can_change(body: dict[str, Any]) -> bool:
+    if "command" in body:
+        words = str(body.get("text") or "").split()
+        return bool(words) and words[0].lower() in CHANGING_VERBS
+    return True
+
+
 class ReplayGuard:
     def __init__(self, state: StateStore, window: int = WINDOW_SECONDS) -> None:
         self.state = state
@@ -51,10 +61,15 @@ class ReplayGuard:
             log.warning("replay check on this replica only: the state table did not answer (%s)", error_code(e))
             return True
 
+    async def first_time_here(self, signature: str) -> bool:
+        return not self._seen_here(signature, time.monotonic())
+
     async def middleware(self, req: AsyncBoltRequest, next: Any) -> BoltResponse | None:
-        """Bolt global middleware: it runs after Bolt verified the signature and its age."""
+        """Bolt global middleware: it runs after Bolt verified the signature and its age. Requests that can
+        change something are checked across replicas; the rest (help, reading) only here, to keep the ack fast."""
         signature = (req.headers.get("x-slack-signature") or [""])[0]
-        if signature and not await self.first_time(signature):
+        check = self.first_time if can_change(req.body) else self.first_time_here
+        if signature and not await check(signature):
             log.warning("a replayed Slack request was refused")
             return BoltResponse(status=401, body="this request was already received")
         return await next()  # type: ignore[no-any-return]

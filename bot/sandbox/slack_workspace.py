@@ -180,7 +180,10 @@ class SlackWorkspace:
     async def replay(self, url: str | None = None) -> tuple[int, str]:
         """Send the last request again, byte for byte with its signature, as someone who captured it would."""
         body, headers = self.delivered[-1]
-        return await self._post(url or self.bot_url, body, headers)
+        target = url or self.bot_url
+        if not target:
+            raise RuntimeError("the workspace has no bot URL to deliver to")
+        return await self._post(target, body, headers)
 
     @staticmethod
     async def _post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
