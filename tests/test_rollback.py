@@ -257,7 +257,7 @@ def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack:
                            and plan_message(slack, "C0DEV"), timeout=30, what="the time-out")
         assert "within 2s" in shown(final) and "employee-service" in shown(final)
         history = ask(background_loop, slack, "U0DEV1", "history employee dev", "C0DEV")
-        assert "tried to rollback employee in dev: failed (rollout timed out)" in history
+        assert "tried to roll back employee in dev: failed (rollout timed out)" in history
     finally:
         impatient.stop()
 
