@@ -51,25 +51,23 @@ class ReplayGuard:
         self._seen[signature] = now + self.window
         return False
 
-    async def first_time(self, signature: str) -> bool:
-        """True the first time a signature is presented, anywhere; False for a replay."""
+    async def first_time(self, signature: str, *, across_replicas: bool = True) -> bool:
+        """True the first time a signature is presented (anywhere, or only here); False for a replay."""
         if self._seen_here(signature, time.monotonic()):
             return False
+        if not across_replicas:
+            return True
         try:
             return await self.state.put_marker("REPLAY", signature, self.window)
         except (ClientError, BotoCoreError) as e:
             log.warning("replay check on this replica only: the state table did not answer (%s)", error_code(e))
             return True
 
-    async def first_time_here(self, signature: str) -> bool:
-        return not self._seen_here(signature, time.monotonic())
-
     async def middleware(self, req: AsyncBoltRequest, next: Any) -> BoltResponse | None:
         """Bolt global middleware: it runs after Bolt verified the signature and its age. Requests that can
         change something are checked across replicas; the rest (help, reading) only here, to keep the ack fast."""
         signature = (req.headers.get("x-slack-signature") or [""])[0]
-        check = self.first_time if can_change(req.body) else self.first_time_here
-        if signature and not await check(signature):
+        if signature and not await self.first_time(signature, across_replicas=can_change(req.body)):
             log.warning("a replayed Slack request was refused")
             return BoltResponse(status=401, body="this request was already received")
         return await next()  # type: ignore[no-any-return]

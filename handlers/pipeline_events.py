@@ -52,13 +52,18 @@ def _blank(value: str | None) -> str | None:
 
 
 async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
-    """The execution's card (and its stored item), created from its own variables if nobody made it yet."""
-    loaded = await runtime.cards.load(execution_id)
-    if loaded is not None and (loaded[0].ts or loaded[0].trigger != "push"):
-        return loaded
-    if loaded is not None:  # a push's card whose message is not posted yet (its poster may have died)
+    """The execution's card (and its stored item), created from its own variables if nobody made it yet;
+    a push's card gets its message posted if it has none yet (its poster may have died)."""
+    loaded = await runtime.cards.load(execution_id) or await _create_card(runtime, execution_id)
+    if loaded is not None and loaded[0].ts is None and loaded[0].trigger == "push":
         await _post_card(runtime, execution_id)
-        return await runtime.cards.load(execution_id)
+        loaded = await runtime.cards.load(execution_id)
+    return loaded
+
+
+async def _create_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
+    """A card from the execution's own variables (a push has none of Slack's); None if the pipeline has no such
+    execution."""
     try:
         resp = await runtime.aws.call("codepipeline", "get_pipeline_execution",
                                       pipelineName=runtime.config.pipeline, pipelineExecutionId=execution_id)
@@ -85,11 +90,7 @@ async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, 
         card.commit = str(revisions[0]["revisionId"])
     if await runtime.cards.create(card) and card.commit:
         await _index_images(runtime, card)
-    loaded = await runtime.cards.load(execution_id)
-    if loaded is not None and loaded[0].ts is None and loaded[0].trigger == "push":
-        await _post_card(runtime, execution_id)
-        loaded = await runtime.cards.load(execution_id)
-    return loaded
+    return await runtime.cards.load(execution_id)
 
 
 async def _post_card(runtime: Runtime, execution_id: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from bot.sandbox.local_aws import LocalAws, free_port, wait_for_http
+from bot.sandbox.local_aws import LocalAws, free_port, stop_process, wait_for_http
 from bot.sandbox.seed import sandbox_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,13 +103,7 @@ class BotProcess:
         return lines
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(25)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 25)
         self._log.close()
         return self.proc.returncode
 

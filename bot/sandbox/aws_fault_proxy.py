@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 import aiohttp
 from aiohttp import web
@@ -81,7 +82,7 @@ class AwsFaultProxy:
         body = await request.read()
         service, operation = self.identify(request)
         if not operation and body and request.content_type == "application/x-www-form-urlencoded":
-            operation = dict(part.split("=", 1) for part in body.decode().split("&") if "=" in part).get("Action", "")
+            operation = parse_qs(body.decode()).get("Action", [""])[0]
         fault = next((f for f in self.faults if f.takes(service, operation)), None)
         if fault is not None:
             self.injected.append((service, operation, fault.kind))

@@ -34,6 +34,17 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes]
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class LocalAws:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
@@ -49,9 +60,4 @@ class LocalAws:
                 "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 10)

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from bot.sandbox.local_aws import free_port
+from bot.sandbox.local_aws import free_port, stop_process
 
 
 class KubeUnavailable(Exception):
@@ -230,12 +230,7 @@ class LocalKube:
 
     def stop(self) -> None:
         for proc in (self.apiserver, self.etcd):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_process(proc, 15)
         for f in self._logs:
             f.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
