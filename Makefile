@@ -36,8 +36,8 @@ soak: $(STAMP)
 
 ## lint: ruff and mypy
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bot handlers tests bench
-	$(VENV)/bin/mypy bot handlers
+	$(VENV)/bin/ruff check bot handlers sandbox tests bench
+	$(VENV)/bin/mypy bot handlers sandbox
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache

@@ -24,14 +24,14 @@ from typing import Any
 import aiohttp
 import yaml
 
-from bot.aws import AwsClients
-from bot.log_lines import as_file, fit_for_message, to_lines
-from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.local_aws import LocalAws
-from bot.sandbox.seed import create_events_queue, create_state_table, sandbox_config
-from bot.sandbox.slack_signing import signed_headers, slash_command_body
-from bot.sandbox.slack_workspace import SlackWorkspace
-from bot.slack_client import make_web_client
+from bot.aws.clients import AwsClients
+from bot.delivery.log_lines import as_file, fit_for_message, to_lines
+from bot.slack.web_client import make_web_client
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.local_aws import LocalAws
+from sandbox.seed import create_events_queue, create_state_table, sandbox_config
+from sandbox.slack_signing import signed_headers, slash_command_body
+from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess, http
 
 SLACK_ACK_LIMIT_MS = 3000.0

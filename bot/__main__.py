@@ -29,13 +29,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from bot.sandbox.run import run_sandbox
-
+    # The sandbox lives beside the bot in a checkout (sandbox/), never in the wheel or the image.
+    try:
+        from sandbox.run import run_sandbox
+    except ModuleNotFoundError as e:
+        if e.name not in ("sandbox", "sandbox.run"):
+            raise
+        print("erp-chatops: the sandbox runs from a checkout of the repository: cd into it and run"
+              " `make sandbox` (or `python -m bot sandbox`)", file=sys.stderr)
+        return 2
     return run_sandbox(port=int(os.environ.get("PORT", "3000")), host=args.host)
 
 
 def _notify(args: argparse.Namespace) -> int:
-    from bot.notify import Notifier
+    from bot.ci.notify import Notifier
 
     text = sys.stdin.read() if args.text == "-" else args.text
     Notifier().post(text)
@@ -45,8 +52,8 @@ def _notify(args: argparse.Namespace) -> int:
 def _ci(args: argparse.Namespace) -> int:
     import time
 
-    from bot import build_steps as steps
-    from bot.notify import Notifier
+    from bot.ci import build_steps as steps
+    from bot.ci.notify import Notifier
 
     notifier = Notifier()
     try:

@@ -13,17 +13,17 @@ from aiohttp import web
 from slack_bolt.async_app import AsyncApp
 
 import handlers
-from bot.aws import AwsClients
-from bot.cluster import Cluster
+from bot.aws.clients import AwsClients
+from bot.cluster.helm import Helm
+from bot.cluster.kube import Cluster
 from bot.config import Config, load_config
 from bot.event_consumer import EventConsumer
-from bot.helm_cli import Helm
 from bot.http_server import build_http_app
 from bot.jsonlog import redactor
 from bot.metrics import Metrics
 from bot.replay_guard import ReplayGuard
 from bot.runtime import Runtime
-from bot.slack_client import make_web_client
+from bot.slack.web_client import make_web_client
 from bot.slack_credentials import load_slack_credentials
 
 

@@ -16,8 +16,9 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.deploy_card import DeployCard, ThreadNote, blocks_hash, render_card
-from bot.state import StateStore
+from bot.aws.state import StateStore
+from bot.delivery.deploy_card import DeployCard, ThreadNote
+from bot.slack.deploy_card_blocks import blocks_hash, render_card
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The bot's YAML config (path in BOT_CONFIG): shape fixed in DESIGN.md.
+"""The bot's YAML config (path in BOT_CONFIG): the shape README's Configuration section documents.
 
 A bad file stops start-up with one line naming the file, the key and what was
 expected, so whoever deploys the bot sees exactly what to fix.

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from bot.delivery.pipeline_events import MalformedEvent, PipelineEvent, parse_event
 from bot.jsonlog import execution_id as execution_id_var
 from bot.jsonlog import log_fields
-from bot.pipeline_events import MalformedEvent, PipelineEvent, parse_event
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)

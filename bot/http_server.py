@@ -19,11 +19,11 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
-from bot.aws import AWS_THREADS
+from bot.aws.clients import AWS_THREADS
 from bot.jsonlog import request_id
 from bot.readiness import Readiness
 from bot.runtime import Runtime
-from bot.slack_payload import payload_problem
+from bot.slack.request_shape import payload_problem
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from bot.aws import error_code
+from bot.aws.clients import error_code
 from bot.runtime import Runtime
 
 CHECK_TIMEOUT = 3.0

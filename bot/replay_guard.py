@@ -18,8 +18,8 @@ from typing import Any
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from bot.aws import BotoCoreError, ClientError, error_code
-from bot.state import StateStore
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.state import StateStore
 
 log = logging.getLogger(__name__)
 

@@ -7,16 +7,17 @@ from pathlib import Path
 
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.aws import AwsClients
+from bot.aws.clients import AwsClients
+from bot.aws.state import StateStore
 from bot.card_store import CardStore
-from bot.cluster import Cluster
-from bot.command_parser import CommandParser
+from bot.cluster.helm import Helm
+from bot.cluster.kube import Cluster
 from bot.config import Config
-from bot.helm_cli import Helm
+from bot.delivery.access_policy import AccessPolicy
+from bot.delivery.command_parser import CommandParser
 from bot.inflight import InFlight
 from bot.metrics import Metrics
-from bot.policy import AccessPolicy
-from bot.state import StateStore
+from bot.slack.user_groups import UserGroups
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Runtime:
         state = StateStore(aws, config.state_table)
         return cls(
             config=config, slack=slack, aws=aws, metrics=metrics, state=state,
-            policy=AccessPolicy(config, slack),
+            policy=AccessPolicy(config, UserGroups(slack).members),
             parser=CommandParser(config),
             cards=CardStore(state, slack),
         )

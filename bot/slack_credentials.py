@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bot.aws import AwsClients, ClientError, error_code
+from bot.aws.clients import AwsClients, ClientError, error_code
 
 
 class CredentialsError(Exception):

@@ -18,16 +18,12 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, SectionBlock
 from slack_sdk.models.views import View
 
-from bot.aws import BotoCoreError, ClientError, error_code
-from bot.deploy_card import (
-    APPROVE_ACTION,
-    REJECT_ACTION,
-    REJECT_VIEW,
-    DeployCard,
-)
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
+from bot.aws.state import AuditRecord
+from bot.delivery.deploy_card import DeployCard
 from bot.runtime import Runtime
-from bot.state import AuditRecord
-from handlers.pipeline_events import APPROVAL_STAGE, _approval_token, _clear_pending
+from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, REJECT_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +107,7 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
         except SlackApiError:
             pass
         summary = f"{status} in Slack by {name} ({user})" + (f": {reason}" if reason else "")
-        token = card.approval.token or await _approval_token(runtime, execution_id)
+        token = card.approval.token or await approval_token(runtime.aws, card.pipeline, execution_id)
         if token is None:
             raise LookupError("no open approval request for this execution")
         await runtime.aws.call(
@@ -140,7 +136,7 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
     result = await runtime.cards.mutate(execution_id, record)
     await _audit(runtime, card, user, verb, "ok", reason)
     if result is not None:
-        await _clear_pending(runtime, result[0])
+        await runtime.state.clear_pending_approval(result[0].environment, result[0].service, execution_id)
     await runtime.cards.sync_message(execution_id)
 
 

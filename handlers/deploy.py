@@ -14,14 +14,14 @@ import uuid
 from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot.aws import BotoCoreError, ClientError, error_code
-from bot.command_parser import ErpCommand
-from bot.deploy_card import DeployCard, render_card
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.state import AuditRecord
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.deploy_card import DeployCard
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
-from bot.state import AuditRecord
+from bot.slack.deploy_card_blocks import render_card
 from handlers.erp_command import Invocation
-from handlers.pipeline_events import pending_key
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await answer(f":no_entry: {decision.reason}")
         return
     for pending_service in {service, "all"}:
-        marker = await runtime.state.get_marker(*pending_key(env.name, pending_service))
+        marker = await runtime.state.pending_approval(env.name, pending_service)
         if marker:
             link = await link_to(runtime, str(marker.get("channel", env.channel)), marker.get("ts"))
             await answer(f":lock: A {env.name} deploy of {pending_service} is already waiting for approval: {link}."

@@ -17,8 +17,8 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
-from bot.aws import BotoCoreError, ClientError, aws_trouble, error_code
-from bot.command_parser import ErpCommand, UsageError
+from bot.aws.clients import BotoCoreError, ClientError, aws_trouble, error_code
+from bot.delivery.command_parser import ErpCommand, UsageError
 from bot.jsonlog import log_fields, request_id
 from bot.runtime import Runtime
 from handlers.help import help_reply

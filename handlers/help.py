@@ -6,8 +6,8 @@ from typing import Any
 
 from slack_sdk.models.blocks import ContextBlock, DividerBlock, MarkdownTextObject, SectionBlock
 
-from bot.command_parser import VERBS
 from bot.config import Config
+from bot.delivery.command_parser import VERBS
 
 
 def help_reply(config: Config, topic: str | None = None) -> dict[str, Any]:

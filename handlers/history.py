@@ -6,9 +6,9 @@ from datetime import datetime
 
 from slack_bolt.async_app import AsyncRespond
 
-from bot.command_parser import ErpCommand
-from bot.helm_cli import HelmError, service_tags
-from bot.image_tag import short_tag
+from bot.cluster.helm import HelmError, service_tags
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 

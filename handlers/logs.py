@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
-from bot.command_parser import ErpCommand
-from bot.error_chart import buckets_from_rows, render_chart, summary
-from bot.log_lines import as_file, fit_for_message, to_lines
-from bot.log_query import build_query, run_query
+from bot.aws.logs_insights import run_query
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.error_chart import buckets_from_rows, render_chart, summary
+from bot.delivery.log_lines import as_file, fit_for_message, to_lines
+from bot.delivery.log_query import build_query
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 

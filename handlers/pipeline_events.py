@@ -13,20 +13,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.aws import BotoCoreError, ClientError, error_code
-from bot.deploy_card import DeployCard, ThreadNote, apply_event, render_card, severity_line
-from bot.image_tag import short_tag
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
+from bot.aws.ecr_scans import fetch_scan_report
+from bot.delivery.access_policy import mention_list
+from bot.delivery.deploy_card import DeployCard, ThreadNote, apply_event, severity_line
+from bot.delivery.image_tag import short_tag
+from bot.delivery.pipeline_events import PipelineEvent
+from bot.delivery.scan_report import ScanReport, finding_line, severity_counts, verdict
 from bot.jsonlog import log_fields
-from bot.pipeline_events import PipelineEvent
-from bot.policy import mention_list
 from bot.runtime import Runtime
-from bot.scan_report import ScanReport, fetch_scan_report, finding_line, severity_counts, verdict
+from bot.slack.deploy_card_blocks import render_card
 
 log = logging.getLogger(__name__)
 
-APPROVAL_STAGE = "Approval"
 IMAGE_INDEX_TTL = 14 * 86400
-PENDING_TTL = 8 * 86400  # an approval expires after 7 days
 HISTORY_LOOKBACK = timedelta(hours=6)  # a build scans its images within minutes of its start
 CLOCK_SKEW = timedelta(minutes=1)  # event times have whole seconds; AWS's clocks differ a little
 POST_LEASE = timedelta(seconds=15)  # how long one replica may take to post a card before another tries
@@ -36,10 +37,6 @@ CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata naming the execution a c
 
 class CardNotPosted(Exception):
     """The event waits (it comes back from the queue) until the card it belongs to has its message."""
-
-
-def pending_key(environment: str, service: str) -> tuple[str, str]:
-    return f"PENDING#{environment}", service
 
 
 def image_key(repository: str, tag: str) -> tuple[str, str]:
@@ -160,20 +157,6 @@ async def _index_images(runtime: Runtime, card: DeployCard) -> None:
                                        execution_id=card.execution_id)
 
 
-async def _approval_token(runtime: Runtime, execution_id: str) -> str | None:
-    state = await runtime.aws.call("codepipeline", "get_pipeline_state", name=runtime.config.pipeline)
-    for stage in state.get("stageStates", []):
-        if stage.get("stageName") != APPROVAL_STAGE:
-            continue
-        if (stage.get("latestExecution") or {}).get("pipelineExecutionId") != execution_id:
-            return None  # the stage holds another execution's approval
-        for action in stage.get("actionStates", []):
-            token = (action.get("latestExecution") or {}).get("token")
-            if token:
-                return str(token)
-    return None
-
-
 @dataclass
 class CardChange:
     """What handling an event did to a card: the consumer syncs the message once per batch."""
@@ -211,18 +194,17 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         notes = [ThreadNote(n.key, _report_text(report, service)) if n.key.startswith("scan:") else n for n in notes]
     if event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED" \
             and not card.approval.token:
-        token = await _approval_token(runtime, execution_id)
+        token = await approval_token(runtime.aws, runtime.config.pipeline, execution_id)
         if token:
             def set_token(c: DeployCard) -> None:
                 c.approval.token = token
             await runtime.cards.mutate(execution_id, set_token)
-            pk, sk = pending_key(card.environment, card.service)
-            await runtime.state.put_marker(pk, sk, PENDING_TTL, only_if_absent=False, execution_id=execution_id,
-                                           channel=card.channel, ts=card.ts or "")
+            await runtime.state.record_pending_approval(card.environment, card.service, execution_id,
+                                                        channel=card.channel, ts=card.ts or "")
     if card.commit and event.kind == "action" and event.stage == "Source":
         await _index_images(runtime, card)
     if card.finished or (card.approval.decision in ("Approved", "Rejected")):
-        await _clear_pending(runtime, card)
+        await runtime.state.clear_pending_approval(card.environment, card.service, card.execution_id)
     return CardChange(execution_id, notes)
 
 
@@ -237,13 +219,6 @@ async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> None:
             loaded = await runtime.cards.load(execution_id)
             if loaded is not None:
                 await runtime.cards.post_notes(loaded[0], notes)
-
-
-async def _clear_pending(runtime: Runtime, card: DeployCard) -> None:
-    pk, sk = pending_key(card.environment, card.service)
-    marker = await runtime.state.get_marker(pk, sk)
-    if marker and marker.get("execution_id") == card.execution_id:
-        await runtime.state.delete_marker(pk, sk)
 
 
 def _service_of_repository(runtime: Runtime, repository: str) -> str:

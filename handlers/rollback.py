@@ -30,13 +30,13 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.cluster import ClusterUnavailable, RolloutState
-from bot.command_parser import ErpCommand
-from bot.deploy_card import ROLLBACK_ACTION
-from bot.helm_cli import HelmError, Revision, service_tags
-from bot.image_tag import short_tag
+from bot.aws.state import AuditRecord
+from bot.cluster.helm import HelmError, Revision, service_tags
+from bot.cluster.kube import ClusterUnavailable, RolloutState
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
-from bot.state import AuditRecord
+from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers.erp_command import Invocation
 
 log = logging.getLogger(__name__)

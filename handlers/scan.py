@@ -8,11 +8,12 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
 
-from bot.aws import BotoCoreError, ClientError, error_code
-from bot.command_parser import ErpCommand
-from bot.image_tag import short_tag
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.ecr_scans import fetch_scan_report
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
-from bot.scan_report import fetch_scan_report, report_blocks
+from bot.slack.scan_blocks import report_blocks
 from handlers.erp_command import Invocation
 
 NOTIFY_ACTION = "scan_notify_when_done"

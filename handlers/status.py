@@ -11,10 +11,10 @@ from datetime import datetime
 
 from slack_bolt.async_app import AsyncRespond
 
-from bot.cluster import ClusterUnavailable
-from bot.command_parser import ErpCommand
-from bot.helm_cli import HelmError
-from bot.image_tag import short_tag
+from bot.cluster.helm import HelmError
+from bot.cluster.kube import ClusterUnavailable
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 from handlers.rollback import NO_CLUSTER

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from bot.aws import AwsClients
-from bot.sandbox.aws_fault_proxy import AwsFaultProxy
-from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.ecr_images import create_repositories
-from bot.sandbox.local_kube import KubeUnavailable, LocalKube
-from bot.sandbox.seed import SERVICES, create_events_queue, create_state_table
-from bot.sandbox.service_logs import seed_service_logs
-from bot.sandbox.slack_workspace import SlackWorkspace
+from bot.aws.clients import AwsClients
+from sandbox.aws_fault_proxy import AwsFaultProxy
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.ecr_images import create_repositories
+from sandbox.erp_services import SERVICES
+from sandbox.local_kube import KubeUnavailable, LocalKube
+from sandbox.seed import create_events_queue, create_state_table
+from sandbox.service_logs import seed_service_logs
+from sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
     BOT_TOKEN,
     SIGNING_SECRET,

@@ -21,12 +21,13 @@ from typing import Any
 
 import boto3
 
-from bot.deploy_card import DeployCard, render_card
-from bot.sandbox.codepipeline import Execution, PipelineStandIn
-from bot.sandbox.slack_workspace import SlackWorkspace
+from bot.delivery.deploy_card import DeployCard
+from bot.slack.deploy_card_blocks import render_card
+from sandbox.codepipeline import Execution, PipelineStandIn
+from sandbox.erp_services import SERVICES
+from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess
 
-SERVICES = ("employee", "approval-request", "approval-processing", "notification")
 CHANNELS = {"dev": "C0DEV", "prod": "C0PROD"}
 POISON = ["not json at all", json.dumps({"detail-type": "CodePipeline Pipeline Execution State Change"}),
           json.dumps({"version": "0", "id": "x", "source": "aws.codepipeline", "detail": "a string, not an object",

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import yaml
 from aiohttp import web
 
-from bot.sandbox.local_aws import LocalAws, free_port, stop_process, wait_for_http
-from bot.sandbox.seed import sandbox_config
+from sandbox.local_aws import LocalAws, free_port, stop_process, wait_for_http
+from sandbox.seed import sandbox_config
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.slack_signing import signed_headers, slash_command_body
-from bot.sandbox.slack_workspace import Fault, SlackWorkspace
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.slack_signing import signed_headers, slash_command_body
+from sandbox.slack_workspace import Fault, SlackWorkspace
 from tests.support import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -193,7 +193,7 @@ def test_startup_errors_are_one_line(bot_env: dict[str, str], setup: dict[str, s
 
 def test_every_verb_the_parser_knows_has_a_handler():
     import handlers
-    from bot.command_parser import VERBS
+    from bot.delivery.command_parser import VERBS
 
     assert set(handlers.VERBS) | {"help"} == set(VERBS)
 

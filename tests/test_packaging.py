@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,39 @@ def test_slack_manifest_declares_the_command_and_interactivity():
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     # every Web API family the bot calls needs its scope
     assert {"commands", "chat:write", "usergroups:read", "users:read", "files:write", "channels:read"} <= scopes
+
+
+def test_the_wheel_and_the_image_ship_no_sandbox_tests_or_benchmarks(tmp_path: Path):
+    # a clean copy of the checkout (sandbox, tests and bench beside the bot), so no earlier build leaks in
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "*.egg-info", "__pycache__", ".*_cache", "node_modules"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--quiet",
+                             "--wheel-dir", str(tmp_path / "dist")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [wheel] = (tmp_path / "dist").glob("erp_chatops-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    top = {name.split("/")[0] for name in names}
+    assert {"bot", "handlers"} <= top
+    assert not top & {"sandbox", "tests", "bench"}, sorted(top)
+    assert not [n for n in names if "sandbox" in n or n.endswith(".html")]
+    assert "bot/delivery/deploy_card.py" in names and "bot/py.typed" in names
+    # the image copies only the package, its metadata and the ERP chart (for per-service rollbacks)
+    copied = re.findall(r"^COPY (?!--from)(.+?) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    sources = {s for line in copied for s in line.split()}
+    assert sources == {"pyproject.toml", "README.md", "bot", "handlers", "charts/erp"}, sources
+
+
+def test_the_sandbox_command_explains_itself_outside_a_checkout(tmp_path: Path):
+    """Installed from the wheel (no sandbox/ beside it), `erp-chatops sandbox` says where it runs."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": ""}
+    # a copy of the bot alone, as the wheel has it, run from a folder without the sandbox
+    shutil.copytree(ROOT / "bot", tmp_path / "bot")
+    shutil.copytree(ROOT / "handlers", tmp_path / "handlers")
+    result = subprocess.run([sys.executable, "-I", "-c",
+                             "import sys; sys.path.insert(0, '.'); from bot.__main__ import main;"
+                             " sys.exit(main(['sandbox']))"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "runs from a checkout of the repository" in result.stderr and "Traceback" not in result.stderr

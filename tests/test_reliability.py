@@ -11,13 +11,13 @@ import boto3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.command_parser import CommandParser, ErpCommand, UsageError
 from bot.config import parse_config
-from bot.sandbox.aws_fault_proxy import AwsFaultProxy
-from bot.sandbox.aws_fault_proxy import Fault as AwsFault
-from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.slack_signing import interaction_body, signed_headers
-from bot.sandbox.slack_workspace import Fault, SlackWorkspace
+from bot.delivery.command_parser import CommandParser, ErpCommand, UsageError
+from sandbox.aws_fault_proxy import AwsFaultProxy
+from sandbox.aws_fault_proxy import Fault as AwsFault
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.slack_signing import interaction_body, signed_headers
+from sandbox.slack_workspace import Fault, SlackWorkspace
 from tests.support import BOT_TOKEN, SIGNING_SECRET, BackgroundLoop, BotProcess, base_config, http, wait_until
 
 PARSER = CommandParser(parse_config(base_config("q", "t"), "t.yaml"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import boto3
 
-from bot.sandbox.codepipeline import PipelineStandIn
-from bot.sandbox.slack_workspace import SlackWorkspace
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.slack_workspace import SlackWorkspace
 from tests.soak import Soak, SoakPlan
 from tests.support import BackgroundLoop, BotProcess, wait_until
 

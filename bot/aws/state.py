@@ -1,0 +1,237 @@
+"""All state the replicas share, in one DynamoDB table (pk + sk, TTL in `ttl`).
+
+Items:
+  EXEC#<execution id> / CARD       the deploy card of a pipeline execution
+  EVENT#<event id>    / SEEN       an event already handled (expires after a week)
+  PENDING#, IMAGE#, REQ#, ROLLBACK#, SCANWATCH#, LASTDEPLOY#  small markers (see their users)
+  AUDIT#<env>         / <time>#<id> who did what, where, when, with what outcome
+
+Writes that decide something are conditional, so two replicas racing on the
+same execution or event get one winner and one clear "already done".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from bot.aws.clients import AwsClients, ClientError
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+EVENT_TTL_SECONDS = 7 * 86400
+AUDIT_TTL_SECONDS = 400 * 86400  # a year and a bit: long enough for any review
+PENDING_TTL_SECONDS = 8 * 86400  # an approval expires after 7 days
+
+
+def _to_item(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in values.items() if v is not None}
+
+
+def _plain(value: Any) -> Any:
+    # DynamoDB numbers come back as Decimal; ours are all whole numbers.
+    return int(value) if isinstance(value, Decimal) else value
+
+
+def _from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+
+
+def _is_conditional_failure(e: ClientError) -> bool:
+    return e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    actor: str  # Slack user ID, or "pipeline" for what the pipeline did by itself
+    action: str  # deploy, approve, reject, rollback, ...
+    environment: str
+    outcome: str  # ok, refused, failed, started
+    service: str | None = None
+    detail: str | None = None
+    execution_id: str | None = None
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class StateStore:
+    def __init__(self, aws: AwsClients, table: str) -> None:
+        self.aws = aws
+        self.table = table
+
+    async def ping(self) -> None:
+        """Raises unless the table is reachable with our credentials (for /readyz)."""
+        await self.aws.call("dynamodb", "describe_table", TableName=self.table)
+
+    # --- deploy cards -----------------------------------------------------------
+
+    async def claim_card(self, execution_id: str, **attrs: Any) -> bool:
+        """True for the one caller that may post this execution's card; False if another already did."""
+        item = {"pk": f"EXEC#{execution_id}", "sk": "CARD", "execution_id": execution_id,
+                "created": int(time.time()), "version": 0, **attrs}
+        try:
+            await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item(item),
+                                ConditionExpression="attribute_not_exists(pk)")
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def get_card(self, execution_id: str) -> dict[str, Any] | None:
+        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
+                                   Key=_to_item({"pk": f"EXEC#{execution_id}", "sk": "CARD"}))
+        item = resp.get("Item")
+        return _from_item(item) if item else None
+
+    async def update_card(self, execution_id: str, expected_version: int, **attrs: Any) -> bool:
+        """Optimistic update: applies only if nobody changed the card since `expected_version` was read."""
+        names = {f"#a{i}": k for i, k in enumerate(attrs)}
+        values = {f":v{i}": v for i, v in enumerate(attrs.values())}
+        sets = [f"#a{i} = :v{i}" for i in range(len(attrs))] + ["#version = :next"]
+        names["#version"] = "version"
+        values.update({":expected": expected_version, ":next": expected_version + 1})
+        try:
+            await self.aws.call(
+                "dynamodb", "update_item", TableName=self.table,
+                Key=_to_item({"pk": f"EXEC#{execution_id}", "sk": "CARD"}),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="#version = :expected",
+                ExpressionAttributeNames=names, ExpressionAttributeValues=_to_item(values))
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    # --- small markers: deploy requests, pending approvals, image -> execution ------
+
+    async def put_marker(self, pk: str, sk: str, ttl_seconds: int, *, only_if_absent: bool = True,
+                         **attrs: Any) -> bool:
+        """False if `only_if_absent` and the marker exists (and has not expired)."""
+        now = int(time.time())
+        item = {"pk": pk, "sk": sk, "ttl": now + ttl_seconds, **attrs}
+        params: dict[str, Any] = {"TableName": self.table, "Item": _to_item(item)}
+        if only_if_absent:
+            # DynamoDB deletes expired items lazily, so an expired marker counts as absent
+            params["ConditionExpression"] = "attribute_not_exists(pk) OR #ttl < :now"
+            params["ExpressionAttributeNames"] = {"#ttl": "ttl"}
+            params["ExpressionAttributeValues"] = _to_item({":now": now})
+        try:
+            await self.aws.call("dynamodb", "put_item", **params)
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def get_marker(self, pk: str, sk: str) -> dict[str, Any] | None:
+        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
+                                   Key=_to_item({"pk": pk, "sk": sk}))
+        item = _from_item(resp["Item"]) if resp.get("Item") else None
+        if item is None or int(item.get("ttl", 0)) < time.time():
+            return None
+        return item
+
+    async def transition(self, pk: str, sk: str, from_status: str, to_status: str, **attrs: Any) -> bool:
+        """Move a marker's `status` from one value to another; False if it was not in `from_status`."""
+        sets = {"status": to_status, **attrs}
+        names = {f"#a{i}": k for i, k in enumerate(sets)}
+        values = {f":v{i}": v for i, v in enumerate(sets.values())} | {":from": from_status}
+        try:
+            await self.aws.call(
+                "dynamodb", "update_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}),
+                UpdateExpression="SET " + ", ".join(f"#a{i} = :v{i}" for i in range(len(sets))),
+                ConditionExpression="#a0 = :from", ExpressionAttributeNames=names,
+                ExpressionAttributeValues=_to_item(values))
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def delete_marker(self, pk: str, sk: str) -> None:
+        await self.aws.call("dynamodb", "delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}))
+
+    # --- pending approvals: one prod deploy of a service waits for approval at a time -----
+
+    async def pending_approval(self, environment: str, service: str) -> dict[str, Any] | None:
+        """The execution waiting for approval for this service (or "all") in this environment, if any."""
+        return await self.get_marker(f"PENDING#{environment}", service)
+
+    async def record_pending_approval(self, environment: str, service: str, execution_id: str, *,
+                                      channel: str, ts: str) -> None:
+        await self.put_marker(f"PENDING#{environment}", service, PENDING_TTL_SECONDS, only_if_absent=False,
+                              execution_id=execution_id, channel=channel, ts=ts)
+
+    async def clear_pending_approval(self, environment: str, service: str, execution_id: str) -> None:
+        """Clears the marker only if it is this execution's (a newer one may have replaced it)."""
+        marker = await self.pending_approval(environment, service)
+        if marker and marker.get("execution_id") == execution_id:
+            await self.delete_marker(f"PENDING#{environment}", service)
+
+    # --- events -----------------------------------------------------------------
+
+    async def processed_among(self, event_ids: list[str]) -> set[str]:
+        """Which of these events were already handled (one request per 100 ids)."""
+        seen: set[str] = set()
+        unique = list(dict.fromkeys(event_ids))
+        for i in range(0, len(unique), 100):
+            keys = [_to_item({"pk": f"EVENT#{e}", "sk": "SEEN"}) for e in unique[i:i + 100]]
+            while keys:
+                resp = await self.aws.call("dynamodb", "batch_get_item", RequestItems={
+                    self.table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk"}})
+                seen |= {_from_item(item)["pk"].removeprefix("EVENT#")
+                         for item in resp.get("Responses", {}).get(self.table, [])}
+                keys = resp.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+        return seen
+
+    async def mark_events_processed(self, event_ids: list[str]) -> None:
+        """Many at once (25 per request); a repeat only refreshes the expiry, so no condition is needed."""
+        ttl = int(time.time()) + EVENT_TTL_SECONDS
+        for i in range(0, len(event_ids), 25):
+            requests = [{"PutRequest": {"Item": _to_item({"pk": f"EVENT#{e}", "sk": "SEEN", "ttl": ttl})}}
+                        for e in dict.fromkeys(event_ids[i:i + 25])]
+            while requests:
+                resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
+                requests = resp.get("UnprocessedItems", {}).get(self.table, [])
+
+    # --- audit trail ------------------------------------------------------------
+
+    async def record_audit(self, record: AuditRecord) -> None:
+        item = {"pk": f"AUDIT#{record.environment}", "sk": f"{record.at}#{uuid.uuid4().hex[:8]}",
+                "ttl": int(time.time()) + AUDIT_TTL_SECONDS, **asdict(record)}
+        await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item(item))
+
+    async def list_audit(self, environments: list[str], service: str | None = None,
+                         limit: int = 10) -> list[AuditRecord]:
+        """Newest first, across the given environments."""
+        records: list[AuditRecord] = []
+        for env in environments:
+            params: dict[str, Any] = {
+                "TableName": self.table, "ScanIndexForward": False,
+                "KeyConditionExpression": "pk = :pk",
+                "ExpressionAttributeValues": _to_item({":pk": f"AUDIT#{env}"}),
+            }
+            if service:
+                params["FilterExpression"] = "service = :svc"
+                params["ExpressionAttributeValues"] = _to_item({":pk": f"AUDIT#{env}", ":svc": service})
+            found = 0
+            while found < limit:
+                resp = await self.aws.call("dynamodb", "query", **params)
+                for raw in resp.get("Items", []):
+                    item = _from_item(raw)
+                    fields = {k: item[k] for k in AuditRecord.__dataclass_fields__ if k in item}
+                    records.append(AuditRecord(**fields))
+                    found += 1
+                if "LastEvaluatedKey" not in resp:
+                    break
+                params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        records.sort(key=lambda r: r.at, reverse=True)
+        return records[:limit]

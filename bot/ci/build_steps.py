@@ -1,0 +1,210 @@
+"""The buildspec's logic, so that its shell stays a few lines: `erp-chatops ci <step>`.
+
+  changed-services  which services to build: SERVICE overrides; otherwise the git diff since
+                    the last successful deploy of the environment (recorded in the state table);
+                    a change to shared code rebuilds all
+  scan-gate         wait for ECR's scan of each built image (bounded), post the verdict, and
+                    fail the build when any CRITICAL finding is reported
+  deploy            helm upgrade --install with only the built tags changed, wait for the
+                    rollout, roll back explicitly on failure, record the deploy (state table
+                    and an X-Ray segment)
+Everything is plain synchronous code: it runs once per build, in CodeBuild.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import yaml
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError, WaiterError
+
+from bot.aws.ecr_scans import read_findings
+from bot.ci.notify import Notifier
+from bot.delivery.scan_report import finding_line, severity_counts
+
+DEFAULT_CHART = "charts/erp"
+# A change under these paths rebuilds every service (shared code and build files).
+SHARED = ("services/common/", "build.gradle", "settings.gradle", "gradle/", "gradle.properties", "Dockerfile.base")
+RETRIES = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+
+
+class StepFailed(Exception):
+    """The build must stop; the message says why, for the log and the thread."""
+
+
+def chart_services(environ: Mapping[str, str], repo: str = ".") -> dict[str, str]:
+    """The services the chart being deployed declares (`$CHART/values.yaml`), each with its ECR repository.
+
+    CI builds exactly what the chart deploys; tests/test_service_list.py holds the chart to the bot's one
+    declared list of services.
+    """
+    values = Path(repo) / environ.get("CHART", DEFAULT_CHART) / "values.yaml"
+    try:
+        services = (yaml.safe_load(values.read_text()) or {}).get("services") or {}
+        return {str(name): str(svc["image"]["repository"]) for name, svc in services.items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        raise StepFailed(f"cannot read the services from {values}: {type(e).__name__}: {e}") from None
+
+
+def _state_table(environ: Mapping[str, str]) -> str | None:
+    return environ.get("STATE_TABLE") or None
+
+
+def _last_deployed_commit(environ: Mapping[str, str], environment: str) -> str | None:
+    table = _state_table(environ)
+    if not table:
+        return None
+    item = boto3.client("dynamodb", config=RETRIES).get_item(
+        TableName=table, Key={"pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": "COMMIT"}},
+        ConsistentRead=True).get("Item")
+    return item["commit"]["S"] if item else None
+
+
+def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
+    services = list(chart_services(environ, repo))
+    wanted = environ.get("SERVICE", "").strip()
+    if wanted == "all":
+        return list(services)
+    if wanted:
+        if wanted not in services:
+            raise StepFailed(f"SERVICE={wanted!r} is not one of {', '.join(services)}")
+        return [wanted]
+    since = _last_deployed_commit(environ, environ.get("ENVIRONMENT", "dev"))
+    if not since:
+        return list(services)  # nothing recorded yet: build everything once
+    diff = subprocess.run(["git", "diff", "--name-only", f"{since}..HEAD"], cwd=repo,  # noqa: S603,S607
+                          capture_output=True, text=True)
+    if diff.returncode != 0:  # the recorded commit is not in this history (a force push): build all
+        return list(services)
+    paths = [p for p in diff.stdout.splitlines() if p]
+    if any(p.startswith(SHARED) for p in paths):
+        return list(services)
+    return [s for s in services if any(p.startswith(f"services/{s}/") for p in paths)]
+
+
+def image_tags(services: list[str], tag: str) -> str:
+    """The exported variable the Deploy action reads: employee=<tag>,notification=<tag>."""
+    return ",".join(f"{s}={tag}" for s in services)
+
+
+def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: int = 900,
+              environ: Mapping[str, str] | None = None) -> None:
+    ecr = boto3.client("ecr", config=RETRIES)
+    repositories = chart_services(os.environ if environ is None else environ)
+    blocked: list[str] = []
+    for service in services:
+        if service not in repositories:
+            raise StepFailed(f"{service!r} is not a service of the chart ({', '.join(repositories)})")
+        repo = repositories[service]
+        try:
+            ecr.start_image_scan(repositoryName=repo, imageId={"imageTag": tag})
+        except ClientError as e:  # scan on push already started it, or it ran today
+            if e.response["Error"]["Code"] not in ("LimitExceededException", "ScanNotFoundException"):
+                raise
+        delay = 5
+        try:
+            ecr.get_waiter("image_scan_complete").wait(
+                repositoryName=repo, imageId={"imageTag": tag},
+                WaiterConfig={"Delay": delay, "MaxAttempts": max(1, wait_seconds // delay)})
+        except WaiterError as e:
+            raise StepFailed(f"the scan of {repo}:{tag[:7]} did not complete within {wait_seconds}s ({e})") from None
+        report = read_findings(ecr, repo, {"imageTag": tag})
+        verdict = "BLOCKED" if report.blocking else "passed"
+        top = "\n".join(finding_line(f) for f in report.top(3))
+        notifier.post(f":shield: Scan of `{repo}:{tag[:7]}`: {severity_counts(report.counts)} -> {verdict}"
+                      + (f"\n{top}" if report.blocking and top else ""))
+        print(f"scan {repo}:{tag}: {severity_counts(report.counts)} {verdict}", file=sys.stderr)
+        if report.blocking:
+            blocked.append(f"{repo}:{tag[:7]} ({report.counts['CRITICAL']} CRITICAL; top: "
+                           + "; ".join(f"{f.id} in {f.package}" for f in report.top(3)) + ")")
+    if blocked:
+        raise StepFailed("CRITICAL findings, not deploying: " + ", ".join(blocked))
+
+
+@dataclass
+class DeployResult:
+    ok: bool
+    revision: int | None
+    message: str
+
+
+def _helm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.environ.get("HELM_BIN", "helm"), *args], capture_output=True, text=True,  # noqa: S603
+                          timeout=timeout)
+
+
+def _history(release: str, namespace: str) -> list[dict[str, object]]:
+    out = _helm("history", release, "-n", namespace, "-o", "json", "--max", "5", timeout=60)
+    return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+
+
+def _rollouts_done(namespace: str, deployments: list[str], timeout: float) -> tuple[bool, str]:
+    """Wait with the kubernetes client, as the bot does; returns (all complete, summary)."""
+    import asyncio
+
+    from bot.cluster.kube import Cluster
+
+    cluster = Cluster.from_environment()
+    if cluster is None:
+        raise StepFailed("no kubeconfig: run aws eks update-kubeconfig first")
+
+    async def nothing(_: object) -> None:
+        return None
+
+    states = asyncio.run(cluster.wait_rollout(namespace, deployments, timeout, nothing, interval=2.0))
+    summary = ", ".join(f"{s.name} {s.ready}/{s.desired} {s.state}" for s in states.values())
+    return all(s.state == "complete" for s in states.values()) and len(states) == len(deployments), summary
+
+
+def deploy(release: str, chart: str, namespace: str, environment: str, tags: str, notifier: Notifier,
+           rollout_timeout: float = 600) -> DeployResult:
+    pairs = [p.split("=", 1) for p in tags.split(",") if "=" in p]
+    if not pairs:
+        return DeployResult(True, None, "nothing was built, nothing to deploy")
+    before = _history(release, namespace)
+    previous = max((int(str(r["revision"])) for r in before if r.get("status") == "deployed"), default=None)
+    args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace",
+            "-f", f"{chart}/values-{environment}.yaml", "--reuse-values", "--timeout", "10m", "--history-max", "20"]
+    for service, tag in pairs:
+        args += ["--set-string", f"services.{service}.image.tag={tag}"]
+    notifier.post(f":ship: helm upgrade {release} in {namespace}: " + ", ".join(f"{s} `{t[:7]}`" for s, t in pairs))
+    out = _helm(*args)
+    if out.returncode != 0:
+        return DeployResult(False, previous, f"helm upgrade failed: {out.stderr.strip()[-400:]}")
+    ok, summary = _rollouts_done(namespace, [f"{s}-service" for s, _ in pairs], rollout_timeout)
+    if ok:
+        after = _history(release, namespace)
+        revision = max((int(str(r["revision"])) for r in after), default=None)
+        return DeployResult(True, revision, f"rollout complete: {summary}")
+    if previous is not None:  # put back what ran before, explicitly
+        back = _helm("rollback", release, str(previous), "-n", namespace, "--timeout", "10m")
+        rolled = "rolled back to revision " + str(previous) if back.returncode == 0 else \
+            f"and the rollback failed too: {back.stderr.strip()[-200:]}"
+        return DeployResult(False, previous, f"rollout did not complete ({summary}); {rolled}")
+    return DeployResult(False, None, f"rollout did not complete ({summary}); no earlier revision to roll back to")
+
+
+def record_deploy(environ: Mapping[str, str], environment: str, commit: str) -> None:
+    table = _state_table(environ)
+    if table:
+        boto3.client("dynamodb", config=RETRIES).put_item(TableName=table, Item={
+            "pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": "COMMIT"}, "commit": {"S": commit},
+            "at": {"N": str(int(time.time()))}})
+
+
+def xray_segment(name: str, started: float, ended: float, ok: bool, annotations: dict[str, str]) -> dict[str, object]:
+    trace_id = f"1-{int(started):08x}-{secrets.token_hex(12)}"
+    segment = {"name": name, "id": secrets.token_hex(8), "trace_id": trace_id, "start_time": started,
+               "end_time": ended, "annotations": annotations, **({} if ok else {"error": True})}
+    boto3.client("xray", config=RETRIES).put_trace_segments(TraceSegmentDocuments=[json.dumps(segment)])
+    return segment

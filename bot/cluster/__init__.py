@@ -1,0 +1,1 @@
+"""The cluster adapter: the Kubernetes client (`kube`) and the helm CLI (`helm`)."""

@@ -1,0 +1,92 @@
+"""The real `helm` binary, run with argument lists (never a shell string) and a timeout.
+
+Everything the bot changes in the cluster goes through here: per-service
+rollback (`helm upgrade --reuse-values --set-string services.<svc>.image.tag=...`)
+and whole-release rollback (`helm rollback`). Reads: history and values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bot.delivery.image_tag import TAG
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR = 600
+
+
+class HelmError(Exception):
+    """helm failed; the message is helm's own, trimmed for Slack."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    number: int
+    updated: str
+    status: str
+    chart: str
+    description: str
+
+
+def _trim(text: str) -> str:
+    text = text.strip().replace("```", "'''")
+    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."
+
+
+class Helm:
+    def __init__(self, binary: str, kubeconfig: str | None = None, timeout: float = 300.0) -> None:
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.timeout = timeout
+
+    async def run(self, *args: str, timeout: float | None = None) -> str:
+        argv = [self.binary, *args]
+        if self.kubeconfig:
+            argv += ["--kubeconfig", self.kubeconfig]
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise HelmError(f"helm {args[0]} did not finish within {timeout or self.timeout:.0f}s") from None
+        if proc.returncode != 0:
+            raise HelmError(_trim(err.decode(errors="replace") or out.decode(errors="replace")))
+        return out.decode(errors="replace")
+
+    async def history(self, release: str, namespace: str, limit: int = 20) -> list[Revision]:
+        """Oldest first, as helm lists them."""
+        out = await self.run("history", release, "-n", namespace, "-o", "json", "--max", str(limit), timeout=30)
+        return [Revision(number=int(r["revision"]), updated=str(r.get("updated", "")), status=str(r.get("status")),
+                         chart=str(r.get("chart", "")), description=str(r.get("description", "")))
+                for r in json.loads(out or "[]")]
+
+    async def values(self, release: str, namespace: str, revision: int | None = None) -> dict[str, Any]:
+        args = ["get", "values", release, "-n", namespace, "-o", "json", "--all"]
+        if revision is not None:
+            args += ["--revision", str(revision)]
+        return dict(json.loads(await self.run(*args, timeout=30) or "{}"))
+
+    async def set_service_tag(self, release: str, namespace: str, chart: str, service: str, tag: str) -> str:
+        if not TAG.match(tag):
+            raise HelmError(f"refusing to deploy the tag {tag[:40]!r}: not an image tag")
+        return await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
+                              "--set-string", f"services.{service}.image.tag={tag}",
+                              "--history-max", "20", "--timeout", "5m")
+
+    async def rollback(self, release: str, namespace: str, revision: int) -> str:
+        return await self.run("rollback", release, str(revision), "-n", namespace, "--history-max", "20",
+                              "--timeout", "5m")
+
+
+def service_tags(values: dict[str, Any]) -> dict[str, str]:
+    """services.<name>.image.tag from a release's values."""
+    services = values.get("services") or {}
+    return {name: str((svc.get("image") or {}).get("tag", "")) for name, svc in services.items()
+            if isinstance(svc, dict)}

@@ -1,0 +1,282 @@
+"""The deploy card: one Slack message per pipeline execution, edited in place.
+
+`DeployCard` is the card's state (stored in DynamoDB); `apply_event` moves it
+forward from a pipeline event, idempotently and safely out of order (a late
+STARTED never overwrites SUCCEEDED). The card's phases and the buttons each shows:
+
+    phase              when                                              buttons
+    starting           the card exists, the pipeline has not reported     -
+    running            a stage runs                                       -
+    awaiting_approval  the Approval action started, nobody decided        approve, reject
+    deciding           an approver's decision is being recorded           -
+    succeeded          the pipeline succeeded                             -
+    failed             a stage failed                                     rollback
+    rejected           an approver (or the console) rejected it           -
+    stopped            stopped from the console                            -
+    superseded         a newer execution took its place                   -
+
+`card_phase` names the phase, `PHASE_BUTTONS` holds the buttons; the Slack adapter
+(`bot/slack/deploy_card_blocks.py`) renders the card as Block Kit. Details that
+matter go to the card's thread as `ThreadNote`s, each posted once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bot.delivery.pipeline_events import PipelineEvent
+
+STAGES = ("Source", "Build", "Approval", "Deploy")
+TERMINAL_STATUS = ("Succeeded", "Failed", "Stopped", "Superseded")
+PIPELINE_STATUS = {"STARTED": "InProgress", "RESUMED": "InProgress", "STOPPING": "Stopping",
+                   "SUCCEEDED": "Succeeded", "FAILED": "Failed", "STOPPED": "Stopped", "CANCELED": "Stopped",
+                   "SUPERSEDED": "Superseded"}
+STAGE_RANK = {"PENDING": 0, "STARTED": 1, "RESUMED": 1, "IN_PROGRESS": 1, "STOPPING": 1,
+              "SUCCEEDED": 2, "FAILED": 2, "STOPPED": 2, "CANCELED": 2, "ABANDONED": 2, "SKIPPED": 2}
+BUILD_PROJECT_STAGE = {"build": "Build", "deploy": "Deploy"}  # DEPLOY_PHASE variable -> stage
+APPROVAL_LIFETIME = timedelta(days=7)  # CodePipeline's manual approval timeout
+REGION = "ap-northeast-2"
+
+
+@dataclass
+class StageRow:
+    state: str = "PENDING"
+    started: str | None = None
+    ended: str | None = None
+    at: str | None = None  # time of the event that set `state`
+
+
+@dataclass
+class Approval:
+    requested_at: str | None = None
+    expires_at: str | None = None
+    token: str | None = None
+    decision: str | None = None  # Approving, Approved, Rejecting, Rejected, Expired
+    decided_by: str | None = None
+    decided_at: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class ScanLine:
+    repository: str
+    counts: dict[str, int]
+    at: str
+
+    @property
+    def blocking(self) -> bool:
+        return self.counts.get("CRITICAL", 0) > 0
+
+
+@dataclass
+class ThreadNote:
+    key: str  # posted once per card
+    text: str
+
+
+@dataclass
+class DeployCard:
+    execution_id: str
+    pipeline: str
+    environment: str
+    service: str  # a service name, "all", or "changed"
+    channel: str
+    requested_by: str | None = None
+    trigger: str = "slack"  # slack | push
+    ts: str | None = None
+    status: str = "Starting"
+    status_at: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    commit: str | None = None
+    stages: dict[str, StageRow] = field(default_factory=dict)
+    approval: Approval = field(default_factory=Approval)
+    scans: dict[str, ScanLine] = field(default_factory=dict)
+    failure: dict[str, str] | None = None
+    links: dict[str, str] = field(default_factory=dict)
+    needs_approval: bool = False
+    notes: list[str] = field(default_factory=list)
+    posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
+
+    # --- storage ----------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DeployCard:
+        data = json.loads(text)
+        data["stages"] = {k: StageRow(**v) for k, v in data.get("stages", {}).items()}
+        data["approval"] = Approval(**data.get("approval", {}))
+        data["scans"] = {k: ScanLine(**v) for k, v in data.get("scans", {}).items()}
+        return cls(**data)
+
+    # --- questions the handlers ask ---------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUS
+
+    @property
+    def awaiting_approval(self) -> bool:
+        return (not self.finished and self.approval.requested_at is not None
+                and self.approval.decision in (None, "Approving", "Rejecting")
+                and self.stage("Approval").state not in ("SUCCEEDED", "FAILED"))
+
+    def stage(self, name: str) -> StageRow:
+        return self.stages.setdefault(name, StageRow())
+
+    def note(self, key: str, text: str) -> list[ThreadNote]:
+        if key in self.notes:
+            return []
+        self.notes.append(key)
+        return [ThreadNote(key, text)]
+
+    @property
+    def service_label(self) -> str:
+        return {"all": "all services", "changed": "changed services"}.get(self.service, self.service)
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _advance(row: StageRow, state: str, at: datetime) -> bool:
+    """Move a stage forward; a late or duplicate event never moves it back.
+
+    The start is the earliest time any event showed the stage running, whatever
+    order they came in; a retried stage's later terminal state replaces an earlier one.
+    """
+    when = _iso(at)
+    new_rank, cur_rank = STAGE_RANK.get(state, 1), STAGE_RANK.get(row.state, 0)
+    changed = False
+    if new_rank >= 1 and (row.started is None or when < row.started):
+        row.started, changed = when, True
+    if new_rank > cur_rank or (new_rank == cur_rank == 2 and when > (row.at or "")):
+        row.state, row.at = state, when
+        if new_rank == 2:
+            row.ended = when
+        changed = True
+    return changed
+
+
+def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> list[ThreadNote]:
+    """Apply one event to the card; returns the thread notes to post (each only once)."""
+    when = _iso(event.time)
+    notes: list[ThreadNote] = []
+    if event.kind == "pipeline":
+        status = PIPELINE_STATUS.get(event.state)
+        if status in TERMINAL_STATUS:
+            if not card.finished or (card.status_at or "") < when:
+                card.status, card.status_at, card.ended = status, when, when
+                if status in ("Stopped", "Superseded"):  # what was running stops with the pipeline
+                    for row in card.stages.values():
+                        if STAGE_RANK.get(row.state, 0) == 1:
+                            row.state, row.ended, row.at = "STOPPED", when, when
+        elif status is not None and not card.finished:
+            card.status = status
+            card.status_at = card.status_at if (card.status_at or "") > when else when
+        if event.state == "STARTED" and (card.started is None or when < card.started):
+            card.started = when
+    elif event.kind == "stage" and event.stage:
+        _advance(card.stage(event.stage), event.state, event.time)
+    elif event.kind == "action" and event.stage:
+        notes += _apply_action(card, event, approvers)
+    elif event.kind in ("build", "build_phase"):
+        phase = event.environment_variables.get("DEPLOY_PHASE", "build")
+        stage = BUILD_PROJECT_STAGE.get(phase, "Build")
+        logs = event.detail.get("additional-information", {}).get("logs", {})
+        if isinstance(logs, dict) and logs.get("deep-link"):
+            card.links.setdefault(f"{stage.lower()}_log", str(logs["deep-link"]))
+        if event.kind == "build_phase" and event.state == "FAILED":
+            card.failure = card.failure or {}
+            card.failure.setdefault("phase", str(event.detail.get("completed-phase", "")))
+            context = str(event.detail.get("completed-phase-context", "")).strip("[]: ")
+            if context:
+                card.failure.setdefault("context", context)
+    elif event.kind == "scan":
+        repo = str(event.detail.get("repository-name"))
+        counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()}
+        card.scans[repo] = ScanLine(repository=repo, counts=counts, at=when)
+        verdict = ":no_entry: *blocks the deploy* (CRITICAL findings)" if counts.get("CRITICAL") else \
+            ":white_check_mark: passes the gate (no CRITICAL findings)"
+        tag = next(iter(event.detail.get("image-tags") or []), None) or card.commit or ""
+        notes += card.note(f"scan:{repo}", f":shield: Scan of `{repo}:{tag[:7]}`: "
+                                           f"{severity_line(counts)}. {verdict}")
+    return notes
+
+
+def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> list[ThreadNote]:
+    assert event.stage is not None
+    notes: list[ThreadNote] = []
+    row = card.stage(event.stage)
+    if STAGE_RANK.get(row.state, 0) == 0:
+        _advance(row, "STARTED", event.time)  # an action running means its stage runs, whatever arrived first
+    result = event.detail.get("execution-result") or {}
+    summary = str(result.get("external-execution-summary") or "")
+    url = result.get("external-execution-url")
+    when = _iso(event.time)
+    if event.stage == "Source" and event.state == "SUCCEEDED" and result.get("external-execution-id"):
+        card.commit = str(result["external-execution-id"])
+    if url and event.stage in ("Build", "Deploy"):
+        card.links.setdefault(event.stage.lower(), str(url))
+    if event.stage == "Approval":
+        card.needs_approval = True
+        if event.state == "STARTED" and card.approval.requested_at is None:
+            card.approval.requested_at = when
+            card.approval.expires_at = _iso(event.time + APPROVAL_LIFETIME)
+            notes += card.note("approval", f":lock: Approval needed for this {card.environment} deploy"
+                                           f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
+        elif event.state in ("SUCCEEDED", "FAILED") and card.approval.decision not in ("Approved", "Rejected"):
+            card.approval.decision = "Approved" if event.state == "SUCCEEDED" else "Rejected"
+            card.approval.decided_at = card.approval.decided_at or when
+            card.approval.reason = card.approval.reason or (summary if event.state == "FAILED" else None)
+    if event.state == "FAILED" and not (event.stage == "Approval"):
+        card.failure = {**(card.failure or {}), "stage": event.stage, "action": event.action or event.stage,
+                        "summary": summary or str(result.get("error-code") or "failed")}
+        if url:
+            card.failure["url"] = str(url)
+        log = card.links.get(f"{event.stage.lower()}_log")
+        detail = f"\n>{summary}" if summary else ""
+        notes += card.note(f"failed:{event.stage}",
+                           f":x: *{event.stage} failed* ({event.action}).{detail}"
+                           + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
+                           + (f"  ·  <{url}|CodeBuild run>" if url else ""))
+    return notes
+
+
+# --- phases, and the text both the card and the thread use ---------------------------
+
+def severity_line(counts: dict[str, int]) -> str:
+    order = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
+    shown = [f"{counts.get(s, 0)} {s.lower()}" for s in order[:4]]
+    return " · ".join(shown)
+
+
+def card_phase(card: DeployCard) -> str:
+    """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one
+    (succeeded, failed, rejected, stopped, superseded)."""
+    if card.finished:
+        if card.status == "Failed" and card.approval.decision == "Rejected":
+            return "rejected"  # nothing was deployed: there is nothing to roll back
+        return card.status.lower()
+    if card.awaiting_approval:
+        return "deciding" if card.approval.decision in ("Approving", "Rejecting") else "awaiting_approval"
+    return "starting" if card.status == "Starting" else "running"
+
+
+PHASE_BUTTONS: dict[str, tuple[str, ...]] = {
+    "awaiting_approval": ("approve", "reject"),
+    "failed": ("rollback",),
+}
+
+
+def duration_text(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return ""
+    seconds = int((datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    return f"{seconds // 60}m {seconds % 60:02d}s"

@@ -1,0 +1,130 @@
+"""The deploy card as Block Kit: `render_card` for chat.postMessage / chat.update.
+
+The card's state and phases are the delivery logic's (`bot/delivery/deploy_card.py`);
+this module only decides how they look in Slack, and the ids of the card's buttons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    SectionBlock,
+)
+
+from bot.delivery.deploy_card import PHASE_BUTTONS, STAGE_RANK, STAGES, DeployCard, card_phase, duration_text
+
+REGION = "ap-northeast-2"  # the console links' region
+
+APPROVE_ACTION = "deploy_approve"
+REJECT_ACTION = "deploy_reject"
+ROLLBACK_ACTION = "deploy_rollback"
+REJECT_VIEW = "deploy_reject_reason"
+
+def _slack_time(iso: str, fmt: str = "{time}") -> str:
+    epoch = int(datetime.fromisoformat(iso).timestamp())
+    fallback = datetime.fromisoformat(iso).strftime("%H:%M UTC")
+    return f"<!date^{epoch}^{fmt}|{fallback}>"
+
+
+STAGE_ICON = {"PENDING": ":white_circle:", "STARTED": ":hourglass_flowing_sand:", "RESUMED": ":hourglass_flowing_sand:",
+              "IN_PROGRESS": ":hourglass_flowing_sand:", "SUCCEEDED": ":white_check_mark:", "FAILED": ":x:",
+              "STOPPED": ":black_circle:", "CANCELED": ":black_circle:", "ABANDONED": ":black_circle:",
+              "STOPPING": ":black_circle:"}
+
+
+def _status_line(card: DeployCard) -> str:
+    total = duration_text(card.started, card.ended)
+    if card.status == "Succeeded":
+        return f":large_green_circle: *Succeeded*{f' in {total}' if total else ''}"
+    if card.status == "Failed":
+        f = card.failure or {}
+        where = f" at {f['stage']}" if f.get("stage") else ""
+        if card.approval.decision == "Rejected":
+            return f":red_circle: *Rejected*{f' by <@{card.approval.decided_by}>' if card.approval.decided_by else ''}"
+        return f":red_circle: *Failed*{where}" + (f": {f['summary'][:300]}" if f.get("summary") else "")
+    if card.status in ("Stopped", "Superseded"):
+        return f":black_circle: *{card.status}*"
+    phase = card_phase(card)
+    if phase == "awaiting_approval":
+        expires = f", expires {_slack_time(card.approval.expires_at, '{date_short_pretty} {time}')}" \
+            if card.approval.expires_at else ""
+        return f":lock: *Waiting for approval*{expires}"
+    if phase == "deciding":
+        return ":hourglass_flowing_sand: *Recording the decision...*"
+    if card.status == "Starting":
+        return ":hourglass_flowing_sand: *Starting the pipeline...*"
+    running = [name for name in STAGES if STAGE_RANK.get(card.stage(name).state, 0) == 1]
+    return f":hourglass_flowing_sand: *{running[-1] if running else 'In progress'}...*"
+
+
+def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
+    """(fallback text, blocks) for chat.postMessage / chat.update."""
+    title = f"Deploy {card.service_label} to {card.environment}"
+    asked = f"<@{card.requested_by}>" if card.requested_by else "a push to main"
+    fields = [MarkdownTextObject(text=f"*Requested by*\n{asked}"),
+              MarkdownTextObject(text=f"*Image*\n`{card.commit[:7]}`" if card.commit else "*Image*\npending build")]
+    if card.needs_approval or card.approval.requested_at:
+        a = card.approval
+        if a.decision in ("Approved", "Rejected"):
+            who = f"<@{a.decided_by}>" if a.decided_by else "the console"
+            at = f" at {_slack_time(a.decided_at)}" if a.decided_at else ""
+            fields.append(MarkdownTextObject(text=f"*{a.decision} by*\n{who}{at}"))
+        else:
+            fields.append(MarkdownTextObject(text="*Approval*\nwaiting" if a.requested_at else "*Approval*\nnot yet"))
+    if card.scans:
+        worst = {k: sum(s.counts.get(k, 0) for s in card.scans.values()) for k in ("CRITICAL", "HIGH")}
+        icon = ":no_entry:" if worst["CRITICAL"] else ":shield:"
+        fields.append(MarkdownTextObject(text=f"*Scan* ({len(card.scans)} image{'s' if len(card.scans) > 1 else ''})\n"
+                                              f"{icon} {worst['CRITICAL']} critical · {worst['HIGH']} high"))
+    stage_names = [s for s in STAGES if s != "Approval" or card.needs_approval or card.environment == "prod"]
+    chips = []
+    for name in stage_names:
+        row = card.stage(name)
+        took = duration_text(row.started, row.ended)
+        chips.append(f"{STAGE_ICON.get(row.state, ':white_circle:')} {name}{f' {took}' if took else ''}")
+    blocks: list[Any] = [
+        HeaderBlock(text=f":rocket: {title}"[:150]),
+        SectionBlock(text=MarkdownTextObject(text=_status_line(card)), fields=fields),
+        ContextBlock(elements=[MarkdownTextObject(text="   ".join(chips))]),
+    ]
+    if card.approval.decision == "Rejected" and card.approval.reason:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Reason:* {card.approval.reason[:500]}")))
+    buttons = []
+    for name in PHASE_BUTTONS.get(card_phase(card), ()):
+        if name == "approve":
+            buttons.append(ButtonElement(
+                text="Approve", action_id=APPROVE_ACTION, value=card.execution_id, style="primary",
+                confirm=ConfirmObject(title="Approve this deploy?", text=f"{title}, image "
+                                      f"`{(card.commit or 'unknown')[:7]}`. It starts right away.",
+                                      confirm="Approve", deny="Cancel")))
+        elif name == "reject":
+            buttons.append(ButtonElement(text="Reject", action_id=REJECT_ACTION, value=card.execution_id,
+                                         style="danger"))
+        elif name == "rollback" and card.service not in ("all", "changed") and card.environment:
+            buttons.append(ButtonElement(text="Roll back", action_id=ROLLBACK_ACTION,
+                                         value=f"{card.service} {card.environment}", style="danger"))
+    pipeline_url = (f"https://{REGION}.console.aws.amazon.com/codesuite/codepipeline/pipelines/{card.pipeline}/"
+                    f"executions/{card.execution_id}/timeline?region={REGION}")
+    buttons.append(ButtonElement(text="Pipeline", action_id="open_pipeline", url=pipeline_url))
+    log = card.links.get("deploy_log") or card.links.get("build_log")
+    if log:
+        buttons.append(ButtonElement(text="Logs", action_id="open_logs", url=log))
+    blocks.append(ActionsBlock(elements=buttons))
+    started = f" · started {_slack_time(card.started)}" if card.started else ""
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=f"execution `{card.execution_id[:8]}`{started}")]))
+    text = f"{title}: {card.status if card.finished else _status_line(card).split('*')[1]}"
+    return text, [b.to_dict() for b in blocks]
+
+
+def blocks_hash(blocks: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(blocks, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,76 @@
+"""The ERP release on the sandbox's real API server, kept moving like a real cluster.
+
+charts/erp is installed in erp-dev and erp-prod (two revisions each, so there is
+something to roll back to); a loop plays the Deployment controller (a rollout
+completes a couple of seconds after a Deployment changes); and the pipeline
+stand-in's Deploy stage runs the real `helm upgrade` through `deploy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from sandbox.local_kube import LocalKube
+
+log = logging.getLogger(__name__)
+
+CHART = Path(__file__).resolve().parents[1] / "charts" / "erp"
+NAMESPACES = {"dev": "erp-dev", "prod": "erp-prod"}
+ROLLOUT_SECONDS = 2.0
+
+
+class SandboxCluster:
+    def __init__(self, tools: Path) -> None:
+        self.kube = LocalKube(tools)
+        self.helm = str(tools / "helm")
+        self.kube.install_external_secrets_crds()
+        self._changed_at: dict[tuple[str, str, int], float] = {}
+
+    async def _helm(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(self.helm, *args, "--kubeconfig", str(self.kube.kubeconfig),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(err.decode(errors="replace").strip()[:500])
+
+    async def install(self) -> None:
+        for env, ns in NAMESPACES.items():
+            self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+            values = str(CHART / f"values-{env}.yaml")
+            await self._helm("upgrade", "--install", "erp", str(CHART), "-n", ns, "-f", values,
+                             "--set-string", "services.employee.image.tag=release-2024.12.23")
+            await self._helm("upgrade", "erp", str(CHART), "-n", ns, "--reuse-values",
+                             "--set-string", "services.employee.image.tag=release-2024.12.26")
+            for d in await self._deployments(ns):
+                self.kube.set_rollout(ns, d["metadata"]["name"])
+
+    async def _deployments(self, ns: str) -> list[dict]:  # type: ignore[type-arg]
+        status, body = await asyncio.to_thread(self.kube.request, "GET", f"/apis/apps/v1/namespaces/{ns}/deployments")
+        return list(body.get("items", [])) if status == 200 else []
+
+    async def play_controllers(self) -> None:
+        """Complete each changed Deployment's rollout a moment after it changes, as the controller would."""
+        while True:
+            for ns in NAMESPACES.values():
+                for d in await self._deployments(ns):
+                    meta, status = d["metadata"], d.get("status", {})
+                    if status.get("observedGeneration", 0) >= meta["generation"]:
+                        continue
+                    key = (ns, meta["name"], meta["generation"])
+                    first = self._changed_at.setdefault(key, time.monotonic())
+                    if time.monotonic() - first >= ROLLOUT_SECONDS:
+                        await asyncio.to_thread(self.kube.set_rollout, ns, meta["name"])
+            await asyncio.sleep(0.5)
+
+    async def deploy(self, environment: str, services: list[str], tag: str) -> None:
+        """What the buildspec's deploy step does: only the built tags change."""
+        args = ["upgrade", "erp", str(CHART), "-n", NAMESPACES.get(environment, "erp-dev"), "--reuse-values"]
+        for service in services:
+            args += ["--set-string", f"services.{service}.image.tag={tag}"]
+        await self._helm(*args)
+
+    def stop(self) -> None:
+        self.kube.stop()

@@ -1,0 +1,113 @@
+"""The sandbox's web page: a Slack-like view of the local workspace.
+
+GET  /                 the page
+GET  /ui/state?user=U  channels, people, and the messages and modals that user sees
+GET  /ui/events        server-sent events: something changed, fetch the state again
+POST /ui/command       {user, channel, text}: type a slash command
+POST /ui/click         {user, channel, ts, action_id}: press a button
+POST /ui/submit        {user, view_id, values}: submit a modal
+POST /ui/push          {environment}: a push to main starts the pipeline without Slack
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.slack_workspace import SlackWorkspace
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _visible(workspace: SlackWorkspace, user: str) -> list[dict[str, Any]]:
+    out = []
+    for m in workspace.messages:
+        if m.ephemeral_for and m.ephemeral_for != user:
+            continue
+        out.append({"channel": m.channel, "ts": m.ts, "text": m.text, "blocks": m.blocks, "thread_ts": m.thread_ts,
+                    "ephemeral": bool(m.ephemeral_for), "files": m.files, "edited": m.edited,
+                    "user": m.user})
+    return out
+
+
+def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: PipelineStandIn | None = None) -> None:
+    async def index(_: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def state(request: web.Request) -> web.StreamResponse:
+        user = request.query.get("user", "")
+        views = [{"id": vid, **{k: v for k, v in view.items() if k != "user"}}
+                 for vid, view in workspace.views.items() if view.get("user") == user]
+        return web.json_response({
+            "people": [vars(p) for p in workspace.people.values()],
+            "channels": [{"id": cid, "name": name} for cid, name in workspace.channels.items()],
+            "messages": _visible(workspace, user),
+            "views": views,
+            "commands": workspace.command_log[-50:],
+        })
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        queue = workspace.subscribe()
+        try:
+            await resp.write(b"data: {\"kind\": \"hello\"}\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), 15)
+                    await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+                except TimeoutError:
+                    await resp.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            workspace.unsubscribe(queue)
+        return resp
+
+    async def command(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        text = str(body.get("text", "")).strip()
+        if not text.startswith("/erp"):
+            return web.json_response({"ok": False, "error": "Only /erp commands go to the bot here."}, status=400)
+        status, _ = await workspace.send_command(str(body["user"]), str(body["channel"]), text[4:].strip())
+        return web.json_response({"ok": status == 200, "status": status})
+
+    async def click(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        message = workspace.find(str(body["channel"]), str(body["ts"]))
+        if message is None:
+            message = next((m for m in workspace.messages if m.ts == body["ts"]), None)
+        if message is None:
+            return web.json_response({"ok": False, "error": "message_not_found"}, status=404)
+        status, _ = await workspace.click(str(body["user"]), message, str(body["action_id"]))
+        return web.json_response({"ok": status == 200, "status": status})
+
+    async def submit(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        status, reply = await workspace.submit_view(str(body["user"]), str(body["view_id"]), body.get("values", {}))
+        errors = {}
+        if reply.strip():
+            with contextlib.suppress(ValueError):
+                errors = json.loads(reply).get("errors", {})
+        return web.json_response({"ok": status == 200 and not errors, "errors": errors})
+
+    async def push(request: web.Request) -> web.StreamResponse:
+        if pipeline is None:
+            return web.json_response({"ok": False, "error": "no pipeline in this sandbox"}, status=404)
+        body = await request.json()
+        execution = pipeline.start_from_push(str(body.get("environment", "dev")))
+        return web.json_response({"ok": True, "execution_id": execution.id})
+
+    app.router.add_post("/ui/push", push)
+    app.router.add_get("/", index)
+    app.router.add_get("/ui/state", state)
+    app.router.add_get("/ui/events", events)
+    app.router.add_post("/ui/command", command)
+    app.router.add_post("/ui/click", click)
+    app.router.add_post("/ui/submit", submit)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import asyncio
+
+from bot.aws.clients import AwsClients
+from bot.aws.state import AuditRecord, StateStore
+
+
+def store(aws_resources: dict[str, str]) -> StateStore:
+    return StateStore(AwsClients(), aws_resources["table"])
+
+
+async def test_only_one_replica_claims_a_card(aws_resources: dict[str, str]):
+    replicas = [store(aws_resources) for _ in range(4)]
+    claims = await asyncio.gather(*(r.claim_card("exec-1", channel="C0PROD", service="employee")
+                                    for r in replicas))
+    assert sorted(claims) == [False, False, False, True]
+    card = await replicas[0].get_card("exec-1")
+    assert card is not None and card["channel"] == "C0PROD" and card["version"] == 0
+
+
+async def test_card_updates_are_optimistic(aws_resources: dict[str, str]):
+    s = store(aws_resources)
+    await s.claim_card("exec-2", channel="C0DEV")
+    assert await s.update_card("exec-2", 0, ts="1.000100", state="InProgress")
+    assert not await s.update_card("exec-2", 0, state="Stale")  # someone else already moved it on
+    card = await s.get_card("exec-2")
+    assert card is not None and (card["ts"], card["state"], card["version"]) == ("1.000100", "InProgress", 1)
+    assert await s.get_card("never-started") is None
+
+
+async def test_processed_events_are_remembered_in_batches(aws_resources: dict[str, str]):
+    s = store(aws_resources)
+    ids = [f"evt-{i}" for i in range(60)]
+    assert await s.processed_among(ids) == set()
+    await s.mark_events_processed(ids[:40] + ids[:5])  # more than one request's worth, with repeats
+    assert await s.processed_among([*ids, "other"]) == set(ids[:40])
+
+
+async def test_audit_trail_newest_first_and_filtered(aws_resources: dict[str, str]):
+    s = store(aws_resources)
+    records = [
+        AuditRecord(actor="U0DEV1", action="deploy", environment="prod", outcome="started", service="employee",
+                    at="2026-11-26T01:00:00+00:00"),
+        AuditRecord(actor="U0APPR1", action="approve", environment="prod", outcome="ok", service="employee",
+                    at="2026-11-26T01:05:00+00:00"),
+        AuditRecord(actor="U0DEV1", action="deploy", environment="dev", outcome="started", service="notification",
+                    at="2026-11-26T01:03:00+00:00"),
+        AuditRecord(actor="U0ONCALL", action="approve", environment="prod", outcome="refused", service="notification",
+                    detail="not an approver", at="2026-11-26T01:04:00+00:00"),
+    ]
+    for r in records:
+        await s.record_audit(r)
+    both = await s.list_audit(["dev", "prod"])
+    assert [r.at[11:16] for r in both] == ["01:05", "01:04", "01:03", "01:00"]
+    employee_prod = await s.list_audit(["prod"], service="employee")
+    assert [(r.actor, r.action) for r in employee_prod] == [("U0APPR1", "approve"), ("U0DEV1", "deploy")]
+    assert (await s.list_audit(["prod"], limit=1))[0].action == "approve"

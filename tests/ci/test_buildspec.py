@@ -1,0 +1,264 @@
+"""buildspec.yml executed for real: a scratch git repository, moto's SSM, Secrets Manager, ECR,
+DynamoDB and X-Ray, the local Slack Web API, the real aws CLI and helm against the real API server;
+only `docker` is stood in for."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+
+from sandbox.erp_services import SERVICES
+from sandbox.local_kube import LocalKube
+from sandbox.seed import SLACK_SECRET_ID, seed_parameters_and_secrets
+from sandbox.slack_workspace import SlackWorkspace
+from tests.ci.buildspec_runner import BuildResult, BuildspecInvalid, BuildspecRunner, validate
+from tests.support import BOT_TOKEN, ROOT, free_port
+
+pytestmark = pytest.mark.usefixtures("erp_images")
+BUILDSPEC = ROOT / "buildspec.yml"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def commit(repo: Path, message: str, files: dict[str, str]) -> str:
+    for path, text in files.items():
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=dev", "-c", "user.email=dev@erp.example", "commit", "-qm", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def secrets_seeded(moto) -> None:  # type: ignore[no-untyped-def]
+    try:
+        seed_parameters_and_secrets(__import__("bot.aws.clients", fromlist=["AwsClients"]).AwsClients(), BOT_TOKEN, "s" * 32)
+    except Exception as e:
+        if "ResourceExists" not in str(e):
+            raise
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> dict[str, object]:
+    """The ERP repository as the pipeline checks it out: services, shared code, the chart, the buildspec."""
+    repo = tmp_path / "erp-platform"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    files = {f"services/{s}/Dockerfile": "FROM eclipse-temurin:17-jre\nCOPY build/libs/app.jar /app.jar\n"
+             for s in SERVICES}
+    files |= {f"services/{s}/src/main/java/App.java": f"class App {{ /* {s} */ }}\n" for s in SERVICES}
+    files |= {"services/common/src/Shared.java": "class Shared {}\n", "README.md": "ERP\n"}
+    first = commit(repo, "initial", files)
+    shutil.copytree(ROOT / "charts" / "erp", repo / "charts" / "erp")
+    shutil.copy(BUILDSPEC, repo / "buildspec.yml")
+    second = commit(repo, "chart and buildspec", {})
+    return {"path": repo, "first": first, "second": second}
+
+
+@pytest.fixture
+def build(tmp_path: Path, moto, slack: SlackWorkspace, aws_resources: dict[str, str],  # type: ignore[no-untyped-def]
+          secrets_seeded: None) -> Iterator[dict[str, object]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ci' / 'docker_stand_in.py'} \"$@\"\n")
+    docker.chmod(0o755)
+    environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "KUBECONFIG"))},
+               **moto.env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "PYTHONPATH": str(ROOT), "DOCKER_LOG": str(tmp_path / "docker.log"),
+               "SLACK_API_URL": f"{slack.base_url}/api/", "STATE_TABLE": aws_resources["table"]}
+    card = slack.m_chat_postMessage({"channel": "C0PROD", "text": "Deploy employee to prod"})
+    yield {"environ": environ, "card_ts": card["ts"], "docker_log": tmp_path / "docker.log"}
+
+
+def pipeline_vars(repo: dict[str, object], card_ts: str, **extra: str) -> dict[str, str]:
+    return {"CODEBUILD_RESOLVED_SOURCE_VERSION": str(repo["second"]), "PIPELINE_EXECUTION_ID": "exec-1",
+            "SERVICE": " ", "ENVIRONMENT": "prod", "REQUESTED_BY": "U0DEV1", "SLACK_CHANNEL": "C0PROD",
+            "SLACK_THREAD_TS": card_ts, "DEPLOY_PHASE": "build", **extra}
+
+
+def record_last_deploy(table: str, env: str, sha: str) -> None:
+    boto3.client("dynamodb").put_item(TableName=table, Item={
+        "pk": {"S": f"LASTDEPLOY#{env}"}, "sk": {"S": "COMMIT"}, "commit": {"S": sha}})
+
+
+def docker_calls(build: dict[str, object]) -> list[list[str]]:
+    path = Path(str(build["docker_log"]))
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def thread(slack: SlackWorkspace, ts: str) -> list[str]:
+    return [m.text for m in slack.thread("C0PROD", ts)]
+
+
+def run(repo: dict[str, object], build: dict[str, object], **variables: str) -> BuildResult:
+    runner = BuildspecRunner(Path(str(repo["path"])) / "buildspec.yml", Path(str(repo["path"])),
+                             dict(build["environ"]))  # type: ignore[arg-type]
+    return runner.run(pipeline_vars(repo, str(build["card_ts"]), **variables))
+
+
+def test_only_changed_services_are_built_and_progress_reaches_the_thread(
+        repo: dict[str, object], build: dict[str, object], slack: SlackWorkspace, aws_resources: dict[str, str]):
+    path = Path(str(repo["path"]))
+    record_last_deploy(aws_resources["table"], "prod", str(repo["second"]))
+    head = commit(path, "fix employee lookup", {"services/employee/src/main/java/App.java": "class App { int x; }\n"})
+    result = run(repo, build, CODEBUILD_RESOLVED_SOURCE_VERSION=head)
+    assert result.succeeded, result.output
+    builds = [c for c in docker_calls(build) if c[0] == "build"]
+    assert [c[-1] for c in builds] == ["services/employee"]
+    assert [c for c in docker_calls(build) if c[0] == "push"] == [
+        ["push", f"806332783810.dkr.ecr.ap-northeast-2.amazonaws.com/erp/employee-service:{head}"]]
+    assert result.exported["IMAGE_TAGS"] == f"employee={head}"
+    messages = thread(slack, str(build["card_ts"]))
+    expected_order = ["Build started for prod", "Building: employee", "Built and pushed employee-service",
+                      "Scan of `erp/employee-service", "Build :white_check_mark: succeeded"]
+    positions = [next(i for i, m in enumerate(messages) if want in m) for want in expected_order]
+    assert positions == sorted(positions), messages
+
+
+def test_service_override_and_shared_code(repo: dict[str, object], build: dict[str, object],
+                                          aws_resources: dict[str, str]):
+    path = Path(str(repo["path"]))
+    record_last_deploy(aws_resources["table"], "prod", str(repo["second"]))
+    result = run(repo, build, SERVICE="notification")
+    assert result.succeeded and result.exported["BUILT_SERVICES"] == "notification"
+    head = commit(path, "shared fix", {"services/common/src/Shared.java": "class Shared { int y; }\n"})
+    result = run(repo, build, CODEBUILD_RESOLVED_SOURCE_VERSION=head)
+    assert result.succeeded and result.exported["BUILT_SERVICES"].split() == list(SERVICES)
+    docs = commit(path, "docs only", {"README.md": "ERP platform\n"})
+    record_last_deploy(aws_resources["table"], "prod", head)
+    result = run(repo, build, CODEBUILD_RESOLVED_SOURCE_VERSION=docs)
+    assert result.succeeded and result.exported["BUILT_SERVICES"] == "" and result.exported["IMAGE_TAGS"] == ""
+
+
+def test_critical_finding_stops_the_build_with_the_findings(repo: dict[str, object], build: dict[str, object],
+                                                            slack: SlackWorkspace):
+    build["environ"]["CRITICAL_SERVICES"] = "approval-request"  # type: ignore[index]
+    result = run(repo, build, SERVICE="approval-request")
+    assert result.phases["build"] == "FAILED" and result.phases["post_build"] == "SUCCEEDED"
+    assert "CRITICAL findings, not deploying: erp/approval-request-service" in result.output
+    messages = thread(slack, str(build["card_ts"]))
+    verdict = next(m for m in messages if "Scan of `erp/approval-request-service" in m)
+    assert "1 critical" in verdict and "BLOCKED" in verdict and "*Critical*" in verdict and "CVE-" in verdict
+    assert any(m.startswith(":x: scan-gate: CRITICAL findings") for m in messages)
+    assert any("Build :x: failed" in m for m in messages)
+
+
+def test_a_broken_build_fails_and_says_so(repo: dict[str, object], build: dict[str, object], slack: SlackWorkspace):
+    build["environ"]["DOCKER_FAIL_BUILD"] = "employee"  # type: ignore[index]
+    result = run(repo, build, SERVICE="employee")
+    assert result.phases["build"] == "FAILED"
+    assert not [c for c in docker_calls(build) if c[0] == "push"]
+    assert any("Build :x: failed" in m for m in thread(slack, str(build["card_ts"])))
+
+
+def test_slack_down_never_fails_the_build(repo: dict[str, object], build: dict[str, object]):
+    build["environ"]["SLACK_API_URL"] = f"http://127.0.0.1:{free_port()}/api/"  # type: ignore[index]
+    started = time.monotonic()
+    result = run(repo, build, SERVICE="employee")
+    assert result.succeeded, result.output
+    assert "notify: cannot reach Slack" in result.output
+    assert time.monotonic() - started < 120
+
+
+def test_a_push_triggered_build_finds_the_card_by_execution_id(repo: dict[str, object], build: dict[str, object],
+                                                               slack: SlackWorkspace, aws_resources: dict[str, str]):
+    card = slack.m_chat_postMessage({"channel": "C0DEV", "text": "Deploy changed services to dev"})
+    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={
+        "pk": {"S": "EXEC#push-42"}, "sk": {"S": "CARD"}, "channel": {"S": "C0DEV"}, "ts": {"S": card["ts"]}})
+    result = run(repo, build, SERVICE="employee", ENVIRONMENT="dev", SLACK_CHANNEL=" ", SLACK_THREAD_TS=" ",
+                 PIPELINE_EXECUTION_ID="push-42")
+    assert result.succeeded
+    assert any("Built and pushed employee-service" in m.text for m in slack.thread("C0DEV", card["ts"]))
+
+
+def test_buildspec_format_and_its_shell(tmp_path: Path):
+    spec = yaml.safe_load(BUILDSPEC.read_text())
+    validate(spec)
+    assert spec["env"]["secrets-manager"]["SLACK_BOT_TOKEN"].startswith(SLACK_SECRET_ID + ":")
+    assert all(v.startswith("/erp/") for v in spec["env"]["parameter-store"].values())
+    assert not re.search(r"xox[bp]-|password\s*[:=]", BUILDSPEC.read_text())
+    for bad in ({"version": 0.2, "phases": {"compile": {"commands": ["make"]}}},
+                {"version": 0.2, "env": {"variables": {"N": 3}}, "phases": {}},
+                {"version": 0.2, "phases": {"build": {"on-failure": "RETRY", "commands": ["x"]}}}):
+        with pytest.raises(BuildspecInvalid):
+            validate(bad)
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    declared = set(spec["env"]["variables"]) | set(spec["env"]["parameter-store"]) | \
+        set(spec["env"]["secrets-manager"])
+    for phase, body in spec["phases"].items():
+        for i, command in enumerate(body.get("commands", []) + body.get("finally", [])):
+            script = tmp_path / f"{phase}-{i}.sh"
+            script.write_text("#!/bin/bash\n" + "".join(f": \"${{{v}:=}}\"\n" for v in sorted(declared)) + command)
+            out = subprocess.run([shellcheck, "-s", "bash", "-e", "SC2154", str(script)], capture_output=True,
+                                 text=True)
+            assert out.returncode == 0, f"{phase} command {i}:\n{out.stdout}"
+
+
+# --- the deploy action, with the real helm against the real API server ------------------------
+
+class Controller(threading.Thread):
+    """Plays the Deployment controller: every changed Deployment rolls out a moment later."""
+
+    def __init__(self, kube: LocalKube, namespace: str) -> None:
+        super().__init__(daemon=True)
+        self.kube, self.namespace, self.running = kube, namespace, True
+
+    def run(self) -> None:
+        while self.running:
+            status, body = self.kube.request("GET", f"/apis/apps/v1/namespaces/{self.namespace}/deployments")
+            for d in body.get("items", []) if status == 200 else []:
+                if d.get("status", {}).get("observedGeneration", 0) < d["metadata"]["generation"]:
+                    self.kube.set_rollout(self.namespace, d["metadata"]["name"])
+            time.sleep(0.3)
+
+
+def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, object], build: dict[str, object],
+                                                           kube: LocalKube, helm: str, slack: SlackWorkspace,
+                                                           aws_resources: dict[str, str]):
+    env = {**build["environ"], "KUBECONFIG": str(kube.kubeconfig), "HELM_BIN": helm}  # type: ignore[dict-item]
+    env["PATH"] = f"{Path(helm).parent}:{env['PATH']}"
+    build["environ"] = env
+    namespace = "erp-prod"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    controller = Controller(kube, namespace)
+    controller.start()
+    try:
+        first = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=",".join(f"{s}=v1" for s in SERVICES))
+        assert first.succeeded, first.output
+        sha = str(repo["second"])
+        result = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=f"employee={sha},notification={sha}")
+        assert result.succeeded, result.output
+    finally:
+        controller.running = False
+    values = json.loads(subprocess.run([helm, "get", "values", "erp", "-n", namespace, "-o", "json", "--all",
+                                        "--kubeconfig", str(kube.kubeconfig)], capture_output=True, text=True,
+                                       check=True).stdout)
+    tags = {s: v["image"]["tag"] for s, v in values["services"].items()}
+    assert tags == {"employee": sha, "notification": sha, "approval-request": "v1", "approval-processing": "v1"}
+    assert values["services"]["employee"]["replicas"] == 5  # prod's values file applied
+    item = boto3.client("dynamodb").get_item(TableName=aws_resources["table"], Key={
+        "pk": {"S": "LASTDEPLOY#prod"}, "sk": {"S": "COMMIT"}})["Item"]
+    assert item["commit"]["S"] == sha
+    now = time.time()
+    summaries = boto3.client("xray").get_trace_summaries(StartTime=now - 600, EndTime=now + 60)["TraceSummaries"]
+    assert len(summaries) >= 2
+    messages = [m for m in thread(slack, str(build["card_ts"]))]
+    assert any("helm upgrade erp in erp-prod: employee" in m for m in messages)
+    assert any(m.startswith(":white_check_mark: Deployed to prod") and "rollout complete" in m for m in messages)

@@ -1,0 +1,157 @@
+"""The deploy card's state machine, fed with events recorded from a real stand-in run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.aws.clients import AwsClients
+from bot.delivery.deploy_card import DeployCard, apply_event, card_phase
+from bot.delivery.pipeline_events import MalformedEvent, PipelineEvent, parse_codebuild_time, parse_event
+from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION, render_card
+from sandbox.block_kit_limits import validate_blocks
+from sandbox.codepipeline import PipelineStandIn
+from tests.support import BackgroundLoop
+
+
+def record_prod_execution(loop: BackgroundLoop, queue_url: str, approve: bool = True) -> list[PipelineEvent]:
+    stand_in = PipelineStandIn(AwsClients(), queue_url, step_seconds=0.01)
+
+    async def run() -> list[dict]:
+        execution = stand_in.start({"SERVICE": "employee", "ENVIRONMENT": "prod", "REQUESTED_BY": "U0DEV1",
+                                    "SLACK_CHANNEL": "C0PROD", "SLACK_THREAD_TS": "1.000001"},
+                                   trigger_type="StartPipelineExecution", trigger_detail="test")
+        while execution.decision is None:
+            await asyncio.sleep(0.01)
+        state = await stand_in.op_GetPipelineState({"name": "erp-pipeline"})
+        [approval] = [s for s in state["stageStates"] if s["stageName"] == "Approval"]
+        token = approval["actionStates"][0]["latestExecution"]["token"]
+        await stand_in.op_PutApprovalResult({
+            "pipelineName": "erp-pipeline", "stageName": "Approval", "actionName": "Approval", "token": token,
+            "result": {"status": "Approved" if approve else "Rejected", "summary": "by test"}})
+        assert execution.task is not None
+        await execution.task
+        return stand_in.emitted
+    events = [parse_event(json.dumps(e)) for e in loop.run(run())]
+    return [e for e in events if e is not None]
+
+
+def new_card(execution_id: str) -> DeployCard:
+    return DeployCard(execution_id=execution_id, pipeline="erp-pipeline", environment="prod", service="employee",
+                      channel="C0PROD", requested_by="U0DEV1", ts="1.000001", needs_approval=True)
+
+
+@pytest.fixture
+def prod_events(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> list[PipelineEvent]:
+    return record_prod_execution(background_loop, aws_resources["queue_url"])
+
+
+def play(events: list[PipelineEvent]) -> DeployCard:
+    card = new_card(next(e.execution_id for e in events if e.execution_id))
+    for e in events:
+        if e.kind == "scan":
+            continue  # scans reach a card through the image index, tested end to end
+        apply_event(card, e)
+    return card
+
+
+def test_in_order_events_make_a_succeeded_card(prod_events: list[PipelineEvent]):
+    card = play(prod_events)
+    assert card.status == "Succeeded" and card.commit
+    assert [card.stage(s).state for s in ("Source", "Build", "Approval", "Deploy")] == ["SUCCEEDED"] * 4
+    assert card.approval.decision == "Approved"
+    assert card.links["build_log"].startswith("https://console.aws.amazon.com/cloudwatch/")
+    kinds = {e.kind for e in prod_events}
+    assert kinds == {"pipeline", "stage", "action", "build", "build_phase", "scan"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_order_with_duplicates_gives_the_same_card(prod_events: list[PipelineEvent], data: st.DataObject):
+    shuffled = data.draw(st.permutations(prod_events))
+    duplicates = data.draw(st.lists(st.sampled_from(prod_events), max_size=len(prod_events) // 2))
+    mixed = list(shuffled)
+    for i, dup in enumerate(duplicates):
+        mixed.insert((i * 7) % (len(mixed) + 1), dup)
+    expected, actual = play(prod_events), play(mixed)
+    assert render_card(actual) == render_card(expected)
+    assert (actual.status, actual.approval.decision) == ("Succeeded", "Approved")
+
+
+def test_a_late_started_never_overwrites_succeeded(prod_events: list[PipelineEvent]):
+    card = play(prod_events)
+    late = [e for e in prod_events if e.state == "STARTED"]
+    for e in late:
+        apply_event(card, e)
+    assert card.status == "Succeeded" and card.stage("Deploy").state == "SUCCEEDED"
+
+
+def test_buttons_follow_the_phase(prod_events: list[PipelineEvent]):
+    def actions(card: DeployCard) -> list[str]:
+        _, blocks = render_card(card)
+        return [el["action_id"] for b in blocks if b["type"] == "actions" for el in b["elements"]]
+
+    upto_approval = next(i for i, e in enumerate(prod_events)
+                         if e.kind == "action" and e.stage == "Approval" and e.state == "STARTED")
+    waiting = play(prod_events[:upto_approval + 1])
+    assert card_phase(waiting) == "awaiting_approval"
+    assert actions(waiting)[:2] == [APPROVE_ACTION, REJECT_ACTION]
+    waiting.approval.decision, waiting.approval.decided_by = "Approving", "U0APPR1"
+    assert card_phase(waiting) == "deciding" and APPROVE_ACTION not in actions(waiting)
+    done = play(prod_events)
+    assert card_phase(done) == "succeeded" and actions(done) == ["open_pipeline", "open_logs"]
+    failed = play(prod_events[:upto_approval])
+    failed.status = "Failed"
+    assert ROLLBACK_ACTION in actions(failed)
+    failed.approval.decision = "Rejected"  # refused at the gate: nothing reached prod, nothing to roll back
+    assert card_phase(failed) == "rejected" and ROLLBACK_ACTION not in actions(failed)
+
+
+def test_cards_stay_within_block_kit_limits(prod_events: list[PipelineEvent]):
+    for n in range(1, len(prod_events) + 1):
+        _, blocks = render_card(play(prod_events[:n]))
+        assert validate_blocks(blocks) == []
+    card = play(prod_events)
+    card.status, card.failure = "Failed", {"stage": "Build", "summary": "x" * 10_000}
+    card.approval.decision, card.approval.reason = "Rejected", "y" * 10_000
+    _, blocks = render_card(card)
+    assert validate_blocks(blocks) == []
+
+
+def test_codebuild_timestamps_are_not_iso():
+    assert parse_codebuild_time("Sep 1, 2017 4:12:29 PM") == datetime(2017, 9, 1, 16, 12, 29, tzinfo=UTC)
+    assert parse_codebuild_time("Dec 31, 2026 12:05:00 AM") == datetime(2026, 12, 31, 0, 5, tzinfo=UTC)
+    assert parse_codebuild_time("2017-09-01T16:12:29Z") is None
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    ("not json", "not JSON"),
+    ("[1, 2]", "not an EventBridge event"),
+    ('{"detail-type": "CodePipeline Stage Execution State Change"}', "no EventBridge `id`"),
+    ('{"id": "1", "detail-type": "CodePipeline Stage Execution State Change", "time": "2026-01-01T00:00:00Z",'
+     ' "detail": {"state": "STARTED", "execution-id": "e"}}', "`detail.stage` is missing"),
+    ('{"id": "1", "detail-type": "CodePipeline Pipeline Execution State Change", "time": "yesterday",'
+     ' "detail": {"state": "STARTED", "execution-id": "e"}}', "`time` is not an ISO time"),
+    ('{"id": "1", "detail-type": "CodeBuild Build State Change", "time": "2026-01-01T00:00:00Z", "detail": []}',
+     "without a `detail` object"),
+    ("x" * 300_000, "larger than any event"),
+])
+def test_malformed_messages_say_why(body: str, reason: str):
+    with pytest.raises(MalformedEvent, match=None) as err:
+        parse_event(body)
+    assert reason in str(err.value)
+
+
+def test_unknown_event_types_are_ignored_and_inspector_arns_read():
+    assert parse_event('{"id": "1", "detail-type": "EC2 Instance State-change Notification", "detail": {}}') is None
+    event = parse_event(json.dumps({
+        "id": "2", "detail-type": "Inspector2 Scan", "time": "2026-01-01T00:00:00Z",
+        "detail": {"scan-status": "INITIAL_SCAN_COMPLETE",
+                   "repository-name": "arn:aws:ecr:ap-northeast-2:806332783810:repository/erp/employee-service",
+                   "finding-severity-counts": {"CRITICAL": 0, "HIGH": 1, "TOTAL": 1}}}))
+    assert event is not None and event.detail["repository-name"] == "erp/employee-service"

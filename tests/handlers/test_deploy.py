@@ -1,0 +1,323 @@
+"""Deploys end to end: signed commands and clicks, the real bot process, moto's SQS and
+DynamoDB, the CodePipeline stand-in emitting AWS's event shapes, the local Slack Web API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+from slack_sdk import WebClient
+
+from bot.delivery.deploy_card import DeployCard
+from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION, render_card
+from sandbox.codepipeline import Execution, PipelineStandIn
+from sandbox.slack_workspace import Message, SlackWorkspace
+from tests.support import BOT_TOKEN, BackgroundLoop, BotProcess, base_config, http, wait_until, write_config
+
+
+def card_text(message: Message) -> str:
+    return json.dumps(message.blocks)
+
+
+def the_card(slack: SlackWorkspace, channel: str) -> Message:
+    cards = [m for m in slack.channel_messages(channel) if "Deploy " in card_text(m)]
+    assert len(cards) == 1, f"expected one card in {channel}, found {len(cards)}"
+    return cards[0]
+
+
+def wait_for_card(slack: SlackWorkspace, channel: str, needle: str, timeout: float = 20) -> Message:
+    def ready() -> Message | None:
+        cards = [m for m in slack.channel_messages(channel) if "Deploy " in card_text(m)]
+        return cards[0] if cards and needle in card_text(cards[0]) else None
+    return wait_until(ready, timeout, f"a card in {channel} showing {needle!r}")
+
+
+def buttons(message: Message) -> list[str]:
+    return [el.get("action_id") for b in message.blocks if b["type"] == "actions" for el in b["elements"]]
+
+
+def command(loop: BackgroundLoop, slack: SlackWorkspace, user: str, channel: str, text: str) -> None:
+    status, _ = loop.run(slack.send_command(user, channel, text))
+    assert status == 200
+
+
+def test_dev_deploy_runs_to_success_as_one_message(bot: BotProcess, slack: SlackWorkspace,
+                                                   background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+    card = wait_for_card(slack, "C0DEV", "Succeeded")
+    # the pipeline was started with the variables the buildspec needs to find this card
+    [execution] = pipeline.executions.values()
+    assert execution.variables["SERVICE"] == "employee" and execution.variables["ENVIRONMENT"] == "dev"
+    assert execution.variables["REQUESTED_BY"] == "U0DEV1"
+    assert (execution.variables["SLACK_CHANNEL"], execution.variables["SLACK_THREAD_TS"]) == ("C0DEV", card.ts)
+    shown = card_text(card)
+    for stage in ("Source", "Build", "Deploy"):
+        assert f":white_check_mark: {stage}" in shown
+    assert "Approval" not in shown  # dev needs none
+    assert execution.revision[:7] in shown and "<@U0DEV1>" in shown
+    assert "1 image" in shown or "0 critical" in shown
+    # one channel message for the whole deploy; details in its thread
+    wait_until(lambda: slack.thread("C0DEV", card.ts), what="the scan note in the thread")
+    assert len(slack.channel_messages("C0DEV")) == 1
+    thread = " ".join(m.text for m in slack.thread("C0DEV", card.ts))
+    assert "Scan of `erp/employee-service" in thread and "passes the gate" in thread.lower()
+    # the requester got a link to the card
+    assert any("Deploying employee to dev" in m.text for m in slack.ephemerals("U0DEV1"))
+    # the card is only edited when its content changed
+    updates = slack.calls_to("chat.update")
+    assert len(updates) == len({json.dumps(c.args.get("blocks"), sort_keys=True) for c in updates})
+
+
+def test_prod_deploy_waits_for_an_approver_and_records_who(bot: BotProcess, slack: SlackWorkspace,
+                                                           background_loop: BackgroundLoop,
+                                                           pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    assert buttons(card)[:2] == [APPROVE_ACTION, REJECT_ACTION]
+    assert "<!date^" in card_text(card) and "expires" in card_text(card)
+    wait_until(lambda: any("Approval needed" in m.text for m in slack.thread("C0PROD", card.ts)),
+               what="the approvers to be mentioned in the thread")
+    note = next(m.text for m in slack.thread("C0PROD", card.ts) if "Approval needed" in m.text)
+    assert "<@U0APPR1>" in note and "<!subteam^S0ONCALL>" in note
+    # the requester cannot approve their own deploy; a developer is not an approver
+    background_loop.run(slack.click("U0DEV1", card, APPROVE_ACTION))
+    wait_until(lambda: slack.ephemerals("U0DEV1") and "someone else must approve" in slack.ephemerals("U0DEV1")[-1].text,
+               what="the self-approval refusal")
+    assert "Waiting for approval" in card_text(the_card(slack, "C0PROD"))
+
+    background_loop.run(slack.click("U0APPR1", card, APPROVE_ACTION))
+    card = wait_for_card(slack, "C0PROD", "Succeeded")
+    shown = card_text(card)
+    assert "Approved by" in shown and "<@U0APPR1>" in shown
+    assert APPROVE_ACTION not in buttons(card) and REJECT_ACTION not in buttons(card)
+    for stage in ("Source", "Build", "Approval", "Deploy"):
+        assert f":white_check_mark: {stage}" in shown
+    [execution] = pipeline.executions.values()
+    approval = execution.actions[("Approval", "Approval")]
+    assert approval.status == "Succeeded" and "Approved in Slack by Ari Approver (U0APPR1)" in (approval.summary or "")
+    assert len(slack.channel_messages("C0PROD")) == 1
+
+    command(background_loop, slack, "U0DEV1", "C0DEV", "history employee prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    assert "<@U0APPR1> approved employee in prod" in history
+    assert "<@U0DEV1> tried to approve employee in prod: refused (You asked for this deploy" in history
+    assert "<@U0DEV1> started a deploy of employee to prod" in history
+
+
+def test_reject_asks_for_a_reason_that_reaches_the_card(bot: BotProcess, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy notification prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    background_loop.run(slack.click("U0ONCALL", card, REJECT_ACTION))
+    view_id = wait_until(lambda: next(iter(slack.views), None), what="the reason modal")
+    status, reply = background_loop.run(slack.submit_view("U0ONCALL", view_id, {"reason": {"reason": " "}}))
+    assert status == 200 and json.loads(reply)["errors"]["reason"].startswith("Say why")
+    background_loop.run(slack.submit_view("U0ONCALL", view_id,
+                                          {"reason": {"reason": "Kafka lag alarm is firing; wait for it to clear"}}))
+    card = wait_for_card(slack, "C0PROD", "Rejected")
+    shown = card_text(card)
+    assert "Kafka lag alarm is firing" in shown and "<@U0ONCALL>" in shown
+    wait_until(lambda: next(iter(pipeline.executions.values())).status == "Failed", what="the pipeline to stop")
+    assert ":white_check_mark: Deploy" not in card_text(the_card(slack, "C0PROD"))
+
+
+def test_two_approvers_at_once_one_wins(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                        pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    results: list[int] = []
+
+    def press(user: str) -> None:
+        results.append(background_loop.run(slack.click(user, card, APPROVE_ACTION))[0])
+
+    threads = [threading.Thread(target=press, args=(u,)) for u in ("U0APPR1", "U0ONCALL")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200, 200]
+    wait_for_card(slack, "C0PROD", "Succeeded")
+    told = wait_until(lambda: [m.text for u in ("U0APPR1", "U0ONCALL") for m in slack.ephemerals(u)],
+                      what="the loser to be told")
+    assert len(told) == 1 and "already decided" in told[0]
+    [execution] = pipeline.executions.values()
+    assert execution.actions[("Approval", "Approval")].status == "Succeeded"
+
+
+def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, slack: SlackWorkspace,
+                                                               background_loop: BackgroundLoop,
+                                                               pipeline: PipelineStandIn):
+    pipeline.faults.fail_build.add("approval-processing")
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy approval-processing prod")
+    card = wait_for_card(slack, "C0PROD", "Failed")
+    shown = card_text(card)
+    assert ":x: Build" in shown and "compilation failed" in shown
+    assert ROLLBACK_ACTION in buttons(card) and APPROVE_ACTION not in buttons(card)
+    note = wait_until(lambda: [m.text for m in slack.thread("C0PROD", card.ts) if "Build failed" in m.text],
+                      what="the failure note")[0]
+    assert "docker build" in note and "logEvent:group=/aws/codebuild/erp-build" in note
+
+
+def test_deploy_while_approval_pending_points_to_the_card(bot: BotProcess, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    wait_for_card(slack, "C0PROD", "Waiting for approval")
+    command(background_loop, slack, "U0APPR1", "C0PROD", "deploy employee prod")
+    answer = wait_until(lambda: slack.ephemerals("U0APPR1"), what="an answer")[-1].text
+    assert "already waiting for approval: <http" in answer and "|the deploy card> in <#C0PROD>" in answer
+    assert len(pipeline.executions) == 1
+
+
+def test_double_submitted_command_starts_one_execution(bot: BotProcess, slack: SlackWorkspace,
+                                                       background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    threads = [threading.Thread(target=command, args=(background_loop, slack, "U0DEV1", "C0DEV",
+                                                      "deploy notification dev")) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for_card(slack, "C0DEV", "Succeeded")
+    assert len(pipeline.executions) == 1
+    assert len(slack.channel_messages("C0DEV")) == 1
+
+
+def test_refused_deployer_changes_nothing(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                          pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0ONCALL", "C0PROD", "deploy employee prod")
+    answer = wait_until(lambda: slack.ephemerals("U0ONCALL"), what="the refusal")[-1].text
+    assert "You can't deploy to prod: only <@U0DEV1> or <!subteam^S0APPROVERS> can." in answer
+    assert pipeline.executions == {} and slack.channel_messages("C0PROD") == []
+
+
+def test_missing_pipeline_leaves_no_half_made_card(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
+                                                    aws_resources: dict[str, str], background_loop: BackgroundLoop,
+                                                    pipeline: PipelineStandIn):
+    config = base_config(aws_resources["queue_url"], aws_resources["table"])
+    config["pipeline"] = "erp-pipline"
+    process = BotProcess({**bot_env, "BOT_CONFIG": str(write_config(tmp_path / "c.yaml", config))},
+                         tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+        answer = wait_until(lambda: slack.ephemerals("U0DEV1"), what="the answer")[-1].text
+        assert "The pipeline `erp-pipline` does not exist here" in answer and "Nothing was started" in answer
+        assert slack.calls_to("chat.delete") and slack.channel_messages("C0DEV") == []
+    finally:
+        process.stop()
+
+
+def test_a_push_gets_a_card_in_the_dev_channel(bot: BotProcess, slack: SlackWorkspace,
+                                              background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    async def push() -> None:
+        pipeline.start_from_push("dev")
+    background_loop.run(push())
+    card = wait_for_card(slack, "C0DEV", "Succeeded")
+    shown = card_text(card)
+    assert "a push to main" in shown and "changed services" in shown
+    assert len(slack.channel_messages("C0DEV")) == 1
+
+
+def test_duplicate_and_poison_messages(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                       pipeline: PipelineStandIn, aws_resources: dict[str, str]):
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody="this is not an event")
+    sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps({"id": "x", "detail-type": "CodePipeline Stage Execution State Change", "detail": {"state": 1}, "time": "2026-01-01T00:00:00Z"}))
+    command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+    card = wait_for_card(slack, "C0DEV", "Succeeded")
+    wait_until(lambda: slack.thread("C0DEV", card.ts), what="the scan note")
+    calls_before, thread_before = len(slack.calls), len(slack.thread("C0DEV", card.ts))
+    # EventBridge delivers at least once: send every event of the execution again, shuffled
+    for event in reversed(pipeline.emitted):
+        sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(event))
+    time.sleep(3)
+    assert len(slack.thread("C0DEV", card.ts)) == thread_before
+    assert [c.method for c in slack.calls[calls_before:]] == []
+    # the poison messages end in the dead-letter queue, each logged with its reason
+    def dead() -> list[str]:
+        resp = sqs.receive_message(QueueUrl=aws_resources["dlq_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        dead_letters.extend(m["Body"] for m in resp.get("Messages", []))
+        return dead_letters if len(dead_letters) >= 2 else []
+    dead_letters: list[str] = []
+    wait_until(dead, timeout=30, what="both poison messages in the DLQ")
+    assert "this is not an event" in dead_letters
+    reasons = [line.get("reason") for line in bot.log_lines() if line.get("reason")]
+    assert "the message body is not JSON" in reasons and "`detail.state` is missing" in reasons
+    assert "the message body is not JSON" not in [m.text for m in slack.messages]
+
+
+def test_two_replicas_make_one_card_per_execution(bot: BotProcess, bot_env: dict[str, str], slack: SlackWorkspace,
+                                                  background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+                                                  tmp_path: Path):
+    second = BotProcess(bot_env, tmp_path / "replica2.log")
+    try:
+        async def pushes() -> None:
+            for _ in range(3):
+                pipeline.start_from_push("dev")
+        background_loop.run(pushes())
+        command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+        wait_until(lambda: len([m for m in slack.channel_messages("C0DEV") if "Succeeded" in card_text(m)]) == 4,
+                   timeout=40, what="four finished cards")
+        assert len(slack.channel_messages("C0DEV")) == 4
+        for replica in (bot, second):  # both competed for the queue's events
+            metrics = http("GET", f"{replica.url}/metrics")[1]
+            handled = [line for line in metrics.splitlines() if line.startswith("erp_chatops_events_processed_total")]
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in handled) > 0
+    finally:
+        second.stop()
+
+
+def test_a_card_posted_by_a_replica_that_died_is_adopted_not_posted_twice(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+        aws_resources: dict[str, str]):
+    pipeline.deliver = False  # the events wait until the dead replica's leftovers are in place
+
+    async def push() -> Execution:
+        execution = pipeline.start_from_push("dev")
+        assert execution.task is not None
+        await execution.task
+        return execution
+    execution = background_loop.run(push())
+    # what a replica leaves behind when it is killed right after posting the card, before noting where
+    leftover = DeployCard(execution_id=execution.id, pipeline=pipeline.name, environment="dev", service="changed",
+                          channel="C0DEV", trigger="push",
+                          posting_since=(datetime.now(UTC) - timedelta(seconds=20)).isoformat(timespec="seconds"))
+    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={
+        "pk": {"S": f"EXEC#{execution.id}"}, "sk": {"S": "CARD"}, "execution_id": {"S": execution.id},
+        "version": {"N": "1"}, "channel": {"S": "C0DEV"}, "body": {"S": leftover.to_json()}})
+    WebClient(token=BOT_TOKEN, base_url=f"{slack.base_url}/api/").chat_postMessage(
+        channel="C0DEV", text=render_card(leftover)[0], blocks=render_card(leftover)[1],
+        metadata={"event_type": "erp_deploy_card", "event_payload": {"execution_id": execution.id}})
+    sqs = boto3.client("sqs")
+    for event in execution.events:
+        sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(event))
+    wait_until(lambda: "Succeeded" in json.dumps([m.blocks for m in slack.channel_messages("C0DEV")]), timeout=60,
+               what="the adopted card to end Succeeded")
+    assert len(slack.channel_messages("C0DEV")) == 1
+    assert any("found the card a replica posted" in line.get("message", "") for line in bot.log_lines())
+
+
+def test_wrong_users_are_refused_and_every_refusal_is_audited(bot: BotProcess, slack: SlackWorkspace,
+                                                              background_loop: BackgroundLoop,
+                                                              pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0ONCALL", "C0PROD", "deploy employee prod")  # on-call may not deploy prod
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    background_loop.run(slack.click("U0DEV1", card, APPROVE_ACTION))  # the requester, approving
+    background_loop.run(slack.click("U0DEV1", card, REJECT_ACTION))  # and rejecting
+    wait_until(lambda: len([m for m in slack.ephemerals("U0DEV1") if "You asked for this deploy" in m.text]) == 2,
+               what="both refusals")
+    assert slack.views == {}  # no reason modal for someone who may not decide
+    [execution] = pipeline.executions.values()
+    assert execution.status == "InProgress" and "Waiting for approval" in card_text(the_card(slack, "C0PROD"))
+    command(background_loop, slack, "U0APPR1", "C0PROD", "history employee prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0APPR1") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    for line in ("<@U0ONCALL> tried to deploy employee to prod: refused",
+                 "<@U0DEV1> tried to approve employee in prod: refused",
+                 "<@U0DEV1> tried to reject employee in prod: refused"):
+        assert line in history

@@ -1,0 +1,156 @@
+"""`/erp logs` against moto's CloudWatch Logs seeded with Spring Boot logs.
+
+moto does not run Insights filters, so the tests read back the exact query text
+each form sends (DescribeQueries) and check what reaches Slack."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+
+from bot.delivery.error_chart import buckets_from_rows, render_chart, summary
+from bot.delivery.log_lines import SECTION_LIMIT, fit_for_message, to_line, to_lines
+from bot.delivery.log_query import STATS_QUERY, build_query, string_literal
+from sandbox.slack_workspace import SlackWorkspace
+from tests.support import BackgroundLoop, BotProcess, wait_until
+
+pytestmark = pytest.mark.usefixtures("erp_logs")
+
+
+def ask(loop: BackgroundLoop, slack: SlackWorkspace, text: str, channel: str = "C0ONCALL") -> str:
+    before = len(slack.ephemerals("U0ONCALL"))
+    assert loop.run(slack.send_command("U0ONCALL", channel, text))[0] == 200
+    return wait_until(lambda: [m.text for m in slack.ephemerals("U0ONCALL")[before:] if "Working on" not in m.text],
+                      what="the answer")[-1]
+
+
+def last_query(group: str) -> str:
+    queries = boto3.client("logs").describe_queries(logGroupName=group)["queries"]
+    return queries[-1]["queryString"]
+
+
+@pytest.mark.parametrize(("text", "group", "query_filter"), [
+    ("logs notification", "/erp/prod/notification-service", "like /(ERROR|WARN)/"),
+    ("logs notification prod 30m ERROR", "/erp/prod/notification-service", 'like "ERROR"'),
+    ('logs employee prod 2h "timeout"', "/erp/prod/employee-service", 'like "timeout"'),
+    ("logs approval-request prod 2026-11-26T00:00Z connection reset", "/erp/prod/approval-request-service",
+     'like "connection reset"'),
+])
+def test_each_form_sends_the_expected_query(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                            text: str, group: str, query_filter: str):
+    answer = ask(background_loop, slack, text)
+    assert last_query(group) == (f"fields @timestamp, @message, @logStream | filter @message {query_filter}"
+                                 " | sort @timestamp desc | limit 1000")
+    assert "newest first" in answer or "No " in answer
+
+
+def test_oncall_gets_prod_and_readable_lines_with_the_rest_in_a_file(bot: BotProcess, slack: SlackWorkspace,
+                                                                    background_loop: BackgroundLoop):
+    answer = ask(background_loop, slack, "logs notification 3h")
+    assert "in prod, last 3h" in answer
+    assert "```" in answer and "(+" in answer  # stack traces folded with a count
+    body = answer.split("```")[1]
+    first = body.strip().splitlines()[0]
+    assert first[:8].count(":") == 2 and ("ERROR" in first or "WARN" in first or "INFO" in first)
+    # long: the message says what it shows and the whole result is a file in the channel
+    assert "showing" in answer and "more; the full result is in the file" in answer
+    [upload] = [m for m in slack.channel_messages("C0ONCALL") if m.files]
+    assert "<@U0ONCALL> asked for `/erp logs notification prod 3h`" in upload.text
+    content = slack.files[upload.files[0]["id"]]["content"].decode()
+    assert "\tat org.springframework" in content  # stack traces unfolded in the file
+    assert len(content.splitlines()) > 100
+
+
+def test_channel_environment_and_empty_result(bot: BotProcess, slack: SlackWorkspace,
+                                              background_loop: BackgroundLoop):
+    logs = boto3.client("logs")
+    group = "/erp/dev/employee-service"
+    logs.create_log_group(logGroupName=group)
+    logs.create_log_stream(logGroupName=group, logStreamName="s")
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    logs.put_log_events(logGroupName=group, logStreamName="s", logEvents=[
+        {"timestamp": now - 60_000, "message": "2026-11-26T03:00:00.000Z ERROR 1 --- [main] c.e.erp.Boot : boom"}])
+    answer = ask(background_loop, slack, "logs employee", channel="C0DEV")
+    assert "in dev, last 15m" in answer and "Boot: boom" in answer and "showing" not in answer
+    answer = ask(background_loop, slack, "logs employee dev 2026-01-01T00:00Z", channel="C0DEV")
+    assert last_query(group).startswith("fields @timestamp")
+
+
+def test_hostile_filters_stay_string_literals(bot: BotProcess, slack: SlackWorkspace,
+                                              background_loop: BackgroundLoop):
+    ask(background_loop, slack, """logs employee prod 1h 'x" | stats count(*) by @logStream | filter "y'""")
+    query = last_query("/erp/prod/employee-service")
+    assert query == ('fields @timestamp, @message, @logStream | filter @message like '
+                     '"x\\" | stats count(*) by @logStream | filter \\"y" | sort @timestamp desc | limit 1000')
+    ask(background_loop, slack, "logs employee prod 1h /.*/ 'a\\b'")  # a regex and a backslash, as text
+    assert last_query("/erp/prod/employee-service").endswith('like "/.*/ a\\\\b" | sort @timestamp desc | limit 1000')
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("logs employe", "Unknown service `employe`: did you mean `employee`?"),
+    ("logs employee prod 10 minutes", "Cannot read the time window `10`: use 15m, 2h, 1d or an ISO time"),
+    ("logs notification dev", "The log group `/erp/dev/notification-service` does not exist"),
+])
+def test_bad_input_gets_one_line(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                 text: str, expected: str):
+    answer = ask(background_loop, slack, text)
+    assert expected in answer and "\n" not in answer
+
+
+def test_stats_sends_the_teams_query_and_a_chart(bot: BotProcess, slack: SlackWorkspace,
+                                                 background_loop: BackgroundLoop):
+    answer = ask(background_loop, slack, "logs approval-processing prod stats")
+    assert last_query("/erp/prod/approval-processing-service") == STATS_QUERY
+    assert "Errors per 5 minutes for `approval-processing` in prod, last 3h" in answer
+    [upload] = [m for m in slack.channel_messages("C0ONCALL") if m.files]
+    assert upload.files[0]["name"] == "errors-per-5m.png"
+    assert slack.files[upload.files[0]["id"]]["content"].startswith(b"\x89PNG")
+
+
+def test_a_query_past_its_budget_is_stopped(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
+                                            background_loop: BackgroundLoop):
+    process = BotProcess({**bot_env, "LOG_QUERY_BUDGET_SECONDS": "0"}, tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        answer = ask(background_loop, slack, "logs employee prod 1h")
+        assert "took longer than 0s, so I stopped it" in answer and "/erp logs employee prod 5m" in answer
+    finally:
+        process.stop()
+
+
+# --- formatting, on the shapes Insights returns -------------------------------------------
+
+def test_spring_lines_are_compact_and_traces_folded():
+    line = to_line({"@timestamp": "2026-11-26 03:12:45.123",
+                    "@message": "2026-11-26T03:12:45.123Z ERROR 1 --- [http-nio-8080-exec-3] "
+                                "c.e.erp.notify.RedisPublisher           : Redis publish failed\n\tat a.b(C.java:1)\n"
+                                "\tat d.e(F.java:2)\n"})
+    assert line.compact() == "03:12:45 ERROR RedisPublisher: Redis publish failed (+2 lines)"
+
+
+def test_messages_fit_slack_and_lines_are_newest_first():
+    rows = [{"@timestamp": str(1_700_000_000_000 + i * 1000), "@message": f"WARN something {i} " + "x" * 150}
+            for i in range(500)]
+    lines = to_lines(rows)
+    assert lines[0].text.startswith("WARN something 499")
+    text, shown = fit_for_message(lines)
+    assert len(text) <= SECTION_LIMIT + 10 and 0 < shown < 500
+
+
+def test_string_literals_cannot_break_out():
+    assert string_literal('a"b\\c\nd') == '"a\\"b\\\\cd"'
+    assert build_query(None) .endswith("like /(ERROR|WARN)/ | sort @timestamp desc | limit 1000")
+
+
+def test_chart_from_insights_stats_rows():
+    start = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+    rows = [{"bin(5m)": (start + timedelta(minutes=5 * i)).strftime("%Y-%m-%d %H:%M:%S.000"), "count()": str(c)}
+            for i, c in enumerate([3, 0, 12, 58, 9])]
+    buckets = buckets_from_rows(rows)
+    assert summary(buckets) == "82 errors, peak 58 in the 5 minutes from 01:15 UTC"
+    png = render_chart(buckets, "errors")
+    assert png.startswith(b"\x89PNG") and len(png) < 50_000
+    assert render_chart([], "none").startswith(b"\x89PNG")

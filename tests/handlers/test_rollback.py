@@ -1,0 +1,279 @@
+"""Rollbacks and cluster state against a real kube-apiserver with the real helm.
+
+No kubelet or controllers run: the tests play the Deployment controller through
+the status subresource to make rollouts progress, complete or fail."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from handlers.rollback import CANCEL_ACTION, CONFIRM_ACTION
+from sandbox.erp_services import SERVICES
+from sandbox.local_kube import LocalKube
+from sandbox.slack_workspace import Message, SlackWorkspace
+from tests.support import ROOT, BackgroundLoop, BotProcess, base_config, wait_until, write_config
+
+CHART = ROOT / "charts" / "erp"
+
+
+@dataclass
+class Release:
+    namespaces: dict[str, str]  # env -> namespace
+    bot: BotProcess
+    kube: LocalKube
+    helm: str
+    env: dict[str, str]  # what the bot was started with
+
+    def helm_values(self, env: str) -> dict:
+        out = subprocess.run([self.helm, "get", "values", "erp", "-n", self.namespaces[env], "-o", "json", "--all",
+                              "--kubeconfig", str(self.kube.kubeconfig)], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def tags(self, env: str) -> dict[str, str]:
+        return {k: v["image"]["tag"] for k, v in self.helm_values(env)["services"].items()}
+
+    def images(self, env: str) -> dict[str, str]:
+        """The tag each Deployment in the API server runs now."""
+        _, listing = self.kube.request("GET", f"/apis/apps/v1/namespaces/{self.namespaces[env]}/deployments")
+        return {d["metadata"]["name"].removesuffix("-service"):
+                d["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[1] for d in listing["items"]}
+
+    def wait_images(self, env: str, **expected: str) -> None:
+        """helm records a release before it patches the Deployments: wait for the patches themselves."""
+        wanted = {k.replace("_", "-"): v for k, v in expected.items()}
+        wait_until(lambda: all(self.images(env).get(k) == v for k, v in wanted.items()), what=f"images {wanted}")
+
+    def complete_rollouts(self, env: str) -> None:
+        for s in SERVICES:
+            self.kube.set_rollout(self.namespaces[env], f"{s}-service")
+
+
+def install(helm: str, kube: LocalKube, namespace: str, env: str, tags: dict[str, str], first: bool = False) -> None:
+    """As the buildspec deploys: the environment's values first, then only the tags that changed."""
+    args = [helm, "upgrade", "--install", "erp", str(CHART), "-n", namespace, "--kubeconfig", str(kube.kubeconfig)]
+    args += ["-f", str(CHART / f"values-{env}.yaml")] if first else ["--reuse-values"]
+    for service, tag in tags.items():
+        args += ["--set-string", f"services.{service}.image.tag={tag}"]
+    subprocess.run(args, capture_output=True, text=True, check=True)
+
+
+@pytest.fixture
+def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
+            aws_resources: dict[str, str]) -> Iterator[Release]:
+    """charts/erp installed three times in fresh dev and prod namespaces, and a bot pointed at them."""
+    suffix = uuid.uuid4().hex[:6]
+    namespaces = {"dev": f"erp-dev-{suffix}", "prod": f"erp-prod-{suffix}"}
+    config = base_config(aws_resources["queue_url"], aws_resources["table"])
+    for env, ns in namespaces.items():
+        config["environments"][env]["namespace"] = ns
+        kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        install(helm, kube, ns, env, {s: "v1.0.0" for s in SERVICES}, first=True)           # revision 1
+        install(helm, kube, ns, env, {s: "v1.1.0" for s in SERVICES})                       # revision 2
+        install(helm, kube, ns, env, {"employee": "v1.2.0", "notification": "v1.2.0"})      # revision 3
+        for s in SERVICES:
+            kube.set_rollout(ns, f"{s}-service")
+    env = {**bot_env, "BOT_CONFIG": str(write_config(tmp_path / "kube-config.yaml", config)),
+           "KUBECONFIG": str(kube.kubeconfig), "HELM_BIN": helm, "ROLLOUT_TIMEOUT_SECONDS": "15"}
+    bot = BotProcess(env, tmp_path / "bot.log")
+    slack.bot_url = f"{bot.url}/slack/events"
+    yield Release(namespaces, bot, kube, helm, env)
+    bot.stop()
+
+
+def ask(loop: BackgroundLoop, slack: SlackWorkspace, user: str, text: str, channel: str = "C0ONCALL") -> str:
+    before = len(slack.ephemerals(user))
+    assert loop.run(slack.send_command(user, channel, text))[0] == 200
+    return wait_until(lambda: [m.text for m in slack.ephemerals(user)[before:] if "Working on" not in m.text],
+                      timeout=30, what="the answer")[-1]
+
+
+def plan_message(slack: SlackWorkspace, channel: str) -> Message:
+    return wait_until(lambda: [m for m in slack.channel_messages(channel) if "Roll back" in json.dumps(m.blocks)],
+                      what="the rollback plan")[-1]
+
+
+def shown(message: Message) -> str:
+    return json.dumps(message.blocks)
+
+
+def test_status_shows_the_truth_of_the_cluster(release: Release, slack: SlackWorkspace,
+                                               background_loop: BackgroundLoop):
+    ns = release.namespaces["prod"]
+    release.kube.set_rollout(ns, "notification-service", ready=1)
+    release.kube.set_rollout(ns, "approval-processing-service", failed_reason="ReplicaSet has timed out progressing.")
+    text = ask(background_loop, slack, "U0ONCALL", "status prod")
+    assert f"*prod* (`{ns}`)" in text and "revision *3*" in text
+    assert ":large_green_circle: employee `v1.2.0` 5/5 complete" in text
+    assert ":large_yellow_circle: notification `v1.2.0` 1/3 progressing" in text
+    assert ":red_circle: approval-processing `v1.1.0` 2/2 failed (ProgressDeadlineExceeded)" in text
+    assert "\n" in text and text.count("\n") <= 6  # one compact message: a line per service
+
+
+def test_history_lists_helm_revisions_with_tags(release: Release, slack: SlackWorkspace,
+                                               background_loop: BackgroundLoop):
+    text = ask(background_loop, slack, "U0ONCALL", "history employee prod")
+    assert "Helm release `erp`" in text
+    revs = [line for line in text.splitlines() if line.startswith("rev *")]
+    assert [r.split("*")[1] for r in revs] == ["3", "2", "1"]
+    assert "employee `v1.2.0`" in revs[0] and "employee `v1.0.0`" in revs[2] and "notification" not in revs[0]
+
+
+def test_service_rollback_in_dev_changes_that_service_only_and_follows_the_rollout(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    answer = ask(background_loop, slack, "U0DEV1", "rollback employee dev", channel="C0DEV")
+    assert "confirm it there" in answer
+    plan = plan_message(slack, "C0DEV")
+    assert "`v1.2.0` -> `v1.1.0`" in shown(plan) and "Revision 3 -> 2" in shown(plan)
+    before = release.tags("dev")
+    background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+    # helm ran: a new revision with employee on the old tag, every other service as it was
+    release.wait_images("dev", employee="v1.1.0")
+    after = release.tags("dev")
+    assert {k: v for k, v in after.items() if k != "employee"} == {k: v for k, v in before.items() if k != "employee"}
+    ns = release.namespaces["dev"]
+    wait_until(lambda: "rolling out" in shown(plan_message(slack, "C0DEV")), what="the rollout to be watched")
+    release.kube.set_rollout(ns, "employee-service", ready=1)
+    wait_until(lambda: "1/2 progressing" in shown(plan_message(slack, "C0DEV")), what="progress")
+    release.kube.set_rollout(ns, "employee-service")
+    final = wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")) and plan_message(slack, "C0DEV"),
+                       what="the result")
+    assert "2/2 complete" in shown(final) and CONFIRM_ACTION not in shown(final)
+    text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
+    assert "<@U0DEV1> rolled back employee in dev" in text
+
+
+def test_prod_rollback_needs_an_approver_who_did_not_ask(release: Release, slack: SlackWorkspace,
+                                                        background_loop: BackgroundLoop):
+    refused = ask(background_loop, slack, "U0ONCALL", "rollback notification prod")
+    assert "You can't roll back prod" in refused  # on-call is not a prod deployer here
+    answer = ask(background_loop, slack, "U0APPR1", "rollback notification prod")
+    assert "an approver must confirm" in answer
+    plan = plan_message(slack, "C0PROD")
+    background_loop.run(slack.click("U0APPR1", plan, CONFIRM_ACTION))  # the one who asked
+    wait_until(lambda: any("You asked for this rollback" in m.text for m in slack.ephemerals("U0APPR1")),
+               what="the refusal")
+    assert release.tags("prod")["notification"] == "v1.2.0"
+    background_loop.run(slack.click("U0ONCALL", plan, CONFIRM_ACTION))  # an approver (S0ONCALL)
+    release.wait_images("prod", notification="v1.1.0")
+    release.complete_rollouts("prod")
+    wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0PROD")), what="the result")
+    history = ask(background_loop, slack, "U0APPR1", "history notification prod")
+    assert "<@U0ONCALL> tried to roll back notification in prod: refused" in history  # each refusal is audited
+    assert "<@U0APPR1> tried to roll back notification in prod: refused (You asked for this rollback" in history
+
+
+def test_whole_release_rollback_and_bad_revisions(release: Release, slack: SlackWorkspace,
+                                                  background_loop: BackgroundLoop):
+    assert "Revision 9 is not in `erp`'s history" in ask(background_loop, slack, "U0DEV1", "rollback dev 9", "C0DEV")
+    assert "is what dev runs now" in ask(background_loop, slack, "U0DEV1", "rollback dev 3", "C0DEV")
+    ask(background_loop, slack, "U0DEV1", "rollback dev 1", "C0DEV")
+    plan = plan_message(slack, "C0DEV")
+    assert "helm rollback" in shown(plan) and "`v1.2.0` -> `v1.0.0`" in shown(plan)
+    background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+    release.wait_images("dev", **{s.replace("-", "_"): "v1.0.0" for s in SERVICES})
+    release.complete_rollouts("dev")
+    wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")), what="the result")
+
+
+def test_helm_failure_is_surfaced_in_the_thread(release: Release, slack: SlackWorkspace,
+                                                background_loop: BackgroundLoop, tmp_path: Path):
+    release.bot.stop()
+    broken = BotProcess({**release.env, "ERP_CHART": "/nonexistent/chart"}, tmp_path / "broken.log")
+    slack.bot_url = f"{broken.url}/slack/events"
+    try:
+        ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        plan = plan_message(slack, "C0DEV")
+        background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+        wait_until(lambda: "helm failed" in shown(plan_message(slack, "C0DEV")), what="the failure")
+        note = wait_until(lambda: slack.thread("C0DEV", plan.ts), what="helm's message")[0].text
+        assert "/nonexistent/chart" in note and "not found" in note
+        assert release.tags("dev")["employee"] == "v1.2.0"
+    finally:
+        broken.stop()
+
+
+def test_cancel_and_a_plan_cannot_run_twice(release: Release, slack: SlackWorkspace,
+                                            background_loop: BackgroundLoop):
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+    plan = plan_message(slack, "C0DEV")
+    stale = copy.deepcopy(plan)  # as a phone that has not refreshed still shows it
+    background_loop.run(slack.click("U0DEV1", plan, CANCEL_ACTION))
+    wait_until(lambda: "Cancelled by" in shown(plan_message(slack, "C0DEV")), what="the cancel")
+    background_loop.run(slack.click("U0DEV1", stale, CONFIRM_ACTION))
+    wait_until(lambda: any("already cancelled" in m.text for m in slack.ephemerals("U0DEV1")), what="the answer")
+    assert release.tags("dev")["employee"] == "v1.2.0"
+
+
+def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop, tmp_path: Path):
+    kube, helm = release.kube, release.helm
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "erp-chatops"}})
+    values = tmp_path / "bot-values.yaml"
+    values.write_text(json.dumps({"config": {"environments": {
+        env: {"namespace": ns, "release": "erp", "channel": "C0PROD" if env == "prod" else "C0DEV",
+              "approval": env == "prod", **({"approvers": ["U0APPR1"]} if env == "prod" else {})}
+        for env, ns in release.namespaces.items()}}}))
+    subprocess.run([helm, "upgrade", "--install", "bot", str(ROOT / "charts" / "erp-chatops"), "-n", "erp-chatops",
+                    "-f", str(values), "--kubeconfig", str(kube.kubeconfig)], check=True, capture_output=True)
+    token = kube.service_account_token("erp-chatops", "erp-chatops")
+    # nothing outside the ERP namespaces, and no secrets cluster-wide
+    assert kube.request("GET", "/api/v1/secrets", token=token)[0] == 403
+    assert kube.request("GET", "/api/v1/namespaces/kube-system/secrets", token=token)[0] == 403
+    assert kube.request("GET", "/api/v1/namespaces/erp-chatops/secrets", token=token)[0] == 403
+    assert kube.request("GET", f"/apis/apps/v1/namespaces/{release.namespaces['dev']}/deployments",
+                        token=token)[0] == 200
+    release.bot.stop()
+    bot = BotProcess({**release.env, "KUBECONFIG": str(kube.write_kubeconfig(token, "bot"))}, tmp_path / "bot-sa.log")
+    slack.bot_url = f"{bot.url}/slack/events"
+    try:
+        assert "revision *3*" in ask(background_loop, slack, "U0DEV1", "status dev", "C0DEV")
+        ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        background_loop.run(slack.click("U0DEV1", plan_message(slack, "C0DEV"), CONFIRM_ACTION))
+        release.wait_images("dev", employee="v1.1.0")  # helm ran as the bot's service account
+        release.complete_rollouts("dev")
+        wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")), what="the result")
+    finally:
+        bot.stop()
+
+
+def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop, tmp_path: Path):
+    release.bot.stop()
+    impatient = BotProcess({**release.env, "ROLLOUT_TIMEOUT_SECONDS": "2"}, tmp_path / "impatient.log")
+    slack.bot_url = f"{impatient.url}/slack/events"
+    try:
+        ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        background_loop.run(slack.click("U0DEV1", plan_message(slack, "C0DEV"), CONFIRM_ACTION))
+        # nobody plays the controller this time: the new generation is never rolled out
+        final = wait_until(lambda: "did not finish" in shown(plan_message(slack, "C0DEV"))
+                           and plan_message(slack, "C0DEV"), timeout=30, what="the time-out")
+        assert "within 2s" in shown(final) and "employee-service" in shown(final)
+        history = ask(background_loop, slack, "U0DEV1", "history employee dev", "C0DEV")
+        assert "tried to roll back employee in dev: failed (rollout timed out)" in history
+    finally:
+        impatient.stop()
+
+
+def test_an_unreachable_cluster_is_said_plainly(release: Release, slack: SlackWorkspace,
+                                                background_loop: BackgroundLoop, tmp_path: Path):
+    release.bot.stop()
+    dead = tmp_path / "dead-kubeconfig"
+    dead.write_text(release.kube.kubeconfig.read_text().replace(release.kube.url, "https://127.0.0.1:9"))
+    cut_off = BotProcess({**release.env, "KUBECONFIG": str(dead)}, tmp_path / "cut-off.log")
+    slack.bot_url = f"{cut_off.url}/slack/events"
+    try:
+        text = ask(background_loop, slack, "U0ONCALL", "status prod")
+        assert ":warning: cannot reach the cluster" in text or "helm could not read it" in text
+        answer = ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        assert "helm could not read the release" in answer
+        assert "Traceback" not in text + answer
+    finally:
+        cut_off.stop()

@@ -1,0 +1,133 @@
+"""The sandbox's stand-ins answer as the real services do: Slack's Block Kit limits, CodePipeline's protocol."""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from bot.slack.web_client import make_web_client
+from sandbox.block_kit_limits import validate_blocks, validate_view
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.slack_workspace import SlackWorkspace
+from tests.support import BOT_TOKEN, wait_until
+
+
+def section(text: str) -> dict:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def button(**extra: object) -> dict:
+    return {"type": "button", "text": {"type": "plain_text", "text": "Go"}, "action_id": "go", **extra}
+
+
+@pytest.mark.parametrize(("blocks", "error"), [
+    ([section("x")] * 51, "no more than 50 items"),
+    ([section("x" * 3001)], "less than 3001 characters"),
+    ([{"type": "section", "fields": [{"type": "mrkdwn", "text": "f"}] * 11}], "no more than 10 items"),
+    ([{"type": "section", "fields": [{"type": "mrkdwn", "text": "f" * 2001}]}], "less than 2001 characters"),
+    ([{"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}], "less than 151 characters"),
+    ([{"type": "header", "text": {"type": "mrkdwn", "text": "h"}}], "must be plain_text"),
+    ([{"type": "actions", "elements": [button(value="v" * 2001)]}], "at most 2000 characters"),
+    ([{"type": "actions", "elements": [button()] * 26}], "between 1 and 25 items"),
+    ([{"type": "actions", "elements": [button(style="green")]}], "must be primary or danger"),
+    ([{"type": "actions", "elements": [{"type": "button", "text": {"type": "plain_text", "text": "t" * 76},
+                                        "action_id": "a"}]}], "less than 76 characters"),
+    ([{"type": "actions", "elements": [button(confirm={"title": {"type": "plain_text", "text": "t"},
+                                                       "text": {"type": "mrkdwn", "text": "x" * 301},
+                                                       "confirm": {"type": "plain_text", "text": "ok"},
+                                                       "deny": {"type": "plain_text", "text": "no"}})]}],
+     "less than 301 characters"),
+    ([{"type": "context", "elements": [{"type": "mrkdwn", "text": "c"}] * 11}], "between 1 and 10 items"),
+    ([{"type": "video"}], "unsupported block type"),
+    ([{"type": "section", "block_id": "b" * 256, "text": {"type": "mrkdwn", "text": "x"}}], "at most 255"),
+])
+def test_block_kit_limits_as_slack_documents_them(blocks: list, error: str):
+    errors = validate_blocks(blocks)
+    assert errors and any(error in e for e in errors), errors
+
+
+def test_what_slack_accepts_passes():
+    ok = [{"type": "header", "text": {"type": "plain_text", "text": "Deploy"}}, section("x" * 3000),
+          {"type": "divider"}, {"type": "context", "elements": [{"type": "mrkdwn", "text": "c"}]},
+          {"type": "actions", "elements": [button(value="v" * 2000, style="danger")] * 25}]
+    assert validate_blocks(ok) == [] and validate_blocks([section("x")] * 100, "modal") == []
+    assert validate_view({"type": "modal", "title": {"type": "plain_text", "text": "t" * 25}, "blocks": []})
+
+
+@pytest.mark.filterwarnings("ignore:The top-level `text` argument is missing")  # the no_text case, on purpose
+async def test_the_web_api_refuses_what_slack_refuses(slack: SlackWorkspace):
+    client = make_web_client(BOT_TOKEN, f"{slack.base_url}/api/")
+    for call, error in ((client.chat_postMessage(channel="C0NOPE", text="x"), "channel_not_found"),
+                        (client.chat_postMessage(channel="C0DEV", text="x", blocks=[section("x" * 3001)]), "invalid_blocks"),
+                        (client.chat_postMessage(channel="C0DEV"), "no_text"),
+                        (client.chat_update(channel="C0DEV", ts="1.1", text="x"), "message_not_found"),
+                        (client.usergroups_users_list(usergroup="S0NOPE"), "no_such_subteam")):
+        try:
+            await call
+        except Exception as e:
+            assert error in str(e)
+        else:
+            raise AssertionError(f"expected {error}")
+    bad = make_web_client("xoxb-wrong", f"{slack.base_url}/api/")
+    try:
+        await bad.auth_test()
+    except Exception as e:
+        assert "invalid_auth" in str(e)
+
+
+def codepipeline(pipeline: PipelineStandIn):  # type: ignore[no-untyped-def]
+    return boto3.client("codepipeline", endpoint_url=pipeline.url)
+
+
+def test_stand_in_speaks_codepipeline(pipeline: PipelineStandIn):
+    cp = codepipeline(pipeline)
+    with pytest.raises(ClientError, match="PipelineNotFoundException"):
+        cp.start_pipeline_execution(name="nope")
+    with pytest.raises(ClientError, match="ValidationException"):
+        cp.start_pipeline_execution(name="erp-pipeline", variables=[{"name": "COLOUR", "value": "red"}])
+    token = "same-request"
+    first = cp.start_pipeline_execution(name="erp-pipeline", clientRequestToken=token, variables=[
+        {"name": "ENVIRONMENT", "value": "prod"}, {"name": "SERVICE", "value": "employee"}])
+    again = cp.start_pipeline_execution(name="erp-pipeline", clientRequestToken=token)
+    assert first["pipelineExecutionId"] == again["pipelineExecutionId"]  # idempotent
+    execution_id = first["pipelineExecutionId"]
+
+    def approval_token() -> str | None:
+        stage = next(s for s in cp.get_pipeline_state(name="erp-pipeline")["stageStates"]
+                     if s["stageName"] == "Approval")
+        return stage["actionStates"][0].get("latestExecution", {}).get("token")
+
+    approval = wait_until(approval_token, what="the approval stage")
+    with pytest.raises(ClientError, match="InvalidApprovalTokenException"):
+        cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                               token="not-the-token", result={"summary": "x", "status": "Approved"})
+    cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                           token=approval, result={"summary": "ok", "status": "Approved"})
+    with pytest.raises(ClientError, match="ApprovalAlreadyCompletedException"):
+        cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                               token=approval, result={"summary": "again", "status": "Rejected"})
+    wait_until(lambda: cp.get_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=execution_id)
+               ["pipelineExecution"]["status"] == "Succeeded", what="success")
+    execution = cp.get_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=execution_id)
+    variables = {v["name"]: v["resolvedValue"] for v in execution["pipelineExecution"]["variables"]}
+    assert variables["ENVIRONMENT"] == "prod" and variables["SLACK_THREAD_TS"] == " "
+
+
+def test_stand_in_stops_and_lists(pipeline: PipelineStandIn):
+    cp = codepipeline(pipeline)
+    running = cp.start_pipeline_execution(name="erp-pipeline", variables=[{"name": "ENVIRONMENT", "value": "prod"}])
+    time.sleep(0.3)
+    cp.stop_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=running["pipelineExecutionId"],
+                               reason="wrong branch")
+    wait_until(lambda: cp.get_pipeline_execution(pipelineName="erp-pipeline",
+                                                 pipelineExecutionId=running["pipelineExecutionId"])
+               ["pipelineExecution"]["status"] == "Stopped", what="the stop")
+    with pytest.raises(ClientError, match="PipelineExecutionNotStoppableException"):
+        cp.stop_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=running["pipelineExecutionId"])
+    listed = cp.list_pipeline_executions(pipelineName="erp-pipeline")["pipelineExecutionSummaries"]
+    assert listed[0]["pipelineExecutionId"] == running["pipelineExecutionId"] and listed[0]["status"] == "Stopped"
+    states = [e["detail"]["state"] for e in pipeline.emitted if e["detail-type"].endswith("Pipeline Execution State Change")]
+    assert states[-1] == "STOPPED"
