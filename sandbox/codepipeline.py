@@ -67,6 +67,7 @@ class ActionRun:
     external_id: str | None = None
     external_url: str | None = None
     updated: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -204,6 +205,62 @@ class PipelineStandIn:
              "trigger": {"triggerType": e.trigger_type, "triggerDetail": e.trigger_detail},
              "executionMode": self.pipeline.get("executionMode", "PARALLEL")} for e in page]}
 
+    @property
+    def parallel(self) -> bool:
+        """PARALLEL mode: botocore's PutApprovalResult documentation says the approval token "is not
+        available" from GetPipelineState there; ListActionExecutions' externalExecutionId is the token."""
+        return self.pipeline.get("executionMode", "SUPERSEDED") == "PARALLEL"
+
+    async def op_GetPipeline(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_pipeline(body.get("name"))
+        return {"pipeline": {**self.pipeline, "version": 1},
+                "metadata": {"pipelineArn": self._pipeline_arn(), "created": _epoch(time.time() - 86400),
+                             "updated": _epoch(time.time() - 86400)}}
+
+    async def op_ListActionExecutions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Newest first; `filter.pipelineExecutionId` keeps one execution's; maxResults 1..100 (default 100);
+        nextToken only as this stand-in returned it (the API model's errors for the rest)."""
+        self._check_pipeline(body.get("pipelineName"))
+        limit = body.get("maxResults", 100)
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise PipelineError("ValidationException", "1 validation error detected: Value at 'maxResults' failed"
+                                                       " to satisfy constraint: Member must have value between 1"
+                                                       " and 100")
+        wanted = (body.get("filter") or {}).get("pipelineExecutionId")
+        executions = [self._execution(wanted)] if wanted else list(self.executions.values())
+        runs = sorted(((e, run) for e in executions for run in e.actions.values()),
+                      key=lambda pair: pair[1].started, reverse=True)
+        first = 0
+        if body.get("nextToken") is not None:
+            token = str(body["nextToken"])
+            if not token.startswith("page-") or not token[5:].isdigit():
+                raise PipelineError("InvalidNextTokenException", "The next token was specified in an invalid"
+                                                                 " format")
+            first = int(token[5:])
+        page = runs[first:first + limit]
+        more = {"nextToken": f"page-{first + limit}"} if first + limit < len(runs) else {}
+        return {**more, "actionExecutionDetails": [self._action_detail(e, run) for e, run in page]}
+
+    def _action_detail(self, e: Execution, run: ActionRun) -> dict[str, Any]:
+        declared = next(a for s in self.pipeline["stages"] if s["name"] == run.stage
+                        for a in s["actions"] if a["name"] == run.action)
+        result: dict[str, Any] = {}
+        if run.token and run.status == "InProgress":
+            result["externalExecutionId"] = run.token  # what PutApprovalResult takes in PARALLEL mode
+        elif run.external_id:
+            result["externalExecutionId"] = run.external_id
+        if run.summary:
+            result["externalExecutionSummary"] = run.summary
+        if run.external_url:
+            result["externalExecutionUrl"] = run.external_url
+        return {"pipelineExecutionId": e.id, "actionExecutionId": run.action_execution_id, "pipelineVersion": 1,
+                "stageName": run.stage, "actionName": run.action, "startTime": _epoch(run.started),
+                "lastUpdateTime": _epoch(run.updated), "status": run.status,
+                "input": {"actionTypeId": declared["actionTypeId"],
+                          "configuration": declared.get("configuration", {}),
+                          "inputArtifacts": [{"name": a["name"]} for a in declared.get("inputArtifacts", [])]},
+                "output": {"executionResult": result}}
+
     async def op_GetPipelineState(self, body: dict[str, Any]) -> dict[str, Any]:
         self._check_pipeline(body.get("name"))
         stages = []
@@ -219,7 +276,8 @@ class PipelineStandIn:
                         "actionExecutionId": run.action_execution_id, "status": run.status,
                         "lastStatusChange": _epoch(run.updated),
                         **({"summary": run.summary} if run.summary else {}),
-                        **({"token": run.token} if run.token and run.status == "InProgress" else {}),
+                        **({"token": run.token} if run.token and run.status == "InProgress"
+                           and not self.parallel else {}),
                         **({"externalExecutionId": run.external_id} if run.external_id else {}),
                         **({"externalExecutionUrl": run.external_url} if run.external_url else {}),
                     }
@@ -364,6 +422,8 @@ class PipelineStandIn:
                 ok = True
                 for action in stage["actions"]:
                     run = ActionRun(stage=stage["name"], action=action["name"])
+                    if action["actionTypeId"]["category"] == "Approval":
+                        run.token = str(uuid.uuid4())  # the request exists once the action has started
                     e.actions[(stage["name"], action["name"])] = run
                     await self._action_event(e, run, action, "STARTED")
                     ok, error_code = await self._run_action(e, run, action)
@@ -398,7 +458,6 @@ class PipelineStandIn:
             run.external_url = f"https://github.com/erp-team/erp-platform/commit/{e.revision}"
             return True, None
         if category == "Approval":
-            run.token = str(uuid.uuid4())
             e.decision = asyncio.get_running_loop().create_future()
             status, summary = await e.decision
             run.summary = summary

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bot.aws.clients import AwsClients
 
 APPROVAL_STAGE = "Approval"  # the stage and its manual-approval action (infra/pipeline.json)
 
 
 async def approval_token(aws: AwsClients, pipeline: str, execution_id: str) -> str | None:
-    """The token PutApprovalResult needs for this execution's open approval; None if it has none open."""
+    """The token PutApprovalResult needs for this execution's open approval; None if it has none open.
+
+    Our pipeline runs in PARALLEL mode, where (botocore's PutApprovalResult documentation) the token
+    "is not available" from GetPipelineState: "use the externalExecutionId in the response output from
+    the ListActionExecutions action as the token". Each execution's approval is found by its own id,
+    whichever execution entered the stage last. A pipeline in another mode still carries the token in
+    GetPipelineState, for the execution the stage holds: that is the fallback.
+    """
+    params: dict[str, Any] = {"pipelineName": pipeline, "filter": {"pipelineExecutionId": execution_id},
+                              "maxResults": 100}
+    while True:
+        page = await aws.call("codepipeline", "list_action_executions", **params)
+        for detail in page.get("actionExecutionDetails", []):
+            if (detail.get("stageName"), detail.get("actionName"), detail.get("status")) != \
+                    (APPROVAL_STAGE, APPROVAL_STAGE, "InProgress"):
+                continue
+            token = ((detail.get("output") or {}).get("executionResult") or {}).get("externalExecutionId")
+            if token:
+                return str(token)
+        if not page.get("nextToken"):
+            break
+        params["nextToken"] = page["nextToken"]
+    return await _token_in_pipeline_state(aws, pipeline, execution_id)
+
+
+async def _token_in_pipeline_state(aws: AwsClients, pipeline: str, execution_id: str) -> str | None:
     state = await aws.call("codepipeline", "get_pipeline_state", name=pipeline)
     for stage in state.get("stageStates", []):
         if stage.get("stageName") != APPROVAL_STAGE:

@@ -149,6 +149,32 @@ def test_two_approvers_at_once_one_wins(bot: BotProcess, slack: SlackWorkspace, 
     assert execution.actions[("Approval", "Approval")].status == "Succeeded"
 
 
+def test_two_prod_deploys_waiting_at_once_are_each_approved_from_their_own_card(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    """The pipeline runs in PARALLEL mode: each execution's approval has its own token, which only
+    ListActionExecutions gives (GetPipelineState shows none), whichever execution entered the stage last."""
+    def waiting_cards() -> list[Message] | None:
+        cards = [m for m in slack.channel_messages("C0PROD") if "Waiting for approval" in card_text(m)]
+        return cards if len(cards) == 2 else None
+
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    wait_for_card(slack, "C0PROD", "Waiting for approval")
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy notification prod")
+    cards = wait_until(waiting_cards, what="two cards waiting for approval")
+    by_service = {("employee" if "employee" in card_text(c) else "notification"): c for c in cards}
+    # the older execution first: the newer one is the stage's latest, which the older's token is not
+    background_loop.run(slack.click("U0APPR1", by_service["employee"], APPROVE_ACTION))
+    wait_until(lambda: "Succeeded" in card_text(slack.find("C0PROD", by_service["employee"].ts)),
+               what="the employee deploy to succeed")
+    background_loop.run(slack.click("U0ONCALL", by_service["notification"], APPROVE_ACTION))
+    wait_until(lambda: "Succeeded" in card_text(slack.find("C0PROD", by_service["notification"].ts)),
+               what="the notification deploy to succeed")
+    summaries = {e.variables["SERVICE"]: e.actions[("Approval", "Approval")].summary or ""
+                 for e in pipeline.executions.values()}
+    assert "(U0APPR1)" in summaries["employee"] and "(U0ONCALL)" in summaries["notification"]
+    assert not [m for u in ("U0APPR1", "U0ONCALL") for m in slack.ephemerals(u) if "no longer open" in m.text]
+
+
 def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, slack: SlackWorkspace,
                                                                background_loop: BackgroundLoop,
                                                                pipeline: PipelineStandIn):

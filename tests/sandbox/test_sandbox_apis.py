@@ -96,9 +96,10 @@ def test_stand_in_speaks_codepipeline(pipeline: PipelineStandIn):
     execution_id = first["pipelineExecutionId"]
 
     def approval_token() -> str | None:
-        stage = next(s for s in cp.get_pipeline_state(name="erp-pipeline")["stageStates"]
-                     if s["stageName"] == "Approval")
-        return stage["actionStates"][0].get("latestExecution", {}).get("token")
+        details = cp.list_action_executions(pipelineName="erp-pipeline",
+                                            filter={"pipelineExecutionId": execution_id})["actionExecutionDetails"]
+        open_ = [d for d in details if d["stageName"] == "Approval" and d["status"] == "InProgress"]
+        return open_[0]["output"]["executionResult"]["externalExecutionId"] if open_ else None
 
     approval = wait_until(approval_token, what="the approval stage")
     with pytest.raises(ClientError, match="InvalidApprovalTokenException"):
@@ -131,3 +132,58 @@ def test_stand_in_stops_and_lists(pipeline: PipelineStandIn):
     assert listed[0]["pipelineExecutionId"] == running["pipelineExecutionId"] and listed[0]["status"] == "Stopped"
     states = [e["detail"]["state"] for e in pipeline.emitted if e["detail-type"].endswith("Pipeline Execution State Change")]
     assert states[-1] == "STOPPED"
+
+
+def _approval_stage(cp):  # type: ignore[no-untyped-def]
+    return next(s for s in cp.get_pipeline_state(name="erp-pipeline")["stageStates"] if s["stageName"] == "Approval")
+
+
+def test_parallel_mode_approvals_as_aws_documents_them(pipeline: PipelineStandIn):
+    """botocore's PutApprovalResult documentation: for a pipeline in PARALLEL mode the token is not available
+    from GetPipelineState; use the externalExecutionId that ListActionExecutions gives as the token."""
+    cp = codepipeline(pipeline)
+    assert cp.get_pipeline(name="erp-pipeline")["pipeline"]["executionMode"] == "PARALLEL"
+    first, second = (cp.start_pipeline_execution(name="erp-pipeline", variables=[
+        {"name": "ENVIRONMENT", "value": "prod"}, {"name": "SERVICE", "value": s}])["pipelineExecutionId"]
+        for s in ("employee", "notification"))
+
+    def open_approval(execution_id: str) -> dict | None:
+        pages = cp.get_paginator("list_action_executions").paginate(
+            pipelineName="erp-pipeline", filter={"pipelineExecutionId": execution_id},
+            PaginationConfig={"PageSize": 1})
+        details = [d for page in pages for d in page["actionExecutionDetails"]]
+        assert {d["pipelineExecutionId"] for d in details} <= {execution_id}  # the filter holds
+        return next((d for d in details if d["stageName"] == "Approval" and d["status"] == "InProgress"), None)
+
+    waiting = {e: wait_until(lambda e=e: open_approval(e), what="both approvals") for e in (first, second)}
+    # paging one detail at a time reached Source and Build too
+    assert len(cp.list_action_executions(pipelineName="erp-pipeline", filter={"pipelineExecutionId": first},
+                                         maxResults=1)["actionExecutionDetails"]) == 1
+    # GetPipelineState shows the stage, without a token
+    latest = _approval_stage(cp)["actionStates"][0].get("latestExecution", {})
+    assert latest.get("status") == "InProgress" and "token" not in latest
+    tokens = {e: d["output"]["executionResult"]["externalExecutionId"] for e, d in waiting.items()}
+    assert tokens[first] != tokens[second]
+    # the older execution is approved with its own token, though the newer one entered the stage last
+    cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                           token=tokens[first], result={"summary": "ok", "status": "Approved"})
+    cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                           token=tokens[second], result={"summary": "no", "status": "Rejected"})
+    for execution_id, status in ((first, "Succeeded"), (second, "Failed")):
+        wait_until(lambda e=execution_id, s=status: cp.get_pipeline_execution(
+            pipelineName="erp-pipeline", pipelineExecutionId=e)["pipelineExecution"]["status"] == s, what=status)
+
+
+def test_list_action_executions_refuses_what_aws_refuses(pipeline: PipelineStandIn):
+    cp = codepipeline(pipeline)
+    with pytest.raises(ClientError, match="PipelineNotFoundException"):
+        cp.list_action_executions(pipelineName="nope")
+    with pytest.raises(ClientError, match="PipelineExecutionNotFoundException"):
+        cp.list_action_executions(pipelineName="erp-pipeline",
+                                  filter={"pipelineExecutionId": "00000000-0000-0000-0000-000000000000"})
+    with pytest.raises(ClientError, match="InvalidNextTokenException"):
+        cp.list_action_executions(pipelineName="erp-pipeline", nextToken="not-a-token-it-gave")
+    raw = boto3.client("codepipeline", endpoint_url=pipeline.url,
+                       config=__import__("botocore.config", fromlist=["Config"]).Config(parameter_validation=False))
+    with pytest.raises(ClientError, match="ValidationException"):
+        raw.list_action_executions(pipelineName="erp-pipeline", maxResults=101)  # 1..100 in the API model

@@ -25,7 +25,7 @@ data "aws_iam_policy_document" "bot_trust" {
 data "aws_iam_policy_document" "bot" {
   statement {
     sid       = "DeployAndReadThePipeline"
-    actions   = ["codepipeline:StartPipelineExecution", "codepipeline:GetPipelineState", "codepipeline:GetPipelineExecution", "codepipeline:ListPipelineExecutions"]
+    actions   = ["codepipeline:StartPipelineExecution", "codepipeline:GetPipelineState", "codepipeline:GetPipelineExecution", "codepipeline:ListPipelineExecutions", "codepipeline:ListActionExecutions"]
     resources = [local.pipeline_arn]
   }
   statement {
