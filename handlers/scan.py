@@ -78,7 +78,7 @@ async def scan(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     except BotoCoreError as e:
         await answer(f":warning: I can't reach ECR right now ({type(e).__name__}); try again in a minute.")
         return
-    if not report.complete:
+    if report.pending:
         button = ButtonElement(text="Post the result here when done", action_id=NOTIFY_ACTION,
                                value=f"{repository} {tag}")
         blocks = [SectionBlock(text=f":hourglass_flowing_sand: The scan of `{repository}:{short_tag(tag)}` is still"
@@ -86,8 +86,8 @@ async def scan(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
                   ActionsBlock(elements=[button])]
         await answer("The scan is still running.", [b.to_dict() for b in blocks])
         return
-    await answer(f"Scan of {repository}:{short_tag(tag)}: {'blocks' if report.blocking else 'passes'} the gate",
-                 report_blocks(report, command.service))
+    outcome = "the scan failed" if report.failed else "blocks the gate" if report.blocking else "passes the gate"
+    await answer(f"Scan of {repository}:{short_tag(tag)}: {outcome}", report_blocks(report, command.service))
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

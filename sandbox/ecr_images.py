@@ -71,8 +71,14 @@ def findings_for(repository: str, tag: str, critical: int = 0) -> tuple[dict[str
     return counts, findings
 
 
-def publish_image(aws: AwsClients, repository: str, tag: str, critical: int = 0) -> tuple[dict[str, int], str]:
-    """Push an image (its manifest) to ECR, scan it, and configure its findings; returns (counts, digest)."""
+def publish_image(aws: AwsClients, repository: str, tag: str, critical: int = 0, *, status: str = "COMPLETE",
+                  description: str | None = None) -> tuple[dict[str, int], str]:
+    """Push an image (its manifest) to ECR, scan it, and configure its findings; returns (counts, digest).
+
+    `status` is ECR's scan status (botocore's ECR model, ScanStatus): COMPLETE for basic scanning, ACTIVE
+    for enhanced (Inspector) scanning, which reports its findings as `enhancedFindings`; a status where the
+    scan could not run (FAILED, UNSUPPORTED_IMAGE, ...) has no findings, only the status's description.
+    """
     ecr = aws.client("ecr")
     manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 7023,
@@ -85,13 +91,23 @@ def publish_image(aws: AwsClients, repository: str, tag: str, critical: int = 0)
     digest = pushed["image"]["imageId"]["imageDigest"]
     ecr.start_image_scan(repositoryName=repository, imageId={"imageTag": tag})
     counts, findings = findings_for(repository, tag, critical)
+    found: dict[str, Any] = {"imageScanCompletedAt": datetime.now(UTC).timestamp(),
+                             "vulnerabilitySourceUpdatedAt": datetime.now(UTC).timestamp(),
+                             "findingSeverityCounts": counts}
+    if status == "ACTIVE":
+        found["enhancedFindings"] = [_as_enhanced(f, repository) for f in findings]
+        default = "Continuous scan is selected for image."
+    elif status == "COMPLETE":
+        found["findings"] = findings
+        default = "The scan was completed successfully."
+    else:
+        found, counts = {}, {}
+        default = f"The scan could not run ({status})."
     result = {
         "registryId": pushed["image"]["registryId"], "repositoryName": repository,
         "imageId": {"imageDigest": digest, "imageTag": tag},
-        "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
-        "imageScanFindings": {"imageScanCompletedAt": datetime.now(UTC).timestamp(),
-                              "vulnerabilitySourceUpdatedAt": datetime.now(UTC).timestamp(),
-                              "findingSeverityCounts": counts, "findings": findings},
+        "imageScanStatus": {"status": status, "description": description or default},
+        **({"imageScanFindings": found} if found else {}),
     }
     endpoint = ecr.meta.endpoint_url
     request = urllib.request.Request(  # noqa: S310 - moto's own API on loopback
@@ -107,3 +123,16 @@ def create_repositories(aws: AwsClients, services: list[str]) -> None:
     for service in services:
         ecr.create_repository(repositoryName=repository_of(service),
                               imageScanningConfiguration={"scanOnPush": True})
+
+
+def _as_enhanced(basic: dict[str, Any], repository: str) -> dict[str, Any]:
+    """A basic finding as Inspector reports it under enhanced scanning (ECR's EnhancedImageScanFinding)."""
+    attrs = {a["key"]: a["value"] for a in basic["attributes"]}
+    return {"awsAccountId": "806332783810", "severity": basic["severity"], "score": float(attrs["CVSS3_SCORE"]),
+            "status": "ACTIVE", "title": f"{basic['name']} - {attrs['package_name']}", "type": "PACKAGE_VULNERABILITY",
+            "description": basic["description"],
+            "resources": [{"type": "AWS_ECR_CONTAINER_IMAGE", "id": f"arn:aws:ecr:ap-northeast-2:806332783810:"
+                                                                    f"repository/{repository}"}],
+            "packageVulnerabilityDetails": {
+                "vulnerabilityId": basic["name"].split("#")[0], "source": "NVD", "sourceUrl": basic["uri"],
+                "vulnerablePackages": [{"name": attrs["package_name"], "version": attrs["package_version"]}]}}

@@ -22,15 +22,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import yaml
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import ClientError
 
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
-from bot.delivery.scan_report import finding_line, severity_counts
+from bot.delivery.scan_report import FINISHED, ScanReport, finding_line, scan_failed, severity_counts
 
 DEFAULT_CHART = "charts/erp"
 # A change under these paths rebuilds every service (shared code and build files).
@@ -108,17 +109,15 @@ def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: i
         repo = repositories[service]
         try:
             ecr.start_image_scan(repositoryName=repo, imageId={"imageTag": tag})
-        except ClientError as e:  # scan on push already started it, or it ran today
-            if e.response["Error"]["Code"] not in ("LimitExceededException", "ScanNotFoundException"):
+        except ClientError as e:
+            # scan on push already ran it today (LimitExceeded); the image cannot be scanned (its status says
+            # why, and the gate fails closed on it); enhanced scanning scans by itself (StartImageScan starts
+            # only basic scans, botocore's ECR documentation)
+            if e.response["Error"]["Code"] not in ("LimitExceededException", "ScanNotFoundException",
+                                                   "UnsupportedImageTypeException", "ImageArchivedException",
+                                                   "ValidationException"):
                 raise
-        delay = 5
-        try:
-            ecr.get_waiter("image_scan_complete").wait(
-                repositoryName=repo, imageId={"imageTag": tag},
-                WaiterConfig={"Delay": delay, "MaxAttempts": max(1, wait_seconds // delay)})
-        except WaiterError as e:
-            raise StepFailed(f"the scan of {repo}:{tag[:7]} did not complete within {wait_seconds}s ({e})") from None
-        report = read_findings(ecr, repo, {"imageTag": tag})
+        report = _wait_for_scan(ecr, repo, tag, wait_seconds)
         verdict = "BLOCKED" if report.blocking else "passed"
         top = "\n".join(finding_line(f) for f in report.top(3))
         notifier.post(f":shield: Scan of `{repo}:{tag[:7]}`: {severity_counts(report.counts)} -> {verdict}"
@@ -129,6 +128,30 @@ def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: i
                            + "; ".join(f"{f.id} in {f.package}" for f in report.top(3)) + ")")
     if blocked:
         raise StepFailed("CRITICAL findings, not deploying: " + ", ".join(blocked))
+
+
+def _wait_for_scan(ecr: Any, repo: str, tag: str, wait_seconds: int, delay: float = 5.0) -> ScanReport:
+    """The image's scan once it has finished, bounded by `wait_seconds`. Not botocore's ImageScanComplete
+    waiter: it knows only COMPLETE and FAILED, so enhanced scanning (ACTIVE, never COMPLETE) would wait to the
+    end and UNSUPPORTED_IMAGE would never end. A scan that cannot run stops the gate at once (fail closed)."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            status = ecr.describe_image_scan_findings(repositoryName=repo, imageId={"imageTag": tag},
+                                                      maxResults=1).get("imageScanStatus", {})
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ScanNotFoundException":  # not started yet, right after the push
+                raise
+            status = {"status": "PENDING"}
+        state = str(status.get("status", "PENDING"))
+        if state in FINISHED:
+            return read_findings(ecr, repo, {"imageTag": tag})
+        if scan_failed(state):
+            why = f": {status['description']}" if status.get("description") else ""
+            raise StepFailed(f"the scan of {repo}:{tag[:7]} {state}{why}; the gate fails closed, not deploying")
+        if time.monotonic() + delay > deadline:
+            raise StepFailed(f"the scan of {repo}:{tag[:7]} did not finish within {wait_seconds}s (still {state})")
+        time.sleep(delay)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.delivery.pipeline_events import PipelineEvent
+from bot.delivery.scan_report import scan_failed
 
 STAGES = ("Source", "Build", "Approval", "Deploy")
 TERMINAL_STATUS = ("Succeeded", "Failed", "Stopped", "Superseded")
@@ -64,10 +65,15 @@ class ScanLine:
     repository: str
     counts: dict[str, int]
     at: str
+    status: str = "COMPLETE"  # the event's scan-status
+
+    @property
+    def failed(self) -> bool:
+        return scan_failed(self.status)
 
     @property
     def blocking(self) -> bool:
-        return self.counts.get("CRITICAL", 0) > 0
+        return self.failed or self.counts.get("CRITICAL", 0) > 0  # a scan that could not run fails closed
 
 
 @dataclass
@@ -199,12 +205,16 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
     elif event.kind == "scan":
         repo = str(event.detail.get("repository-name"))
         counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()}
-        card.scans[repo] = ScanLine(repository=repo, counts=counts, at=when)
-        verdict = ":no_entry: *blocks the deploy* (CRITICAL findings)" if counts.get("CRITICAL") else \
-            ":white_check_mark: passes the gate (no CRITICAL findings)"
+        line = ScanLine(repository=repo, counts=counts, at=when, status=event.state or "COMPLETE")
+        card.scans[repo] = line
         tag = next(iter(event.detail.get("image-tags") or []), None) or card.commit or ""
-        notes += card.note(f"scan:{repo}", f":shield: Scan of `{repo}:{tag[:7]}`: "
-                                           f"{severity_line(counts)}. {verdict}")
+        if line.failed:
+            text = f":no_entry: *Scan failed* for `{repo}:{tag[:7]}` (`{line.status}`): the gate fails closed"
+        else:
+            verdict = ":no_entry: *blocks the deploy* (CRITICAL findings)" if counts.get("CRITICAL") else \
+                ":white_check_mark: passes the gate (no CRITICAL findings)"
+            text = f":shield: Scan of `{repo}:{tag[:7]}`: {severity_line(counts)}. {verdict}"
+        notes += card.note(f"scan:{repo}", text)
     return notes
 
 

@@ -13,6 +13,17 @@ from datetime import datetime
 from typing import Any
 
 SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
+# ECR's scan statuses (botocore's ECR model, ScanStatus). Enhanced scanning (Inspector) reports ACTIVE,
+# never COMPLETE. Every other status means there are no findings to judge by: the gate fails closed.
+FINISHED = frozenset({"COMPLETE", "ACTIVE"})
+PENDING = frozenset({"IN_PROGRESS", "PENDING"})
+# Scan events: ECR's say COMPLETE or FAILED; Inspector's (enhanced) say INITIAL_SCAN_COMPLETE.
+EVENT_FINISHED = FINISHED | {"INITIAL_SCAN_COMPLETE"}
+
+
+def scan_failed(status: str) -> bool:
+    """A scan status (from the API or an event) that leaves nothing to judge the image by."""
+    return status not in EVENT_FINISHED and status not in PENDING
 RANK = {s: i for i, s in enumerate(SEVERITIES)}
 TOP = 5
 
@@ -41,12 +52,21 @@ class ScanReport:
     description: str | None = None
 
     @property
-    def blocking(self) -> bool:
-        return self.counts.get("CRITICAL", 0) > 0
+    def finished(self) -> bool:
+        return self.status in FINISHED
 
     @property
-    def complete(self) -> bool:
-        return self.status in ("COMPLETE", "ACTIVE")
+    def pending(self) -> bool:
+        return self.status in PENDING
+
+    @property
+    def failed(self) -> bool:
+        """The scan could not run (FAILED, UNSUPPORTED_IMAGE, ...): nothing says the image is safe."""
+        return scan_failed(self.status)
+
+    @property
+    def blocking(self) -> bool:
+        return self.failed or self.counts.get("CRITICAL", 0) > 0
 
     def top(self, n: int = TOP) -> list[Finding]:
         return sorted(self.findings, key=lambda f: (RANK.get(f.severity, 9), -(f.score or 0), f.id))[:n]
@@ -109,6 +129,11 @@ def severity_counts(counts: dict[str, int]) -> str:
 
 
 def verdict(report: ScanReport) -> str:
+    if report.failed:
+        why = f": {report.description}" if report.description else ""
+        return f":no_entry: *Scan failed* (`{report.status}`{why}): the gate fails closed, this image is not deployed"
+    if report.pending:
+        return f":hourglass_flowing_sand: *Scan {report.status.lower().replace('_', ' ')}*: no verdict yet"
     if report.blocking:
         return f":no_entry: *Blocks the deploy*: {report.counts['CRITICAL']} CRITICAL finding(s)"
     return ":white_check_mark: *Passes the gate*: no CRITICAL findings"

@@ -83,9 +83,11 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
             fields.append(MarkdownTextObject(text="*Approval*\nwaiting" if a.requested_at else "*Approval*\nnot yet"))
     if card.scans:
         worst = {k: sum(s.counts.get(k, 0) for s in card.scans.values()) for k in ("CRITICAL", "HIGH")}
-        icon = ":no_entry:" if worst["CRITICAL"] else ":shield:"
+        failed = [s for s in card.scans.values() if s.failed]
+        icon = ":no_entry:" if worst["CRITICAL"] or failed else ":shield:"
+        summary = f"{len(failed)} scan failed" if failed else f"{worst['CRITICAL']} critical · {worst['HIGH']} high"
         fields.append(MarkdownTextObject(text=f"*Scan* ({len(card.scans)} image{'s' if len(card.scans) > 1 else ''})\n"
-                                              f"{icon} {worst['CRITICAL']} critical · {worst['HIGH']} high"))
+                                              f"{icon} {summary}"))
     stage_names = [s for s in STAGES if s != "Approval" or card.needs_approval or card.environment == "prod"]
     chips = []
     for name in stage_names:

@@ -44,7 +44,9 @@ def main(argv: list[str]) -> int:
 
         service = repository.removeprefix("erp/").removesuffix("-service")
         critical = 1 if service in os.environ.get("CRITICAL_SERVICES", "").split(",") else 0
-        publish_image(AwsClients(), repository, tag, critical=critical)
+        statuses = dict(pair.split("=", 1) for pair in os.environ.get("SCAN_STATUSES", "").split(",") if "=" in pair)
+        publish_image(AwsClients(), repository, tag, critical=critical, status=statuses.get(service, "COMPLETE"),
+                      description=os.environ.get("SCAN_DESCRIPTION"))
         print(f"{tag}: digest: sha256:... size: 1234")
         return 0
     return 0

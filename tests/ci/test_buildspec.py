@@ -145,6 +145,35 @@ def test_service_override_and_shared_code(repo: dict[str, object], build: dict[s
     assert result.succeeded and result.exported["BUILT_SERVICES"] == "" and result.exported["IMAGE_TAGS"] == ""
 
 
+@pytest.mark.parametrize(("status", "description"), [
+    ("UNSUPPORTED_IMAGE", "UnsupportedImageError: The operating system and/or package manager are not supported."),
+    ("FAILED", "The scan failed: an internal error occurred"),
+])
+def test_a_scan_that_cannot_run_fails_the_gate_at_once_with_the_reason(
+        repo: dict[str, object], build: dict[str, object], slack: SlackWorkspace, status: str, description: str):
+    build["environ"]["SCAN_STATUSES"] = f"employee={status}"  # type: ignore[index]
+    build["environ"]["SCAN_DESCRIPTION"] = description  # type: ignore[index]
+    started = time.monotonic()
+    result = run(repo, build, SERVICE="employee", SCAN_WAIT_SECONDS="120")
+    took = time.monotonic() - started
+    assert result.phases["build"] == "FAILED", result.output
+    assert f"the scan of erp/employee-service:{str(repo['second'])[:7]} {status}" in result.output
+    assert description in result.output
+    assert took < 60, f"the gate waited {took:.0f}s for a scan that had already failed"  # fail fast, not at 120 s
+    messages = thread(slack, str(build["card_ts"]))
+    assert any(m.startswith(":x: scan-gate:") and status in m for m in messages)
+    assert not any("passed" in m for m in messages if "Scan of" in m)
+
+
+def test_enhanced_scanning_reports_active_and_passes_the_gate(repo: dict[str, object], build: dict[str, object],
+                                                              slack: SlackWorkspace):
+    build["environ"]["SCAN_STATUSES"] = "employee=ACTIVE"  # type: ignore[index]
+    result = run(repo, build, SERVICE="employee", SCAN_WAIT_SECONDS="60")
+    assert result.succeeded, result.output
+    verdict = next(m for m in thread(slack, str(build["card_ts"])) if "Scan of `erp/employee-service" in m)
+    assert "passed" in verdict and "2 high" in verdict
+
+
 def test_critical_finding_stops_the_build_with_the_findings(repo: dict[str, object], build: dict[str, object],
                                                             slack: SlackWorkspace):
     build["environ"]["CRITICAL_SERVICES"] = "approval-request"  # type: ignore[index]

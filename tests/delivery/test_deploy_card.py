@@ -28,9 +28,10 @@ def record_prod_execution(loop: BackgroundLoop, queue_url: str, approve: bool = 
                                    trigger_type="StartPipelineExecution", trigger_detail="test")
         while execution.decision is None:
             await asyncio.sleep(0.01)
-        state = await stand_in.op_GetPipelineState({"name": "erp-pipeline"})
-        [approval] = [s for s in state["stageStates"] if s["stageName"] == "Approval"]
-        token = approval["actionStates"][0]["latestExecution"]["token"]
+        listed = await stand_in.op_ListActionExecutions({"pipelineName": "erp-pipeline",
+                                                         "filter": {"pipelineExecutionId": execution.id}})
+        [approval] = [d for d in listed["actionExecutionDetails"] if d["stageName"] == "Approval"]
+        token = approval["output"]["executionResult"]["externalExecutionId"]  # PARALLEL mode's token
         await stand_in.op_PutApprovalResult({
             "pipelineName": "erp-pipeline", "stageName": "Approval", "actionName": "Approval", "token": token,
             "result": {"status": "Approved" if approve else "Rejected", "summary": "by test"}})
@@ -155,3 +156,27 @@ def test_unknown_event_types_are_ignored_and_inspector_arns_read():
                    "repository-name": "arn:aws:ecr:ap-northeast-2:806332783810:repository/erp/employee-service",
                    "finding-severity-counts": {"CRITICAL": 0, "HIGH": 1, "TOTAL": 1}}}))
     assert event is not None and event.detail["repository-name"] == "erp/employee-service"
+
+
+def _scan_event(status: str, counts: dict[str, int], detail_type: str = "ECR Image Scan") -> PipelineEvent:
+    event = parse_event(json.dumps({
+        "id": f"scan-{status}", "detail-type": detail_type, "time": "2026-01-01T00:00:00Z",
+        "detail": {"scan-status": status, "repository-name": "erp/employee-service",
+                   "finding-severity-counts": counts, "image-tags": ["abc1234def"]}}))
+    assert event is not None
+    return event
+
+
+def test_a_failed_scan_on_the_card_never_reads_as_passing():
+    card = new_card("exec-scan")
+    [note] = apply_event(card, _scan_event("FAILED", {}))
+    assert "Scan failed" in note.text and "passes" not in note.text.lower()
+    assert card.scans["erp/employee-service"].blocking
+    shown = json.dumps(render_card(card)[1])
+    assert "scan failed" in shown and "0 critical" not in shown
+
+
+def test_enhanced_scans_count_as_finished():
+    card = new_card("exec-inspector")
+    [note] = apply_event(card, _scan_event("INITIAL_SCAN_COMPLETE", {"HIGH": 1, "TOTAL": 1}, "Inspector2 Scan"))
+    assert "passes the gate" in note.text and not card.scans["erp/employee-service"].blocking

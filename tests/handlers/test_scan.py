@@ -115,6 +115,20 @@ def test_enhanced_findings_show_fixed_versions(bot: BotProcess, slack: SlackWork
     assert shown.index("CVE-2023-44487") < shown.index("CVE-2023-34055")
 
 
+@pytest.mark.parametrize(("status", "description"), [
+    ("FAILED", "The scan failed: an internal error occurred"),
+    ("UNSUPPORTED_IMAGE", "UnsupportedImageError: The operating system and/or package manager are not supported."),
+])
+def test_a_scan_that_could_not_run_never_passes(bot: BotProcess, slack: SlackWorkspace,
+                                                background_loop: BackgroundLoop, status: str, description: str):
+    tag = new_tag()
+    push_only("erp/employee-service", tag)
+    configure_findings("erp/employee-service", tag, {"imageScanStatus": {"status": status, "description": description}})
+    shown = ask(background_loop, slack, f"scan employee {tag}")
+    assert "Scan failed" in shown and status in shown and description.split(":")[0] in shown
+    assert "Passes" not in shown and "passes" not in shown and "still" not in shown
+
+
 def test_scan_in_progress_offers_to_post_the_result(bot: BotProcess, slack: SlackWorkspace,
                                                    background_loop: BackgroundLoop, pipeline: PipelineStandIn,
                                                    aws_resources: dict[str, str]):
