@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from bot.delivery.pipeline_events import MalformedEvent, PipelineEvent, parse_event
+from bot.delivery.pipeline_events import EventScope, MalformedEvent, NotOurs, PipelineEvent, parse_event
 from bot.jsonlog import execution_id as execution_id_var
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
@@ -50,6 +50,7 @@ class EventConsumer(Generic[Change]):
         self.publisher = publisher
         self.wait_seconds = wait_seconds
         self.queue_url = runtime.config.events_queue_url
+        self.scope = EventScope.of(runtime.config)
         self._limit = asyncio.Semaphore(concurrency)
         self._in_flight: set[str] = set()  # receipts of the batch being handled
 
@@ -113,7 +114,11 @@ class EventConsumer(Generic[Change]):
         receipt = message["ReceiptHandle"]
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         try:
-            event = parse_event(message.get("Body", ""))
+            event = parse_event(message.get("Body", ""), self.scope)
+        except NotOurs as e:  # a shared bus or a wide rule: someone else's event, not a fault
+            log.debug("event not ours (%s), dropped", e, extra=log_fields(message_id=message.get("MessageId")))
+            self.runtime.work.spawn(self._delete(receipt))
+            return None
         except MalformedEvent as e:
             self.runtime.metrics.events_failed.labels("malformed").inc()
             log.warning("unreadable queue message (receive %d): %s; it goes to the dead-letter queue", receives, e,

@@ -112,7 +112,8 @@ def publish_image(aws: AwsClients, repository: str, tag: str, critical: int = 0,
     endpoint = ecr.meta.endpoint_url
     request = urllib.request.Request(  # noqa: S310 - moto's own API on loopback
         f"{endpoint}/moto-api/static/ecr/scan-finding-results", method="POST",
-        data=json.dumps({"results": [result], "region": ecr.meta.region_name}).encode(),
+        data=json.dumps({"results": [result], "region": ecr.meta.region_name,
+                         "account_id": pushed["image"]["registryId"]}).encode(),  # moto keys them by account
         headers={"Content-Type": "application/json"})
     urllib.request.urlopen(request, timeout=10).close()  # noqa: S310
     return counts, digest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import urllib.error
 import urllib.request
 
 REGION = "ap-northeast-2"  # the ERP platform's region
+ACCOUNT = "806332783810"  # and its account
 
 
 def free_port() -> int:
@@ -51,7 +53,8 @@ class LocalAws:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no user text
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "MOTO_ACCOUNT_ID": ACCOUNT})  # queue URLs and ARNs name the platform's account
         wait_for_http(f"{self.url}/moto-api/", proc=self.proc)
 
     def env(self) -> dict[str, str]:

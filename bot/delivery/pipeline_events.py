@@ -8,9 +8,12 @@ look like 'Sep 1, 2017 4:12:29 PM', not ISO), and ECR image scans.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from bot.config import Config
 
 PIPELINE = "CodePipeline Pipeline Execution State Change"
 STAGE = "CodePipeline Stage Execution State Change"
@@ -26,6 +29,53 @@ MAX_BODY = 256 * 1024  # SQS's own limit; anything bigger is not ours
 
 class MalformedEvent(Exception):
     """The message is not an event we can read; it goes to the dead-letter queue."""
+
+
+QUEUE_ACCOUNT = re.compile(r"^https?://[^/]+/(\d{12})/")  # an SQS queue URL names its account
+
+
+@dataclass(frozen=True)
+class EventScope:
+    """Which events are ours. EventBridge buses and rules are shared in real accounts, so the queue also gets
+    other pipelines', other CodeBuild projects', other repositories' and other accounts' events: those are
+    not ours (dropped quietly), while an event of ours that cannot be read is malformed (dead-lettered)."""
+
+    pipeline: str
+    repositories: frozenset[str]
+    account: str | None = None  # None: the queue's URL does not say (any account)
+
+    @classmethod
+    def of(cls, config: Config) -> EventScope:
+        match = QUEUE_ACCOUNT.match(config.events_queue_url)
+        return cls(pipeline=config.pipeline,
+                   repositories=frozenset(s.image_repository for s in config.services.values()),
+                   account=match.group(1) if match else None)
+
+    def why_not_ours(self, kind: str, envelope: dict[str, Any], detail: dict[str, Any]) -> str | None:
+        """Why this event belongs to someone else; None when it is ours (or says too little to tell)."""
+        account = envelope.get("account")
+        if self.account and isinstance(account, str) and account != self.account:
+            return f"account {account}"
+        if kind in ("pipeline", "stage", "action"):
+            pipeline = detail.get("pipeline")
+            if isinstance(pipeline, str) and pipeline != self.pipeline:
+                return f"pipeline {pipeline}"
+        elif kind in ("build", "build_phase"):
+            # CodeBuild says who started a build: "codepipeline/<pipeline>" for a pipeline's action
+            initiator = (detail.get("additional-information") or {}).get("initiator") \
+                if isinstance(detail.get("additional-information"), dict) else None
+            if isinstance(initiator, str) and initiator != f"codepipeline/{self.pipeline}":
+                return f"a build started by {initiator}"
+        elif kind == "scan":
+            repository = detail.get("repository-name")
+            if isinstance(repository, str) and repository.startswith("arn:"):  # Inspector names it by ARN
+                arn_account = repository.split(":")[4] if repository.count(":") >= 5 else None
+                if self.account and arn_account and arn_account != self.account:
+                    return f"account {arn_account}"
+                repository = repository.split(":repository/", 1)[-1]
+            if isinstance(repository, str) and repository not in self.repositories:
+                return f"repository {repository}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -72,8 +122,13 @@ def _require(detail: dict[str, Any], key: str) -> str:
     return value
 
 
-def parse_event(body: str) -> PipelineEvent | None:
-    """The event in an SQS message body; None for an event type the bot does not handle."""
+class NotOurs(Exception):
+    """An event of someone else's (another pipeline, project, repository or account): dropped quietly."""
+
+
+def parse_event(body: str, scope: EventScope | None = None) -> PipelineEvent | None:
+    """The event in an SQS message body; None for an event type the bot does not handle. With a scope,
+    raises NotOurs for another pipeline's, project's, repository's or account's event."""
     if len(body) > MAX_BODY:
         raise MalformedEvent(f"message of {len(body)} bytes is larger than any event")
     try:
@@ -90,6 +145,10 @@ def parse_event(body: str) -> PipelineEvent | None:
         return None
     if not isinstance(detail, dict):
         raise MalformedEvent(f"{detail_type} without a `detail` object")
+    if scope is not None:
+        foreign = scope.why_not_ours(kind, envelope, detail)
+        if foreign:
+            raise NotOurs(foreign)
     when = _iso(envelope.get("time"))
     if kind in ("pipeline", "stage", "action"):
         return PipelineEvent(

@@ -14,6 +14,7 @@ from bot.aws.clients import AwsClients
 from handlers.scan import NOTIFY_ACTION
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.ecr_images import publish_image
+from sandbox.local_aws import ACCOUNT
 from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess, wait_until
 
@@ -73,7 +74,7 @@ def test_unknown_tag_lists_recent_ones(bot: BotProcess, slack: SlackWorkspace, b
 def configure_findings(repository: str, tag: str, result: dict) -> None:
     ecr = boto3.client("ecr")
     body = json.dumps({"results": [{"repositoryName": repository, "imageId": {"imageTag": tag}, **result}],
-                       "region": ecr.meta.region_name}).encode()
+                       "region": ecr.meta.region_name, "account_id": ACCOUNT}).encode()
     req = urllib.request.Request(f"{ecr.meta.endpoint_url}/moto-api/static/ecr/scan-finding-results", data=body,
                                  method="POST", headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req).close()
