@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,15 @@ def test_schema_refuses_bad_values(helm: str):
     bad = subprocess.run([helm, "template", "x", str(ERP), "--set", "services.employee.image.tag=a b"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "tag" in bad.stderr
+
+
+def test_the_bot_container_gives_boto3_its_region(helm: str):
+    """botocore reads AWS_DEFAULT_REGION, not AWS_REGION (botocore/configprovider.py): the container's own
+    environment, and nothing else, must resolve the region."""
+    [deployment] = kinds(render(helm, BOT, namespace="erp-chatops"), "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: str(e["value"]) for e in container["env"] if "value" in e}
+    code = "import boto3; print(boto3.session.Session().region_name)"
+    resolved = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], **env},
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert resolved == "ap-northeast-2"

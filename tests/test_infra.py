@@ -214,3 +214,94 @@ def test_codebuild_role_allows_what_the_build_steps_call():
     called = calls_in([*CODEBUILD_SIDE.glob("*.py"), ROOT / "bot" / "aws" / "ecr_scans.py"])
     assert {"ecr:DescribeImageScanFindings", "xray:PutTraceSegments", "dynamodb:GetItem"} <= called
     assert called <= granted, f"the buildspec's steps call {called - granted}, which its role does not allow"
+
+
+# --- infra/pipeline.json (what the sandbox runs) and the Terraform module describe one pipeline -------------
+
+def _tf_value(value: Any) -> Any:
+    """A Terraform attribute as the CodePipeline API would receive it: references resolved to what they name."""
+    if not isinstance(value, str):
+        return value
+    ref = re.fullmatch(r"\$\{aws_codebuild_project\.(\w+)\.name\}", value)
+    if ref:
+        return TF[f"resource.aws_codebuild_project.{ref.group(1)}"]["name"]
+    env = re.fullmatch(r"\$\{jsonencode\(concat\(local\.pipeline_env_vars, \[(.*)\]\)\)\}", value, re.S)
+    if env:
+        extra = [{"name": n, "value": v, "type": t} for n, v, t in re.findall(
+            r'\{\s*name\s*=\s*"([^"]+)",\s*value\s*=\s*"([^"]+)",\s*type\s*=\s*"([^"]+)"\s*\}', env.group(1))]
+        return json.loads(json.dumps(LOCALS["pipeline_env_vars"] + extra))
+    variable = re.fullmatch(r"\$\{var\.(\w+)\}", value)
+    if variable:
+        return VARIABLES.get(variable.group(1), f"var.{variable.group(1)}")  # its default, if it has one
+    return value
+
+
+def _declared_config(action: dict[str, Any]) -> dict[str, Any]:
+    config = dict(action.get("configuration", {}))
+    if "EnvironmentVariables" in config:
+        config["EnvironmentVariables"] = json.loads(config["EnvironmentVariables"])
+    return config
+
+
+def _module_parts() -> tuple[dict[str, Any], dict[str, Any]]:
+    locals_: dict[str, Any] = {}
+    variables: dict[str, Any] = {}
+    for path in sorted(MODULE.glob("*.tf")):
+        parsed = unquote(hcl2.load(path.open()))
+        for block in parsed.get("locals", []):
+            locals_.update(block)
+        for block in parsed.get("variable", []):
+            for name, body in block.items():
+                if "default" in body:
+                    variables[name] = body["default"]
+    return locals_, variables
+
+
+LOCALS, VARIABLES = _module_parts()
+
+
+def test_every_stage_action_configuration_and_variable_agrees():
+    pipe = TF["resource.aws_codepipeline.erp"]
+    assert len(pipe["stage"]) == len(DECLARATION["stages"])
+    for tf_stage, decl_stage in zip(pipe["stage"], DECLARATION["stages"], strict=True):
+        assert tf_stage["name"] == decl_stage["name"]
+        assert len(tf_stage["action"]) == len(decl_stage["actions"])
+        for tf_action, decl_action in zip(tf_stage["action"], decl_stage["actions"], strict=True):
+            where = f"{decl_stage['name']}.{decl_action['name']}"
+            type_id = decl_action["actionTypeId"]
+            assert {k: tf_action[k] for k in ("name", "category", "owner", "provider", "version")} == \
+                {"name": decl_action["name"], **type_id}, where
+            assert tf_action.get("input_artifacts", []) == [a["name"] for a in decl_action.get("inputArtifacts", [])], where
+            assert tf_action.get("output_artifacts", []) == \
+                [a["name"] for a in decl_action.get("outputArtifacts", [])], where
+            assert tf_action.get("namespace") == decl_action.get("namespace"), where
+            tf_config = {k: _tf_value(v) for k, v in tf_action.get("configuration", {}).items()}
+            if "EnvironmentVariables" in tf_config:
+                tf_config["EnvironmentVariables"] = json.loads(json.dumps(tf_config["EnvironmentVariables"]))
+            declared = _declared_config(decl_action)
+            if tf_config.get("ConnectionArn") == "var.github_connection_arn":  # no default: the deployer's
+                declared.pop("ConnectionArn")
+                tf_config.pop("ConnectionArn")
+            assert tf_config == declared, where
+
+
+def test_the_build_outputs_only_what_the_buildspec_produces():
+    """A CodeBuild action's output artifact is the buildspec's `artifacts` section: one without the other
+    fails the action ("no matching artifact paths found")."""
+    spec = yaml.safe_load((ROOT / "buildspec.yml").read_text())
+    for stage in DECLARATION["stages"]:
+        for action in stage["actions"]:
+            if action["actionTypeId"]["provider"] == "CodeBuild":
+                assert bool(action.get("outputArtifacts")) == bool(spec.get("artifacts")), action["name"]
+    produced = {a["name"] for s in DECLARATION["stages"] for a in s["actions"] for a in a.get("outputArtifacts", [])}
+    consumed = {a["name"] for s in DECLARATION["stages"] for a in s["actions"] for a in a.get("inputArtifacts", [])}
+    assert consumed <= produced
+
+
+def test_each_codebuild_project_logs_to_its_own_group():
+    for name in ("build", "deploy"):
+        project = TF[f"resource.aws_codebuild_project.{name}"]
+        group = project["logs_config"][0]["cloudwatch_logs"][0]["group_name"]
+        assert group == f"/aws/codebuild/{project['name']}", name
+    writes = [s for s in TF["data.aws_iam_policy_document.codebuild"]["statement"] if "logs:PutLogEvents" in s["actions"]]
+    assert writes and all(r.endswith(":log-group:/aws/codebuild/erp-*") for s in writes for r in s["resources"])

@@ -97,7 +97,7 @@ data "aws_iam_policy_document" "codebuild" {
   statement {
     sid       = "BuildLogs"
     actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-build*"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-*"]
   }
   statement {
     sid       = "EcrLogin"

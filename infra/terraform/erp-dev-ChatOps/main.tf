@@ -330,7 +330,7 @@ resource "aws_codebuild_project" "deploy" {
   }
   logs_config {
     cloudwatch_logs {
-      group_name = "/aws/codebuild/erp-build"
+      group_name = "/aws/codebuild/erp-deploy"
     }
   }
 }
@@ -403,9 +403,8 @@ resource "aws_codepipeline" "erp" {
       owner            = "AWS"
       provider         = "CodeBuild"
       version          = "1"
-      input_artifacts  = ["SourceOutput"]
-      output_artifacts = ["BuildOutput"]
-      namespace        = "BuildVariables"
+      input_artifacts = ["SourceOutput"] # images go to ECR; the buildspec produces no artifact
+      namespace       = "BuildVariables"
       configuration = {
         ProjectName          = aws_codebuild_project.build.name
         EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [{ name = "DEPLOY_PHASE", value = "build", type = "PLAINTEXT" }]))
@@ -454,10 +453,9 @@ resource "aws_codepipeline" "erp" {
       owner           = "AWS"
       provider        = "CodeBuild"
       version         = "1"
-      input_artifacts = ["SourceOutput", "BuildOutput"]
+      input_artifacts = ["SourceOutput"] # the chart and the buildspec, at the built commit
       configuration = {
-        ProjectName   = aws_codebuild_project.deploy.name
-        PrimarySource = "SourceOutput"
+        ProjectName = aws_codebuild_project.deploy.name
         EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [
           { name = "IMAGE_TAGS", value = "#{BuildVariables.IMAGE_TAGS}", type = "PLAINTEXT" },
           { name = "DEPLOY_PHASE", value = "deploy", type = "PLAINTEXT" },
