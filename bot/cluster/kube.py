@@ -1,8 +1,9 @@
 """Reading the cluster with the official kubernetes client, off the event loop.
 
 Rollout state follows `kubectl rollout status`: the controller must have seen
-the newest generation, every replica must be updated and available, and a
-Progressing=False condition (ProgressDeadlineExceeded) means it failed.
+the newest generation (before that, nothing in the status is about this spec),
+a Progressing=False condition (ProgressDeadlineExceeded) means it failed, and
+otherwise every replica must be updated and available.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ def rollout_of(dep: Any) -> RolloutState:
     updated = status.updated_replicas or 0
     available = status.available_replicas or 0
     total = status.replicas or 0
+    # the generation first, as kubectl does: until the controller has observed this spec, the conditions
+    # (an earlier rollout's ProgressDeadlineExceeded, say) describe the previous one
+    if (status.observed_generation or 0) < (meta.generation or 0):
+        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", "waiting for the controller")
     for cond in status.conditions or []:
         if cond.type == "Progressing" and cond.status == "False":
             return RolloutState(meta.name, tag, desired, ready, updated, "failed", cond.reason or "")
-    if (status.observed_generation or 0) < (meta.generation or 0):
-        return RolloutState(meta.name, tag, desired, ready, updated, "progressing", "waiting for the controller")
     if updated < desired:
         return RolloutState(meta.name, tag, desired, ready, updated, "progressing", f"{updated}/{desired} updated")
     if total > updated:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -242,6 +243,24 @@ def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack
         wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")), what="the result")
     finally:
         bot.stop()
+
+
+def test_a_rollback_right_after_a_timed_out_deploy_is_followed_to_its_own_end(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    """The failed deploy left Progressing=False (ProgressDeadlineExceeded) on the Deployment. The rollback's
+    new generation is not failed: until the controller observes it, that condition is the old rollout's."""
+    ns = release.namespaces["dev"]
+    release.kube.set_rollout(ns, "employee-service", ready=1, failed_reason="ReplicaSet has timed out progressing.")
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", channel="C0DEV")
+    background_loop.run(slack.click("U0DEV1", plan_message(slack, "C0DEV"), CONFIRM_ACTION))
+    release.wait_images("dev", employee="v1.1.0")
+    wait_until(lambda: "rolling out" in shown(plan_message(slack, "C0DEV")), what="the rollout to be watched")
+    time.sleep(2.5)  # the controller has not observed the new spec yet: the bot keeps waiting
+    assert "failed" not in shown(plan_message(slack, "C0DEV")).lower()
+    release.kube.set_rollout(ns, "employee-service")
+    final = wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")) and plan_message(slack, "C0DEV"),
+                       what="the result")
+    assert "2/2 complete" in shown(final)
 
 
 def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack: SlackWorkspace,
