@@ -1,9 +1,11 @@
 """The ERP release on the sandbox's real API server, kept moving like a real cluster.
 
 charts/erp is installed in erp-dev and erp-prod (two revisions each, so there is
-something to roll back to); a loop plays the Deployment controller (a rollout
-completes a couple of seconds after a Deployment changes); and the pipeline
-stand-in's Deploy stage runs the real `helm upgrade` through `deploy`.
+something to roll back to); a loop plays the HPA controller (each Deployment at its
+HPA's minimum, since the chart leaves replicas to the HPA) and the Deployment
+controller (it observes a new spec a moment after the change, and the rollout
+completes a couple of seconds later); and the pipeline stand-in's Deploy stage runs
+the real `helm upgrade` through `deploy`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ log = logging.getLogger(__name__)
 
 CHART = Path(__file__).resolve().parents[1] / "charts" / "erp"
 NAMESPACES = {"dev": "erp-dev", "prod": "erp-prod"}
+OBSERVE_SECONDS = 0.3  # the controller's lag before it observes a new generation
 ROLLOUT_SECONDS = 2.0
 
 
 class SandboxCluster:
-    def __init__(self, tools: Path) -> None:
-        self.kube = LocalKube(tools)
+    def __init__(self, tools: Path, kube: LocalKube | None = None) -> None:
+        self.kube = kube or LocalKube(tools)
         self.helm = str(tools / "helm")
         self.kube.install_external_secrets_crds()
         self._changed_at: dict[tuple[str, str, int], float] = {}
@@ -44,6 +47,7 @@ class SandboxCluster:
                              "--set-string", "services.employee.image.tag=release-2024.12.23")
             await self._helm("upgrade", "erp", str(CHART), "-n", ns, "--reuse-values",
                              "--set-string", "services.employee.image.tag=release-2024.12.26")
+            await asyncio.to_thread(self.kube.autoscale, ns)
             for d in await self._deployments(ns):
                 self.kube.set_rollout(ns, d["metadata"]["name"])
 
@@ -55,15 +59,20 @@ class SandboxCluster:
         """Complete each changed Deployment's rollout a moment after it changes, as the controller would."""
         while True:
             for ns in NAMESPACES.values():
+                await asyncio.to_thread(self.kube.autoscale, ns)
                 for d in await self._deployments(ns):
                     meta, status = d["metadata"], d.get("status", {})
-                    if status.get("observedGeneration", 0) >= meta["generation"]:
-                        continue
                     key = (ns, meta["name"], meta["generation"])
+                    if key not in self._changed_at and status.get("observedGeneration", 0) >= meta["generation"]:
+                        continue
                     first = self._changed_at.setdefault(key, time.monotonic())
-                    if time.monotonic() - first >= ROLLOUT_SECONDS:
+                    waited = time.monotonic() - first
+                    if waited >= ROLLOUT_SECONDS:
                         await asyncio.to_thread(self.kube.set_rollout, ns, meta["name"])
-            await asyncio.sleep(0.5)
+                        self._changed_at.pop(key, None)
+                    elif waited >= OBSERVE_SECONDS and status.get("observedGeneration", 0) < meta["generation"]:
+                        await asyncio.to_thread(self.kube.observe, ns, meta["name"])
+            await asyncio.sleep(0.25)
 
     async def deploy(self, environment: str, services: list[str], tag: str) -> None:
         """What the buildspec's deploy step does: only the built tags change."""

@@ -228,6 +228,48 @@ class LocalKube:
         if status != 200:
             raise KubeUnavailable(f"cannot set the status of {namespace}/{name}: {body}")
 
+    def observe(self, namespace: str, name: str) -> None:
+        """Play the Deployment controller's first step on a new spec: it observes the generation and starts a
+        new ReplicaSet; the old pods still serve (maxUnavailable 0), none is updated yet."""
+        status, dep = self.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        if status != 200:
+            raise KubeUnavailable(f"no deployment {namespace}/{name}")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        current = dep.get("status") or {}
+        serving = int(current.get("availableReplicas", 0))
+        dep["status"] = {**current, "observedGeneration": dep["metadata"]["generation"], "updatedReplicas": 0,
+                         "conditions": [c for c in current.get("conditions", []) if c.get("type") != "Progressing"]
+                         + [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetCreated",
+                             "message": "Created new replica set.", "lastUpdateTime": now, "lastTransitionTime": now}],
+                         "replicas": max(serving, int(dep["spec"].get("replicas", 1)))}
+        status, body = self.request("PUT", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status", dep)
+        if status != 200:
+            raise KubeUnavailable(f"cannot set the status of {namespace}/{name}: {body}")
+
+    def autoscale(self, namespace: str, demand: dict[str, int] | None = None) -> dict[str, int]:
+        """Play the HPA controller: each HPA sets its Deployment's replicas (the scale subresource) to what the
+        load asks for (`demand`, by Deployment name; otherwise what it runs now), within minReplicas and
+        maxReplicas. Returns the replicas it set."""
+        status, listing = self.request("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers")
+        if status != 200:
+            raise KubeUnavailable(f"cannot list the HPAs of {namespace}: {listing}")
+        scaled: dict[str, int] = {}
+        for hpa in listing.get("items", []):
+            target = hpa["spec"]["scaleTargetRef"]["name"]
+            path = f"/apis/apps/v1/namespaces/{namespace}/deployments/{target}/scale"
+            status, scale = self.request("GET", path)
+            if status != 200:
+                continue
+            wanted = (demand or {}).get(target, int(scale["spec"].get("replicas", 1)))
+            replicas = max(int(hpa["spec"].get("minReplicas", 1)), min(int(hpa["spec"]["maxReplicas"]), wanted))
+            if replicas != scale["spec"].get("replicas"):
+                scale["spec"]["replicas"] = replicas
+                status, body = self.request("PUT", path, scale)
+                if status != 200:
+                    raise KubeUnavailable(f"cannot scale {namespace}/{target}: {body}")
+            scaled[target] = replicas
+        return scaled
+
     def stop(self) -> None:
         for proc in (self.apiserver, self.etcd):
             stop_process(proc, 15)

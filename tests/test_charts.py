@@ -64,7 +64,11 @@ def test_four_services_from_one_template_per_kind(helm: str, values: str, employ
         assert {d["__source"] for d in kinds(docs, kind)} == {f"erp/templates/{template}"}
         assert len(kinds(docs, kind)) == 4
     employee = next(d for d in deployments if d["metadata"]["name"] == "employee-service")
-    assert employee["spec"]["replicas"] == employee_replicas
+    # the HPA owns the replica count (Kubernetes' HPA documentation: leave spec.replicas out of the manifest, or
+    # every apply resets it); the environment's baseline is the HPA's minimum
+    assert "replicas" not in employee["spec"]
+    hpa = next(d for d in kinds(docs, "HorizontalPodAutoscaler") if d["metadata"]["name"] == "employee-service")
+    assert hpa["spec"]["minReplicas"] == employee_replicas
     assert len(kinds(docs, "PodDisruptionBudget")) == (4 if values == "values-prod.yaml" else 0)
 
 
@@ -147,3 +151,18 @@ def test_the_bot_container_gives_boto3_its_region(helm: str):
     resolved = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], **env},
                               capture_output=True, text=True, check=True).stdout.strip()
     assert resolved == "ap-northeast-2"
+
+
+def test_a_service_without_autoscaling_keeps_its_replica_count(helm: str):
+    docs = render(helm, ERP, "values-dev.yaml")
+    plain = render_with(helm, "--set", "services.employee.autoscaling.enabled=false")
+    employee = next(d for d in kinds(plain, "Deployment") if d["metadata"]["name"] == "employee-service")
+    assert employee["spec"]["replicas"] == 2
+    assert "employee-service" not in {d["metadata"]["name"] for d in kinds(plain, "HorizontalPodAutoscaler")}
+    assert len(kinds(docs, "HorizontalPodAutoscaler")) == 4
+
+
+def render_with(helm: str, *args: str) -> list[dict[str, Any]]:
+    out = subprocess.run([helm, "template", "erp", str(ERP), "-n", "erp-dev", "-f", str(ERP / "values-dev.yaml"),
+                          *args], capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]

@@ -79,6 +79,7 @@ def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWor
         install(helm, kube, ns, env, {s: "v1.0.0" for s in SERVICES}, first=True)           # revision 1
         install(helm, kube, ns, env, {s: "v1.1.0" for s in SERVICES})                       # revision 2
         install(helm, kube, ns, env, {"employee": "v1.2.0", "notification": "v1.2.0"})      # revision 3
+        kube.autoscale(ns)  # the HPAs bring each Deployment to its minimum (the chart leaves replicas to them)
         for s in SERVICES:
             kube.set_rollout(ns, f"{s}-service")
     env = {**bot_env, "BOT_CONFIG": str(write_config(tmp_path / "kube-config.yaml", config)),
@@ -261,6 +262,25 @@ def test_a_rollback_right_after_a_timed_out_deploy_is_followed_to_its_own_end(
     final = wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")) and plan_message(slack, "C0DEV"),
                        what="the result")
     assert "2/2 complete" in shown(final)
+
+
+def test_autoscaled_replicas_survive_a_deploy_and_a_rollback(release: Release, slack: SlackWorkspace,
+                                                             background_loop: BackgroundLoop):
+    ns = release.namespaces["dev"]
+
+    def replicas() -> int:
+        return int(release.kube.request("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/employee-service")[1]
+                   ["spec"]["replicas"])
+
+    assert replicas() == 2  # the HPA's minimum in dev
+    assert release.kube.autoscale(ns, {"employee-service": 4})["employee-service"] == 4  # load: the HPA scales up
+    install(release.helm, release.kube, ns, "dev", {"employee": "v1.3.0"})  # the buildspec's deploy
+    release.wait_images("dev", employee="v1.3.0")
+    assert replicas() == 4
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", channel="C0DEV")
+    background_loop.run(slack.click("U0DEV1", plan_message(slack, "C0DEV"), CONFIRM_ACTION))
+    release.wait_images("dev", employee="v1.2.0")
+    assert replicas() == 4
 
 
 def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack: SlackWorkspace,
