@@ -416,6 +416,8 @@ class PipelineStandIn:
             await self._pipeline_event(e, "STARTED")
             for stage in self.pipeline["stages"]:
                 if self._condition_skips(e, stage):
+                    # the API model's StageExecutionStatus has Skipped: the stage reports it and is passed over
+                    await self._stage_event(e, stage["name"], "SKIPPED")
                     continue
                 self._stage_latest[stage["name"]] = e.id
                 await self._stage_event(e, stage["name"], "STARTED")
@@ -515,15 +517,16 @@ class PipelineStandIn:
             await self._emit(e, "aws.codebuild", "CodeBuild Build Phase Change", {
                 "completed-phase": phase, "completed-phase-status": "FAILED" if failed_here else "SUCCEEDED",
                 "completed-phase-duration-seconds": max(0, round(time.time() - phase_start)),
-                "completed-phase-context": f"[: {failing[1]}]" if failed_here and failing else "[: ]",
+                "completed-phase-context": (f"[COMMAND_EXECUTION_ERROR: Error while executing command: {failing[1]}."
+                                            " Reason: exit status 1]") if failed_here and failing else "[: ]",
                 "completed-phase-start": _codebuild_time(phase_start),
                 "completed-phase-end": _codebuild_time(time.time()),
                 "project-name": project, "build-id": build_id, "additional-information": info, "version": "1",
             }, [build_id])
             if failed_here:
                 break
-        # images are pushed and scanned unless the build itself broke (the scan gate fails in POST_BUILD)
-        if project == "erp-build" and (failing is None or failing[0] == "POST_BUILD"):
+        # images are pushed and scanned unless docker build itself broke (the scan gate fails after the push)
+        if project == "erp-build" and not any(s in self.faults.fail_build for s in e.services):
             await self._scan_events(e)
         if failing is None and project == "erp-build":
             for service in e.services:
@@ -535,11 +538,12 @@ class PipelineStandIn:
             try:
                 await self.deployer(e.variables.get("ENVIRONMENT", "dev"), e.services, e.revision)
             except Exception as exc:
-                failing = ("BUILD", f"Error: UPGRADE FAILED: {exc}")
+                failing = ("BUILD", f"erp-chatops ci deploy --release erp --namespace erp-{env_name}",
+                           f"deploy: helm upgrade failed: {exc}")
         took = f"{time.time() - started:.0f}s"
         if failing is not None:
-            run.summary = failing[1]
-            await self._progress(e, f":x: {failing[1]}")
+            run.summary = "Build terminated with state: FAILED"  # all the pipeline's action event says
+            await self._progress(e, f":x: {failing[2]}")
             await self._progress(e, f"{step} :x: failed in {took}")
             await build_event("FAILED", "COMPLETED")
             return False, "JobFailed"
@@ -550,19 +554,29 @@ class PipelineStandIn:
         await build_event("SUCCEEDED", "COMPLETED")
         return True, None
 
-    def _failure(self, e: Execution, project: str) -> tuple[str, str] | None:
-        """(phase, message) where the injected fault makes this build fail."""
+    def _failure(self, e: Execution, project: str) -> tuple[str, str, str] | None:
+        """(phase, command, what the buildspec itself says) where the injected fault makes this build fail.
+
+        As CodeBuild reports it (AWS's CodeBuild and CodePipeline event references): the phase change
+        event's context names the command (`COMMAND_EXECUTION_ERROR: Error while executing command: ...
+        Reason: exit status 1`); the pipeline's action event only says `Build terminated with state:
+        FAILED` with the error code JobFailed."""
+        registry = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com"
         if project == "erp-build":
             broken = [s for s in e.services if s in self.faults.fail_build]
             if broken:
-                return "BUILD", (f"Error while executing command: docker build -t {repository_of(broken[0])} ."
-                                 f" Reason: exit status 1 (./gradlew bootJar: compilation failed)")
+                return ("BUILD", f"docker build --tag {registry}/{repository_of(broken[0])}:{e.revision} "
+                                 f"services/{broken[0]}",
+                        f"docker build of {broken[0]} failed: ./gradlew bootJar: compilation failed")
             critical = [s for s in e.services if s in self.faults.critical_scan]
             if critical:
-                return "POST_BUILD", (f"Scan gate: {repository_of(critical[0])}:{e.revision[:7]} has CRITICAL"
-                                      " findings; not deploying")
+                return ("BUILD", f"erp-chatops ci scan-gate --tag {e.revision} --wait 900 {' '.join(e.services)}",
+                        f"scan-gate: CRITICAL findings, not deploying: {repository_of(critical[0])}:"
+                        f"{e.revision[:7]}")
         if project == "erp-deploy" and self.faults.fail_deploy:
-            return "BUILD", "Error: UPGRADE FAILED: context deadline exceeded (helm rolled back the release)"
+            return ("BUILD", "erp-chatops ci deploy --release erp --chart charts/erp --namespace erp-"
+                             f"{e.variables.get('ENVIRONMENT', 'dev')}",
+                    "deploy: helm upgrade failed: UPGRADE FAILED: context deadline exceeded (rolled back)")
         return None
 
     async def _scan_events(self, e: Execution) -> None:

@@ -199,9 +199,15 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
         if event.kind == "build_phase" and event.state == "FAILED":
             card.failure = card.failure or {}
             card.failure.setdefault("phase", str(event.detail.get("completed-phase", "")))
+            # what failed is only here: the action's own event says "Build terminated with state: FAILED"
             context = str(event.detail.get("completed-phase-context", "")).strip("[]: ")
             if context:
                 card.failure.setdefault("context", context)
+                if f"failed:{stage}" in card.notes:  # the failure note went out before this arrived
+                    log = card.links.get(f"{stage.lower()}_log")
+                    notes += card.note(f"context:{stage}", f":mag: *{stage} failed in {card.failure['phase']}*:"
+                                                           f"\n>{context[:1500]}"
+                                                           + (f"\n<{log}|Build log in CloudWatch Logs>" if log else ""))
     elif event.kind == "scan":
         repo = str(event.detail.get("repository-name"))
         counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()}
@@ -249,7 +255,11 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
         if url:
             card.failure["url"] = str(url)
         log = card.links.get(f"{event.stage.lower()}_log")
-        detail = f"\n>{summary}" if summary else ""
+        context = (card.failure or {}).get("context")
+        if context:  # the phase change came first: its context says what failed, once
+            card.notes.append(f"context:{event.stage}")
+        reason = context or summary
+        detail = f"\n>{reason[:1500]}" if reason else ""
         notes += card.note(f"failed:{event.stage}",
                            f":x: *{event.stage} failed* ({event.action}).{detail}"
                            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
@@ -258,6 +268,12 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
 
 
 # --- phases, and the text both the card and the thread use ---------------------------
+
+def failure_reason(failure: dict[str, str]) -> str:
+    """What failed, as people need it: CodeBuild's phase context ("COMMAND_EXECUTION_ERROR: Error while
+    executing command: ... Reason: exit status 1") over the action's generic summary."""
+    return failure.get("context") or failure.get("summary") or ""
+
 
 def severity_line(counts: dict[str, int]) -> str:
     order = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")

@@ -21,7 +21,15 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.delivery.deploy_card import PHASE_BUTTONS, STAGE_RANK, STAGES, DeployCard, card_phase, duration_text
+from bot.delivery.deploy_card import (
+    PHASE_BUTTONS,
+    STAGE_RANK,
+    STAGES,
+    DeployCard,
+    card_phase,
+    duration_text,
+    failure_reason,
+)
 
 REGION = "ap-northeast-2"  # the console links' region
 
@@ -39,7 +47,7 @@ def _slack_time(iso: str, fmt: str = "{time}") -> str:
 STAGE_ICON = {"PENDING": ":white_circle:", "STARTED": ":hourglass_flowing_sand:", "RESUMED": ":hourglass_flowing_sand:",
               "IN_PROGRESS": ":hourglass_flowing_sand:", "SUCCEEDED": ":white_check_mark:", "FAILED": ":x:",
               "STOPPED": ":black_circle:", "CANCELED": ":black_circle:", "ABANDONED": ":black_circle:",
-              "STOPPING": ":black_circle:"}
+              "STOPPING": ":black_circle:", "SKIPPED": ":next_track_button:"}
 
 
 def _status_line(card: DeployCard) -> str:
@@ -51,7 +59,8 @@ def _status_line(card: DeployCard) -> str:
         where = f" at {f['stage']}" if f.get("stage") else ""
         if card.approval.decision == "Rejected":
             return f":red_circle: *Rejected*{f' by <@{card.approval.decided_by}>' if card.approval.decided_by else ''}"
-        return f":red_circle: *Failed*{where}" + (f": {f['summary'][:300]}" if f.get("summary") else "")
+        reason = failure_reason(f)
+        return f":red_circle: *Failed*{where}" + (f": {reason[:300]}" if reason else "")
     if card.status in ("Stopped", "Superseded"):
         return f":black_circle: *{card.status}*"
     phase = card_phase(card)
@@ -88,11 +97,13 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         summary = f"{len(failed)} scan failed" if failed else f"{worst['CRITICAL']} critical · {worst['HIGH']} high"
         fields.append(MarkdownTextObject(text=f"*Scan* ({len(card.scans)} image{'s' if len(card.scans) > 1 else ''})\n"
                                               f"{icon} {summary}"))
-    stage_names = [s for s in STAGES if s != "Approval" or card.needs_approval or card.environment == "prod"]
+    skipped = {name for name, row in card.stages.items() if row.state == "SKIPPED"}
+    stage_names = [s for s in STAGES if s != "Approval" or card.needs_approval or card.environment == "prod"
+                   or s in skipped]
     chips = []
     for name in stage_names:
         row = card.stage(name)
-        took = duration_text(row.started, row.ended)
+        took = "skipped" if name in skipped else duration_text(row.started, row.ended)
         chips.append(f"{STAGE_ICON.get(row.state, ':white_circle:')} {name}{f' {took}' if took else ''}")
     blocks: list[Any] = [
         HeaderBlock(text=f":rocket: {title}"[:150]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
 
@@ -180,3 +181,58 @@ def test_enhanced_scans_count_as_finished():
     card = new_card("exec-inspector")
     [note] = apply_event(card, _scan_event("INITIAL_SCAN_COMPLETE", {"HIGH": 1, "TOTAL": 1}, "Inspector2 Scan"))
     assert "passes the gate" in note.text and not card.scans["erp/employee-service"].blocking
+
+
+CONTEXT = ("COMMAND_EXECUTION_ERROR: Error while executing command: docker build --tag "
+           "806332783810.dkr.ecr.ap-northeast-2.amazonaws.com/erp/employee-service:abc1234 services/employee. "
+           "Reason: exit status 1")
+LOG = "https://console.aws.amazon.com/cloudwatch/home?region=ap-northeast-2#logEvent:group=/aws/codebuild/erp-build"
+
+
+def _build_failure_events() -> list[PipelineEvent]:
+    """As CodePipeline and CodeBuild report a failed build (AWS's event reference): the action says only
+    `Build terminated with state: FAILED` / JobFailed; the phase change carries what failed."""
+    env = {"environment": {"environment-variables": [
+        {"name": "PIPELINE_EXECUTION_ID", "value": "exec-fail", "type": "PLAINTEXT"},
+        {"name": "DEPLOY_PHASE", "value": "build", "type": "PLAINTEXT"}]},
+        "logs": {"deep-link": LOG}, "initiator": "codepipeline/erp-pipeline"}
+    bodies = [
+        {"id": "phase", "detail-type": "CodeBuild Build Phase Change", "time": "2026-01-01T00:01:00Z",
+         "detail": {"completed-phase": "BUILD", "completed-phase-status": "FAILED", "build-id": "b:1",
+                    "completed-phase-context": f"[{CONTEXT}]", "project-name": "erp-build",
+                    "additional-information": env}},
+        {"id": "action", "detail-type": "CodePipeline Action Execution State Change", "time": "2026-01-01T00:01:05Z",
+         "detail": {"pipeline": "erp-pipeline", "execution-id": "exec-fail", "stage": "Build", "action": "Build",
+                    "state": "FAILED", "execution-result": {
+                        "external-execution-summary": "Build terminated with state: FAILED",
+                        "error-code": "JobFailed",
+                        "external-execution-url": "https://console.aws.amazon.com/codesuite/codebuild/x"}}},
+        {"id": "pipeline", "detail-type": "CodePipeline Pipeline Execution State Change",
+         "time": "2026-01-01T00:01:06Z",
+         "detail": {"pipeline": "erp-pipeline", "execution-id": "exec-fail", "state": "FAILED"}},
+    ]
+    return [e for e in (parse_event(json.dumps(b)) for b in bodies) if e is not None]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_a_failed_build_shows_the_phase_context_not_the_generic_summary(order: tuple[int, ...]):
+    events = _build_failure_events()
+    card = new_card("exec-fail")
+    notes = [n for i in order for n in apply_event(card, events[i])]
+    shown = json.dumps(render_card(card)[1])
+    assert "exit status 1" in shown and "Build terminated with state" not in shown
+    text = " ".join(n.text for n in notes)
+    assert text.count("Reason: exit status 1") == 1, text  # the context, once, whichever event came first
+    assert "Build failed" in text and LOG in text
+
+
+def test_a_skipped_approval_stage_is_shown_as_skipped():
+    card = new_card("exec-dev")
+    card.environment, card.needs_approval = "dev", False
+    event = parse_event(json.dumps({
+        "id": "skip", "detail-type": "CodePipeline Stage Execution State Change", "time": "2026-01-01T00:01:00Z",
+        "detail": {"pipeline": "erp-pipeline", "execution-id": "exec-dev", "stage": "Approval", "state": "SKIPPED"}}))
+    assert event is not None
+    apply_event(card, event)
+    shown = json.dumps(render_card(card)[1])
+    assert "Approval skipped" in shown and ":white_circle: Approval" not in shown

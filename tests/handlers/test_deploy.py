@@ -57,7 +57,7 @@ def test_dev_deploy_runs_to_success_as_one_message(bot: BotProcess, slack: Slack
     shown = card_text(card)
     for stage in ("Source", "Build", "Deploy"):
         assert f":white_check_mark: {stage}" in shown
-    assert "Approval" not in shown  # dev needs none
+    assert ":next_track_button: Approval skipped" in shown  # dev needs none: the condition skips it
     assert execution.revision[:7] in shown and "<@U0DEV1>" in shown
     assert "1 image" in shown or "0 critical" in shown
     # one channel message for the whole deploy; details in its thread
@@ -182,7 +182,7 @@ def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, 
     command(background_loop, slack, "U0DEV1", "C0PROD", "deploy approval-processing prod")
     card = wait_for_card(slack, "C0PROD", "Failed")
     shown = card_text(card)
-    assert ":x: Build" in shown and "compilation failed" in shown
+    assert ":x: Build" in shown and "Reason: exit status 1" in shown and "Build terminated with state" not in shown
     assert ROLLBACK_ACTION in buttons(card) and APPROVE_ACTION not in buttons(card)
     note = wait_until(lambda: [m.text for m in slack.thread("C0PROD", card.ts) if "Build failed" in m.text],
                       what="the failure note")[0]
