@@ -43,6 +43,9 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
             target = f"{r.service} to {r.environment}" if r.service else f"to {r.environment}"
         detail = f" ({r.detail[:80]})" if r.detail and r.outcome in ("refused", "failed") else ""
         reason = f" ({r.detail[:120]})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""
+        if r.outcome == "expired":  # the pipeline's doing, not a person's
+            lines.append(f":hourglass: {when} the approval of {target} expired ({r.detail or 'nobody decided'})")
+            continue
         what = describe(r.action, r.outcome, target)
         lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} <@{r.actor}> {what}{detail}{reason}")
     text = f"*Recent activity, {scope}* (newest first)\n" + "\n".join(lines)

@@ -16,6 +16,7 @@ from typing import Any
 from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.ecr_scans import fetch_scan_report
+from bot.aws.state import AuditRecord
 from bot.delivery.access_policy import mention_list
 from bot.delivery.deploy_card import DeployCard, ThreadNote, apply_event, severity_line
 from bot.delivery.image_tag import short_tag
@@ -189,6 +190,10 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     if result is None:
         return None
     card, notes = result
+    if any(n.key == "approval-expired" for n in notes):  # nobody decided: the trail says so, not "rejected"
+        await runtime.state.record_audit(AuditRecord(
+            actor="pipeline", action="approve", environment=card.environment, service=card.service,
+            outcome="expired", detail="nobody decided within 7 days", execution_id=card.execution_id))
     if report is not None:  # the thread gets the findings, not only the counts
         service = _service_of_repository(runtime, report.repository)
         notes = [ThreadNote(n.key, _report_text(report, service)) if n.key.startswith("scan:") else n for n in notes]

@@ -37,6 +37,7 @@ ACCOUNT = "806332783810"
 REGION = "ap-northeast-2"
 DEFINITION = Path(__file__).resolve().parents[1] / "infra" / "pipeline.json"
 BUILD_PHASES = ("INSTALL", "PRE_BUILD", "BUILD", "POST_BUILD")
+APPROVAL_DAYS = 7
 
 
 class PipelineError(Exception):
@@ -68,6 +69,7 @@ class ActionRun:
     external_url: str | None = None
     updated: float = field(default_factory=time.time)
     started: float = field(default_factory=time.time)
+    expired: bool = False  # an approval nobody answered in time
 
 
 @dataclass
@@ -117,6 +119,14 @@ class PipelineStandIn:
         self._stage_latest: dict[str, str] = {}  # stage -> execution id that entered it last
         self.emitted: list[dict[str, Any]] = []
         self.url = ""  # where it is served, once it is
+        self._offset = 0.0  # the stand-in's clock runs this far ahead of the machine's (advance())
+
+    def now(self) -> float:
+        return time.time() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the stand-in's clock forward (an approval's seven days, in a test or the sandbox)."""
+        self._offset += seconds
 
     # --- the wire protocol -----------------------------------------------------------
 
@@ -305,11 +315,14 @@ class PipelineStandIn:
         for e in self.executions.values():
             run = e.actions.get((str(stage), str(action)))
             if run is not None and run.token == token:
+                if run.expired:  # botocore's model: "already received a response or has expired"
+                    raise PipelineError("InvalidApprovalTokenException",
+                                        f"The token for the approval request of action {action} is not valid")
                 if run.status != "InProgress" or e.decision is None or e.decision.done():
                     raise PipelineError("ApprovalAlreadyCompletedException",
                                         "The approval request has already been completed")
                 e.decision.set_result((result["status"], result["summary"]))
-                return {"approvedAt": _epoch(time.time())}
+                return {"approvedAt": _epoch(self.now())}
         raise PipelineError("InvalidApprovalTokenException",
                             f"The token for the approval request of action {action} is not valid")
 
@@ -348,7 +361,8 @@ class PipelineStandIn:
     async def _emit(self, e: Execution, source: str, detail_type: str, detail: dict[str, Any],
                     resources: list[str]) -> None:
         event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
-                 "account": ACCOUNT, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
+                 "account": ACCOUNT, "time": datetime.fromtimestamp(self.now(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "region": REGION,
                  "resources": resources, "detail": detail}
         self.emitted.append(event)
         e.events.append(event)
@@ -461,7 +475,17 @@ class PipelineStandIn:
             return True, None
         if category == "Approval":
             e.decision = asyncio.get_running_loop().create_future()
-            status, summary = await e.decision
+            # the action's timeoutInMinutes, seven days by default (AWS's user guide: with no response within
+            # seven days the pipeline fails)
+            lifetime = float(action.get("timeoutInMinutes", APPROVAL_DAYS * 24 * 60)) * 60
+            expires = self.now() + lifetime
+            while not e.decision.done():
+                if self.now() >= expires:
+                    run.expired = True
+                    return False, None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(e.decision), 0.05)
+            status, summary = e.decision.result()
             run.summary = summary
             return status == "Approved", (None if status == "Approved" else "Rejected")
         return await self._run_codebuild(e, run, action)

@@ -7,6 +7,7 @@ POST /ui/command       {user, channel, text}: type a slash command
 POST /ui/click         {user, channel, ts, action_id}: press a button
 POST /ui/submit        {user, view_id, values}: submit a modal
 POST /ui/push          {environment}: a push to main starts the pipeline without Slack
+POST /ui/advance       {days}: move the CodePipeline stand-in's clock forward (an approval expires after 7)
 """
 
 from __future__ import annotations
@@ -104,7 +105,18 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
         execution = pipeline.start_from_push(str(body.get("environment", "dev")))
         return web.json_response({"ok": True, "execution_id": execution.id})
 
+    async def advance(request: web.Request) -> web.StreamResponse:
+        if pipeline is None:
+            return web.json_response({"ok": False, "error": "no pipeline in this sandbox"}, status=404)
+        body = await request.json()
+        days = body.get("days", 7)
+        if not isinstance(days, int | float) or not 0 < days <= 30:
+            return web.json_response({"ok": False, "error": "days: a number from 0 to 30"}, status=400)
+        pipeline.advance(float(days) * 86400)
+        return web.json_response({"ok": True})
+
     app.router.add_post("/ui/push", push)
+    app.router.add_post("/ui/advance", advance)
     app.router.add_get("/", index)
     app.router.add_get("/ui/state", state)
     app.router.add_get("/ui/events", events)

@@ -12,6 +12,7 @@ STARTED never overwrites SUCCEEDED). The card's phases and the buttons each show
     succeeded          the pipeline succeeded                             -
     failed             a stage failed                                     rollback
     rejected           an approver (or the console) rejected it           -
+    expired            nobody decided within the approval's 7 days        -
     stopped            stopped from the console                            -
     superseded         a newer execution took its place                   -
 
@@ -38,6 +39,8 @@ STAGE_RANK = {"PENDING": 0, "STARTED": 1, "RESUMED": 1, "IN_PROGRESS": 1, "STOPP
               "SUCCEEDED": 2, "FAILED": 2, "STOPPED": 2, "CANCELED": 2, "ABANDONED": 2, "SKIPPED": 2}
 BUILD_PROJECT_STAGE = {"build": "Build", "deploy": "Deploy"}  # DEPLOY_PHASE variable -> stage
 APPROVAL_LIFETIME = timedelta(days=7)  # CodePipeline's manual approval timeout
+EXPIRY_SKEW = timedelta(minutes=1)  # event times have whole seconds, and AWS's clocks differ a little
+DECIDED = ("Approved", "Rejected", "Expired")
 REGION = "ap-northeast-2"
 
 
@@ -243,12 +246,15 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
         if event.state == "STARTED" and card.approval.requested_at is None:
             card.approval.requested_at = when
             card.approval.expires_at = _iso(event.time + APPROVAL_LIFETIME)
-            notes += card.note("approval", f":lock: Approval needed for this {card.environment} deploy"
-                                           f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
-        elif event.state in ("SUCCEEDED", "FAILED") and card.approval.decision not in ("Approved", "Rejected"):
+            if card.approval.decision is None and not card.finished:  # a late STARTED pings nobody
+                notes += card.note("approval", f":lock: Approval needed for this {card.environment} deploy"
+                                               f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
+            notes += _expiry(card)  # the FAILED came first: now its time can be judged
+        elif event.state in ("SUCCEEDED", "FAILED") and card.approval.decision not in DECIDED:
             card.approval.decision = "Approved" if event.state == "SUCCEEDED" else "Rejected"
             card.approval.decided_at = card.approval.decided_at or when
             card.approval.reason = card.approval.reason or (summary if event.state == "FAILED" else None)
+            notes += _expiry(card)
     if event.state == "FAILED" and not (event.stage == "Approval"):
         card.failure = {**(card.failure or {}), "stage": event.stage, "action": event.action or event.stage,
                         "summary": summary or str(result.get("error-code") or "failed")}
@@ -265,6 +271,24 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
                            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
                            + (f"  ·  <{url}|CodeBuild run>" if url else ""))
     return notes
+
+
+def _expiry(card: DeployCard) -> list[ThreadNote]:
+    """A rejection nobody made: the approval failed when its seven days ran out (AWS's user guide: with no
+    response within seven days the pipeline fails). Judged by time, which the events carry, not by a summary."""
+    a = card.approval
+    if a.decision != "Rejected" or a.decided_by or not a.decided_at:
+        return []
+    started = a.requested_at or card.started  # the action's start, else the pipeline's (earlier, so stricter)
+    if not started or datetime.fromisoformat(a.decided_at) < \
+            datetime.fromisoformat(started) + APPROVAL_LIFETIME - EXPIRY_SKEW:
+        return []
+    a.decision, a.reason = "Expired", None
+    service = card.service if card.service not in ("changed",) else ""
+    again = f"`/erp deploy {service + ' ' if service else ''}{card.environment}`"
+    return card.note("approval-expired", f":hourglass: This {card.environment} deploy's approval expired: nobody"
+                                         f" approved or rejected it within {APPROVAL_LIFETIME.days} days, so"
+                                         f" nothing was deployed. To try again: {again}")
 
 
 # --- phases, and the text both the card and the thread use ---------------------------
@@ -285,8 +309,8 @@ def card_phase(card: DeployCard) -> str:
     """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one
     (succeeded, failed, rejected, stopped, superseded)."""
     if card.finished:
-        if card.status == "Failed" and card.approval.decision == "Rejected":
-            return "rejected"  # nothing was deployed: there is nothing to roll back
+        if card.status == "Failed" and card.approval.decision in ("Rejected", "Expired"):
+            return card.approval.decision.lower()  # nothing was deployed: there is nothing to roll back
         return card.status.lower()
     if card.awaiting_approval:
         return "deciding" if card.approval.decision in ("Approving", "Rejecting") else "awaiting_approval"

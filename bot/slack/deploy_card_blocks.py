@@ -22,6 +22,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot.delivery.deploy_card import (
+    APPROVAL_LIFETIME,
     PHASE_BUTTONS,
     STAGE_RANK,
     STAGES,
@@ -57,6 +58,8 @@ def _status_line(card: DeployCard) -> str:
     if card.status == "Failed":
         f = card.failure or {}
         where = f" at {f['stage']}" if f.get("stage") else ""
+        if card.approval.decision == "Expired":
+            return f":hourglass: *Expired*: nobody approved within {APPROVAL_LIFETIME.days} days"
         if card.approval.decision == "Rejected":
             return f":red_circle: *Rejected*{f' by <@{card.approval.decided_by}>' if card.approval.decided_by else ''}"
         reason = failure_reason(f)
@@ -84,7 +87,9 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
               MarkdownTextObject(text=f"*Image*\n`{card.commit[:7]}`" if card.commit else "*Image*\npending build")]
     if card.needs_approval or card.approval.requested_at:
         a = card.approval
-        if a.decision in ("Approved", "Rejected"):
+        if a.decision == "Expired":
+            fields.append(MarkdownTextObject(text=f"*Approval*\nexpired after {APPROVAL_LIFETIME.days} days"))
+        elif a.decision in ("Approved", "Rejected"):
             who = f"<@{a.decided_by}>" if a.decided_by else "the console"
             at = f" at {_slack_time(a.decided_at)}" if a.decided_at else ""
             fields.append(MarkdownTextObject(text=f"*{a.decision} by*\n{who}{at}"))

@@ -236,3 +236,29 @@ def test_a_skipped_approval_stage_is_shown_as_skipped():
     apply_event(card, event)
     shown = json.dumps(render_card(card)[1])
     assert "Approval skipped" in shown and ":white_circle: Approval" not in shown
+
+
+def _approval_event(state: str, at: str) -> PipelineEvent:
+    event = parse_event(json.dumps({
+        "id": f"approval-{state}-{at}", "detail-type": "CodePipeline Action Execution State Change", "time": at,
+        "detail": {"pipeline": "erp-pipeline", "execution-id": "exec-wait", "stage": "Approval", "action": "Approval",
+                   "state": state, "execution-result": {} if state == "STARTED" else {"external-execution-summary": ""}}}))
+    assert event is not None
+    return event
+
+
+@pytest.mark.parametrize("first", ["STARTED", "FAILED"])
+def test_an_approval_failed_after_seven_days_is_expired_in_any_order(first: str):
+    started, failed = _approval_event("STARTED", "2026-01-01T00:00:00Z"), _approval_event("FAILED", "2026-01-08T00:00:02Z")
+    card = new_card("exec-wait")
+    notes = [n for e in ((started, failed) if first == "STARTED" else (failed, started)) for n in apply_event(card, e)]
+    assert card.approval.decision == "Expired"
+    assert [n.key for n in notes if n.key == "approval-expired"] == ["approval-expired"]
+    assert not [n for n in notes if n.key == "approval"] or first == "STARTED"  # a late STARTED pings nobody
+
+
+def test_a_console_rejection_within_seven_days_is_a_rejection():
+    card = new_card("exec-wait")
+    for e in (_approval_event("STARTED", "2026-01-01T00:00:00Z"), _approval_event("FAILED", "2026-01-06T12:00:00Z")):
+        apply_event(card, e)
+    assert card.approval.decision == "Rejected" and card.approval.decided_by is None

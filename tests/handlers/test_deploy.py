@@ -175,6 +175,26 @@ def test_two_prod_deploys_waiting_at_once_are_each_approved_from_their_own_card(
     assert not [m for u in ("U0APPR1", "U0ONCALL") for m in slack.ephemerals(u) if "no longer open" in m.text]
 
 
+def test_an_approval_nobody_answers_expires_after_seven_days(bot: BotProcess, slack: SlackWorkspace,
+                                                             background_loop: BackgroundLoop,
+                                                             pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    pipeline.advance(7 * 86400 + 5)
+    card = wait_for_card(slack, "C0PROD", "Expired")
+    shown = card_text(card)
+    assert "Rejected" not in shown and "the console" not in shown
+    assert APPROVE_ACTION not in buttons(card) and REJECT_ACTION not in buttons(card)
+    assert ROLLBACK_ACTION not in buttons(card)  # nothing was deployed
+    note = wait_until(lambda: [m.text for m in slack.thread("C0PROD", card.ts) if "expired" in m.text.lower()],
+                      what="the expiry in the thread")[0]
+    assert "7 days" in note and "/erp deploy employee prod" in note
+    command(background_loop, slack, "U0DEV1", "C0PROD", "history employee prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    assert "approval of employee in prod expired" in history
+
+
 def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, slack: SlackWorkspace,
                                                                background_loop: BackgroundLoop,
                                                                pipeline: PipelineStandIn):

@@ -187,3 +187,36 @@ def test_list_action_executions_refuses_what_aws_refuses(pipeline: PipelineStand
                        config=__import__("botocore.config", fromlist=["Config"]).Config(parameter_validation=False))
     with pytest.raises(ClientError, match="ValidationException"):
         raw.list_action_executions(pipelineName="erp-pipeline", maxResults=101)  # 1..100 in the API model
+
+
+def test_an_unanswered_approval_expires_after_seven_days(pipeline: PipelineStandIn):
+    """AWS's user guide (Approve or reject an approval action): with no response within seven days the
+    pipeline fails; the token is then refused ("already received a response or has expired")."""
+    cp = codepipeline(pipeline)
+    execution_id = cp.start_pipeline_execution(name="erp-pipeline", variables=[
+        {"name": "ENVIRONMENT", "value": "prod"}, {"name": "SERVICE", "value": "employee"}])["pipelineExecutionId"]
+
+    def token() -> str | None:
+        details = cp.list_action_executions(pipelineName="erp-pipeline",
+                                            filter={"pipelineExecutionId": execution_id})["actionExecutionDetails"]
+        waiting = [d for d in details if d["stageName"] == "Approval" and d["status"] == "InProgress"]
+        return waiting[0]["output"]["executionResult"]["externalExecutionId"] if waiting else None
+
+    approval = wait_until(token, what="the approval")
+    pipeline.advance(6 * 86400)  # six days: still open
+    time.sleep(0.3)
+    assert token() == approval
+    pipeline.advance(86400 + 1)
+    wait_until(lambda: cp.get_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=execution_id)
+               ["pipelineExecution"]["status"] == "Failed", what="the expiry")
+    with pytest.raises(ClientError, match="InvalidApprovalTokenException"):
+        cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                               token=approval, result={"summary": "too late", "status": "Approved"})
+    [failed] = [e for e in pipeline.emitted if e["detail"].get("stage") == "Approval"
+                and e["detail"].get("action") and e["detail"]["state"] == "FAILED"]
+    [started] = [e for e in pipeline.emitted if e["detail"].get("stage") == "Approval"
+                 and e["detail"].get("action") and e["detail"]["state"] == "STARTED"]
+    from datetime import datetime
+    seconds = (datetime.fromisoformat(failed["time"].replace("Z", "+00:00"))
+               - datetime.fromisoformat(started["time"].replace("Z", "+00:00"))).total_seconds()
+    assert seconds >= 7 * 86400
