@@ -26,6 +26,7 @@ from sandbox.codepipeline import Faults, PipelineStandIn
 from sandbox.erp_cluster import SandboxCluster
 from sandbox.local_aws import LocalAws, free_port
 from sandbox.local_kube import KubeUnavailable, find_tools
+from sandbox.logs_insights import InsightsStandIn
 from sandbox.page import add_page_routes
 from sandbox.seed import SLACK_SECRET_ID, sandbox_config, seed_all
 from sandbox.slack_workspace import SlackWorkspace
@@ -57,6 +58,12 @@ async def _main(host: str, port: int) -> int:
         pipeline_port = free_port()
         await web.TCPSite(pipeline_runner, "127.0.0.1", pipeline_port).start()
         os.environ["AWS_ENDPOINT_URL_CODEPIPELINE"] = f"http://127.0.0.1:{pipeline_port}"
+        insights_runner = web.AppRunner(InsightsStandIn(aws_proc.url).web_app(), access_log=None)
+        await insights_runner.setup()
+        insights_port = free_port()
+        await web.TCPSite(insights_runner, "127.0.0.1", insights_port).start()
+        # boto3's name for CloudWatch Logs' own endpoint (its service ID, "CloudWatch Logs")
+        os.environ["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS"] = f"http://127.0.0.1:{insights_port}"
 
         workspace = SlackWorkspace(bot_token=bot_token, signing_secret=signing_secret)
         app = workspace.web_app()

@@ -14,6 +14,7 @@ from sandbox.codepipeline import PipelineStandIn
 from sandbox.ecr_images import create_repositories
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import KubeUnavailable, LocalKube
+from sandbox.logs_insights import InsightsStandIn
 from sandbox.seed import create_events_queue, create_state_table
 from sandbox.service_logs import seed_service_logs
 from sandbox.slack_workspace import SlackWorkspace
@@ -94,6 +95,16 @@ def pipeline(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> 
 
 
 @pytest.fixture
+def insights(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[InsightsStandIn]:
+    """CloudWatch Logs Insights, really running the queries (moto ignores filter and stats)."""
+    stand_in = InsightsStandIn(moto.url)
+    runner, port = background_loop.serve(stand_in.web_app())
+    stand_in.url = f"http://127.0.0.1:{port}"
+    yield stand_in
+    background_loop.run(runner.cleanup())
+
+
+@pytest.fixture
 def aws_faults(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[AwsFaultProxy]:
     """A fault-injecting proxy in front of moto; point a service at it with AWS_ENDPOINT_URL_<SERVICE>."""
     proxy = AwsFaultProxy(upstream=moto.url)
@@ -109,8 +120,10 @@ def config_file(tmp_path: Path, aws_resources: dict[str, str]) -> Path:
 
 
 @pytest.fixture
-def bot_env(moto: MotoServer, slack: SlackWorkspace, config_file: Path, pipeline: PipelineStandIn) -> dict[str, str]:
-    return {**moto.env(), "AWS_ENDPOINT_URL_CODEPIPELINE": pipeline.url, "BOT_CONFIG": str(config_file), "SLACK_API_URL": f"{slack.base_url}/api/",
+def bot_env(moto: MotoServer, slack: SlackWorkspace, config_file: Path, pipeline: PipelineStandIn,
+            insights: InsightsStandIn) -> dict[str, str]:
+    return {**moto.env(), "AWS_ENDPOINT_URL_CODEPIPELINE": pipeline.url, "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": insights.url,
+            "BOT_CONFIG": str(config_file), "SLACK_API_URL": f"{slack.base_url}/api/",
             "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "LOG_LEVEL": "DEBUG",
             "QUEUE_WAIT_SECONDS": "1"}
 

@@ -1,7 +1,5 @@
-"""`/erp logs` against moto's CloudWatch Logs seeded with Spring Boot logs.
-
-moto does not run Insights filters, so the tests read back the exact query text
-each form sends (DescribeQueries) and check what reaches Slack."""
+"""`/erp logs` against moto's CloudWatch Logs seeded with Spring Boot logs, queried through the Logs Insights
+stand-in, which really runs each query: the tests check both the query text each form sends and what it finds."""
 
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ import pytest
 from bot.delivery.error_chart import buckets_from_rows, render_chart, summary
 from bot.delivery.log_lines import SECTION_LIMIT, fit_for_message, to_line, to_lines
 from bot.delivery.log_query import STATS_QUERY, build_query, string_literal
+from sandbox.logs_insights import InsightsStandIn
 from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess, wait_until
 
@@ -27,9 +26,6 @@ def ask(loop: BackgroundLoop, slack: SlackWorkspace, text: str, channel: str = "
                       what="the answer")[-1]
 
 
-def last_query(group: str) -> str:
-    queries = boto3.client("logs").describe_queries(logGroupName=group)["queries"]
-    return queries[-1]["queryString"]
 
 
 @pytest.mark.parametrize(("text", "group", "query_filter"), [
@@ -39,10 +35,10 @@ def last_query(group: str) -> str:
     ("logs approval-request prod 2026-11-26T00:00Z connection reset", "/erp/prod/approval-request-service",
      'like "connection reset"'),
 ])
-def test_each_form_sends_the_expected_query(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
+def test_each_form_sends_the_expected_query(insights: InsightsStandIn, bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
                                             text: str, group: str, query_filter: str):
     answer = ask(background_loop, slack, text)
-    assert last_query(group) == (f"fields @timestamp, @message, @logStream | filter @message {query_filter}"
+    assert insights.last_query(group) == (f"fields @timestamp, @message, @logStream | filter @message {query_filter}"
                                  " | sort @timestamp desc | limit 1000")
     assert "newest first" in answer or "No " in answer
 
@@ -64,7 +60,24 @@ def test_oncall_gets_prod_and_readable_lines_with_the_rest_in_a_file(bot: BotPro
     assert len(content.splitlines()) > 100
 
 
-def test_channel_environment_and_empty_result(bot: BotProcess, slack: SlackWorkspace,
+def test_errors_and_warnings_are_only_errors_and_warnings(bot: BotProcess, slack: SlackWorkspace,
+                                                         background_loop: BackgroundLoop):
+    """The seeded logs are mostly INFO: a query that really runs lists none of them under this title."""
+    answer = ask(background_loop, slack, "logs notification prod 2h")
+    assert "errors and warnings" in answer
+    listed = [line for line in answer.split("```")[1].strip().splitlines() if line.strip()]
+    assert listed and all(line.split()[1] in ("ERROR", "WARN") for line in listed), listed[:5]
+    [upload] = [m for m in slack.channel_messages("C0ONCALL") if m.files]
+    content = slack.files[upload.files[0]["id"]]["content"].decode()
+    assert " INFO " not in content
+
+
+def test_stats_counts_the_seeded_incident(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    answer = ask(background_loop, slack, "logs notification prod stats")
+    assert "no errors" not in answer and " errors, peak " in answer
+
+
+def test_channel_environment_and_empty_result(insights: InsightsStandIn, bot: BotProcess, slack: SlackWorkspace,
                                               background_loop: BackgroundLoop):
     logs = boto3.client("logs")
     group = "/erp/dev/employee-service"
@@ -76,17 +89,17 @@ def test_channel_environment_and_empty_result(bot: BotProcess, slack: SlackWorks
     answer = ask(background_loop, slack, "logs employee", channel="C0DEV")
     assert "in dev, last 15m" in answer and "Boot: boom" in answer and "showing" not in answer
     answer = ask(background_loop, slack, "logs employee dev 2026-01-01T00:00Z", channel="C0DEV")
-    assert last_query(group).startswith("fields @timestamp")
+    assert insights.last_query(group).startswith("fields @timestamp")
 
 
-def test_hostile_filters_stay_string_literals(bot: BotProcess, slack: SlackWorkspace,
+def test_hostile_filters_stay_string_literals(insights: InsightsStandIn, bot: BotProcess, slack: SlackWorkspace,
                                               background_loop: BackgroundLoop):
     ask(background_loop, slack, """logs employee prod 1h 'x" | stats count(*) by @logStream | filter "y'""")
-    query = last_query("/erp/prod/employee-service")
+    query = insights.last_query("/erp/prod/employee-service")
     assert query == ('fields @timestamp, @message, @logStream | filter @message like '
                      '"x\\" | stats count(*) by @logStream | filter \\"y" | sort @timestamp desc | limit 1000')
     ask(background_loop, slack, "logs employee prod 1h /.*/ 'a\\b'")  # a regex and a backslash, as text
-    assert last_query("/erp/prod/employee-service").endswith('like "/.*/ a\\\\b" | sort @timestamp desc | limit 1000')
+    assert insights.last_query("/erp/prod/employee-service").endswith('like "/.*/ a\\\\b" | sort @timestamp desc | limit 1000')
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -100,10 +113,10 @@ def test_bad_input_gets_one_line(bot: BotProcess, slack: SlackWorkspace, backgro
     assert expected in answer and "\n" not in answer
 
 
-def test_stats_sends_the_teams_query_and_a_chart(bot: BotProcess, slack: SlackWorkspace,
+def test_stats_sends_the_teams_query_and_a_chart(insights: InsightsStandIn, bot: BotProcess, slack: SlackWorkspace,
                                                  background_loop: BackgroundLoop):
     answer = ask(background_loop, slack, "logs approval-processing prod stats")
-    assert last_query("/erp/prod/approval-processing-service") == STATS_QUERY
+    assert insights.last_query("/erp/prod/approval-processing-service") == STATS_QUERY
     assert "Errors per 5 minutes for `approval-processing` in prod, last 3h" in answer
     [upload] = [m for m in slack.channel_messages("C0ONCALL") if m.files]
     assert upload.files[0]["name"] == "errors-per-5m.png"
