@@ -69,17 +69,63 @@ def repo(tmp_path: Path) -> dict[str, object]:
     return {"path": repo, "first": first, "second": second}
 
 
+# What CodeBuild's stock image (aws/codebuild/standard:7.0) ships that the buildspec uses: a shell and the
+# usual tools, git, python3 with pip and venv, the aws CLI. Not erp-chatops, not helm: the buildspec must
+# bring those itself. `docker` is the one stand-in.
+IMAGE_TOOLS = ("bash", "sh", "env", "cat", "mkdir", "rm", "cp", "mv", "ln", "ls", "tar", "gzip", "sha256sum",
+               "date", "basename", "dirname", "head", "tail", "tr", "sed", "grep", "cut", "sort", "uname", "sleep",
+               "tee", "touch", "chmod", "install", "mktemp", "id", "git")
+
+
+def stock_image_path(bin_dir: Path) -> str:
+    """A PATH with only what the stock image has: each tool linked by name into one directory."""
+    bin_dir.mkdir(exist_ok=True)
+    for name in IMAGE_TOOLS:
+        found = shutil.which(name)
+        assert found, f"{name} is not on this machine"
+        (bin_dir / name).symlink_to(found)
+    base = Path(sys.base_prefix) / "bin"  # the interpreter itself, not the test's venv with erp-chatops in it
+    (bin_dir / "python3").symlink_to(base / f"python{sys.version_info.major}.{sys.version_info.minor}")
+    (bin_dir / "aws").symlink_to(Path(sys.executable).parent / "aws")  # the CLI alone: its own interpreter
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\nPYTHONPATH={ROOT} exec {sys.executable} {ROOT / 'tests' / 'ci' / 'docker_stand_in.py'}"
+                      ' "$@"\n')
+    docker.chmod(0o755)
+    return str(bin_dir)
+
+
+@pytest.fixture(scope="session")
+def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """erp-chatops and helm published to the pipeline's bucket as production does (scripts/publish-ci-tools.sh):
+    the wheelhouse built from this checkout, and a helm release archive made from the helm built here (the
+    real one comes from get.helm.sh, which this machine cannot reach)."""
+    work = tmp_path_factory.mktemp("ci-tools")
+    (work / "linux-amd64").mkdir()
+    shutil.copy(tools / "helm", work / "linux-amd64" / "helm")
+    archive = work / "helm-v3.16.2-linux-amd64.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(work), "linux-amd64"], check=True)
+    bucket = "erp-dev-pipeline-artifacts"
+    s3 = boto3.client("s3")
+    try:
+        s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"})
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), bucket, "dev", str(archive)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {"bucket": bucket, "cache": str(work / "codebuild-cache")}
+
+
 @pytest.fixture
 def build(tmp_path: Path, moto, slack: SlackWorkspace, aws_resources: dict[str, str],  # type: ignore[no-untyped-def]
-          secrets_seeded: None) -> Iterator[dict[str, object]]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    docker = bin_dir / "docker"
-    docker.write_text(f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'ci' / 'docker_stand_in.py'} \"$@\"\n")
-    docker.chmod(0o755)
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "KUBECONFIG"))},
-               **moto.env(), "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-               "PYTHONPATH": str(ROOT), "DOCKER_LOG": str(tmp_path / "docker.log"),
+          secrets_seeded: None, ci_tools: dict[str, str]) -> Iterator[dict[str, object]]:
+    environ = {**{k: v for k, v in os.environ.items()
+                  if not k.startswith(("SLACK_", "KUBECONFIG", "PYTHON", "VIRTUAL_ENV"))},
+               **moto.env(), "PATH": stock_image_path(tmp_path / "bin"), "HOME": str(tmp_path / "home"),
+               "TOOLS_CACHE": ci_tools["cache"],  # CodeBuild's local cache: the same across builds
+               "DOCKER_LOG": str(tmp_path / "docker.log"),
                "SLACK_API_URL": f"{slack.base_url}/api/", "STATE_TABLE": aws_resources["table"]}
     card = slack.m_chat_postMessage({"channel": "C0PROD", "text": "Deploy employee to prod"})
     yield {"environ": environ, "card_ts": card["ts"], "docker_log": tmp_path / "docker.log"}
@@ -215,6 +261,35 @@ def test_a_push_triggered_build_finds_the_card_by_execution_id(repo: dict[str, o
     assert any("Built and pushed employee-service" in m.text for m in slack.thread("C0DEV", card["ts"]))
 
 
+def test_the_stock_image_brings_neither_tool_and_a_tampered_download_stops_the_build(
+        repo: dict[str, object], build: dict[str, object], slack: SlackWorkspace, tmp_path: Path):
+    path = str(build["environ"]["PATH"])  # type: ignore[index]
+    assert shutil.which("erp-chatops", path=path) is None and shutil.which("helm", path=path) is None
+    ssm = boto3.client("ssm")
+    good = ssm.get_parameter(Name="/erp/dev/tools/erp-chatops/sha256")["Parameter"]["Value"]
+    ssm.put_parameter(Name="/erp/dev/tools/erp-chatops/sha256", Value="0" * 64, Type="String", Overwrite=True)
+    try:
+        result = run(repo, build, SERVICE="employee")
+    finally:
+        ssm.put_parameter(Name="/erp/dev/tools/erp-chatops/sha256", Value=good, Type="String", Overwrite=True)
+    assert result.phases["install"] == "FAILED" and result.phases["build"] == "skipped", result.phases
+    assert "FAILED" in result.output and "sha256sum" in result.output  # the checksum refused it
+    assert docker_calls(build) == [] and thread(slack, str(build["card_ts"])) == []  # nothing ran, nothing posted
+
+
+def test_the_tools_the_buildspec_reads_are_the_ones_published_and_cached():
+    spec = yaml.safe_load(BUILDSPEC.read_text())
+    tools = {v for v in spec["env"]["parameter-store"].values() if v.startswith("/erp/dev/tools/")}
+    script = (ROOT / "scripts" / "publish-ci-tools.sh").read_text()
+    published = {f"/erp/dev/tools/{name}" for name in re.findall(r"^put ([\w/-]+) ", script, re.M)}
+    assert tools == published == {"/erp/dev/tools/bucket", "/erp/dev/tools/erp-chatops/key",
+                                  "/erp/dev/tools/erp-chatops/sha256", "/erp/dev/tools/helm/key",
+                                  "/erp/dev/tools/helm/sha256"}
+    assert spec["cache"]["paths"] == ["/root/.cache/erp-chatops/**/*"]  # where the install step keeps them
+    main = (ROOT / "infra" / "terraform" / "erp-dev-ChatOps" / "main.tf").read_text()
+    assert main.count('modes = ["LOCAL_CUSTOM_CACHE"]') == 2  # both projects keep that cache
+
+
 def test_buildspec_format_and_its_shell(tmp_path: Path):
     spec = yaml.safe_load(BUILDSPEC.read_text())
     validate(spec)
@@ -261,9 +336,7 @@ class Controller(threading.Thread):
 def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, object], build: dict[str, object],
                                                            kube: LocalKube, helm: str, slack: SlackWorkspace,
                                                            aws_resources: dict[str, str]):
-    env = {**build["environ"], "KUBECONFIG": str(kube.kubeconfig), "HELM_BIN": helm}  # type: ignore[dict-item]
-    env["PATH"] = f"{Path(helm).parent}:{env['PATH']}"
-    build["environ"] = env
+    build["environ"] = {**build["environ"], "KUBECONFIG": str(kube.kubeconfig)}  # type: ignore[dict-item]
     namespace = "erp-prod"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     controller = Controller(kube, namespace)

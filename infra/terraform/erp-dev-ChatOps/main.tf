@@ -249,6 +249,10 @@ resource "aws_codebuild_project" "build" {
   artifacts {
     type = "CODEPIPELINE"
   }
+  cache { # the buildspec's verified erp-chatops and helm (cache.paths), reused by the next build on the host
+    type  = "LOCAL"
+    modes = ["LOCAL_CUSTOM_CACHE"]
+  }
   environment {
     compute_type    = "BUILD_GENERAL1_MEDIUM"
     image           = "aws/codebuild/standard:7.0"
@@ -301,6 +305,10 @@ resource "aws_codebuild_project" "deploy" {
   }
   artifacts {
     type = "CODEPIPELINE"
+  }
+  cache { # the buildspec's verified erp-chatops and helm (cache.paths), reused by the next build on the host
+    type  = "LOCAL"
+    modes = ["LOCAL_CUSTOM_CACHE"]
   }
   environment {
     compute_type = "BUILD_GENERAL1_SMALL"

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Publishes what the buildspec installs on CodeBuild's stock image, which has neither erp-chatops nor helm:
+#   s3://$BUCKET/tools/erp-chatops-<version>-wheelhouse.tar.gz   erp-chatops and every wheel it needs
+#   s3://$BUCKET/tools/<helm archive's name>                       helm's release archive, as given
+# and records where they are and their SHA-256 in SSM under /erp/<env>/tools/..., which the buildspec
+# reads (env.parameter-store) and verifies before it installs anything.
+#   usage: scripts/publish-ci-tools.sh BUCKET ENVIRONMENT HELM_ARCHIVE [HELM_SHA256]
+# HELM_ARCHIVE is helm's linux-amd64 release tarball (get.helm.sh); give its published checksum as
+# HELM_SHA256 and this refuses a file that does not match it.
+set -euo pipefail
+bucket="${1:?bucket}" environment="${2:?environment (dev, prod)}" helm_archive="${3:?helm release archive}"
+expected_helm="${4:-}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+python="${PYTHON:-python3}"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+helm_sha="$(sha256sum "$helm_archive" | cut -d' ' -f1)"
+if [ -n "$expected_helm" ] && [ "$helm_sha" != "$expected_helm" ]; then
+  echo "publish-ci-tools: $helm_archive has sha256 $helm_sha, not the published $expected_helm" >&2
+  exit 1
+fi
+
+# a clean copy of the package (no build/ from an earlier run leaks into the wheel)
+mkdir -p "$work/src" "$work/wheels"
+cp -r "$root/pyproject.toml" "$root/README.md" "$root/bot" "$root/handlers" "$work/src/"
+find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
+"$python" -m pip wheel --quiet --wheel-dir "$work/wheels" "$work/src"
+version="$(cd "$work/wheels" && ls erp_chatops-*.whl | sed -E 's/^erp_chatops-([^-]+)-.*/\1/')"
+bundle="erp-chatops-$version-wheelhouse.tar.gz"
+tar -czf "$work/$bundle" -C "$work/wheels" .
+bundle_sha="$(sha256sum "$work/$bundle" | cut -d' ' -f1)"
+
+aws s3 cp --only-show-errors "$work/$bundle" "s3://$bucket/tools/$bundle"
+aws s3 cp --only-show-errors "$helm_archive" "s3://$bucket/tools/$(basename "$helm_archive")"
+put() { aws ssm put-parameter --overwrite --type String --name "/erp/$environment/tools/$1" --value "$2" >/dev/null; }
+put bucket "$bucket"
+put erp-chatops/key "tools/$bundle"
+put erp-chatops/sha256 "$bundle_sha"
+put helm/key "tools/$(basename "$helm_archive")"
+put helm/sha256 "$helm_sha"
+echo "published erp-chatops $version ($bundle_sha) and $(basename "$helm_archive") ($helm_sha) for $environment"
