@@ -26,7 +26,8 @@ mkdir -p "$work/src" "$work/wheels"
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/bot" "$root/handlers" "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
 "$python" -m pip wheel --quiet --wheel-dir "$work/wheels" "$work/src"
-version="$(cd "$work/wheels" && ls erp_chatops-*.whl | sed -E 's/^erp_chatops-([^-]+)-.*/\1/')"
+wheel="$(find "$work/wheels" -name 'erp_chatops-*.whl' -printf '%f\n')"
+version="$(echo "$wheel" | sed -E 's/^erp_chatops-([^-]+)-.*/\1/')"
 bundle="erp-chatops-$version-wheelhouse.tar.gz"
 tar -czf "$work/$bundle" -C "$work/wheels" .
 bundle_sha="$(sha256sum "$work/$bundle" | cut -d' ' -f1)"

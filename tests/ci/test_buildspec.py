@@ -313,6 +313,9 @@ def test_buildspec_format_and_its_shell(tmp_path: Path):
             out = subprocess.run([shellcheck, "-s", "bash", "-e", "SC2154", str(script)], capture_output=True,
                                  text=True)
             assert out.returncode == 0, f"{phase} command {i}:\n{out.stdout}"
+    for script in sorted((ROOT / "scripts").glob("*.sh")):  # the project's own scripts, the publisher included
+        out = subprocess.run([shellcheck, str(script)], capture_output=True, text=True)
+        assert out.returncode == 0, f"{script.name}:\n{out.stdout}"
 
 
 # --- the deploy action, with the real helm against the real API server ------------------------
