@@ -12,6 +12,7 @@ from bot.aws.clients import AwsClients
 from sandbox.aws_fault_proxy import AwsFaultProxy
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.ecr_images import create_repositories
+from sandbox.ecr_pages import EcrPager
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import KubeUnavailable, LocalKube
 from sandbox.logs_insights import InsightsStandIn
@@ -105,6 +106,16 @@ def insights(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[Insi
 
 
 @pytest.fixture
+def ecr_pages(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[EcrPager]:
+    """ECR's scan findings a page at a time, as AWS serves them (moto answers with all of them at once)."""
+    pager = EcrPager(upstream=moto.url)
+    runner, port = background_loop.serve(pager.web_app())
+    pager.url = f"http://127.0.0.1:{port}"
+    yield pager
+    background_loop.run(runner.cleanup())
+
+
+@pytest.fixture
 def aws_faults(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[AwsFaultProxy]:
     """A fault-injecting proxy in front of moto; point a service at it with AWS_ENDPOINT_URL_<SERVICE>."""
     proxy = AwsFaultProxy(upstream=moto.url)
@@ -121,8 +132,9 @@ def config_file(tmp_path: Path, aws_resources: dict[str, str]) -> Path:
 
 @pytest.fixture
 def bot_env(moto: MotoServer, slack: SlackWorkspace, config_file: Path, pipeline: PipelineStandIn,
-            insights: InsightsStandIn) -> dict[str, str]:
+            insights: InsightsStandIn, ecr_pages: EcrPager) -> dict[str, str]:
     return {**moto.env(), "AWS_ENDPOINT_URL_CODEPIPELINE": pipeline.url, "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": insights.url,
+            "AWS_ENDPOINT_URL_ECR": ecr_pages.url,
             "BOT_CONFIG": str(config_file), "SLACK_API_URL": f"{slack.base_url}/api/",
             "SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "LOG_LEVEL": "DEBUG",
             "QUEUE_WAIT_SECONDS": "1"}

@@ -120,10 +120,11 @@ def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 @pytest.fixture
 def build(tmp_path: Path, moto, slack: SlackWorkspace, aws_resources: dict[str, str],  # type: ignore[no-untyped-def]
-          secrets_seeded: None, ci_tools: dict[str, str]) -> Iterator[dict[str, object]]:
+          secrets_seeded: None, ci_tools: dict[str, str], ecr_pages) -> Iterator[dict[str, object]]:
     environ = {**{k: v for k, v in os.environ.items()
                   if not k.startswith(("SLACK_", "KUBECONFIG", "PYTHON", "VIRTUAL_ENV"))},
-               **moto.env(), "PATH": stock_image_path(tmp_path / "bin"), "HOME": str(tmp_path / "home"),
+               **moto.env(), "AWS_ENDPOINT_URL_ECR": ecr_pages.url,  # findings a page at a time, as ECR serves them
+               "PATH": stock_image_path(tmp_path / "bin"), "HOME": str(tmp_path / "home"),
                "TOOLS_CACHE": ci_tools["cache"],  # CodeBuild's local cache: the same across builds
                "DOCKER_LOG": str(tmp_path / "docker.log"),
                "SLACK_API_URL": f"{slack.base_url}/api/", "STATE_TABLE": aws_resources["table"]}

@@ -14,6 +14,7 @@ from bot.aws.clients import AwsClients
 from handlers.scan import NOTIFY_ACTION
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.ecr_images import publish_image
+from sandbox.ecr_pages import EcrPager
 from sandbox.local_aws import ACCOUNT
 from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess, wait_until
@@ -128,6 +129,32 @@ def test_a_scan_that_could_not_run_never_passes(bot: BotProcess, slack: SlackWor
     shown = ask(background_loop, slack, f"scan employee {tag}")
     assert "Scan failed" in shown and status in shown and description.split(":")[0] in shown
     assert "Passes" not in shown and "passes" not in shown and "still" not in shown
+
+
+def test_enhanced_findings_on_more_than_one_page_are_all_read(bot: BotProcess, slack: SlackWorkspace,
+                                                              background_loop: BackgroundLoop, ecr_pages: EcrPager):
+    """ECR serves 100 findings a page (botocore's ECR docs); the one CRITICAL finding is on the second."""
+    tag = new_tag()
+    push_only("erp/notification-service", tag)
+    mediums = [{"awsAccountId": ACCOUNT, "severity": "MEDIUM", "score": 5.0, "status": "ACTIVE",
+                "title": f"CVE-2024-{1000 + i} - lib{i}", "type": "PACKAGE_VULNERABILITY",
+                "packageVulnerabilityDetails": {"vulnerabilityId": f"CVE-2024-{1000 + i}", "source": "NVD",
+                                                "vulnerablePackages": [{"name": f"lib{i}", "version": "1.0"}]}}
+               for i in range(140)]
+    critical = {"awsAccountId": ACCOUNT, "severity": "CRITICAL", "score": 9.8, "status": "ACTIVE",
+                "title": "CVE-2021-44228 - log4j-core", "type": "PACKAGE_VULNERABILITY",
+                "packageVulnerabilityDetails": {"vulnerabilityId": "CVE-2021-44228", "source": "NVD",
+                                                "vulnerablePackages": [{"name": "log4j-core", "version": "2.14.1",
+                                                                        "fixedInVersion": "2.17.1"}]}}
+    configure_findings("erp/notification-service", tag, {
+        "imageScanStatus": {"status": "ACTIVE", "description": "Continuous scan is selected"},
+        "imageScanFindings": {"findingSeverityCounts": {"MEDIUM": 140, "CRITICAL": 1},
+                              "enhancedFindings": [*mediums, critical]}})
+    served = ecr_pages.pages_served
+    shown = ask(background_loop, slack, f"scan notification {tag}")
+    assert ecr_pages.pages_served - served >= 2  # the bot asked for the second page
+    assert "CVE-2021-44228" in shown and "fixed in `2.17.1`" in shown and "Blocks the deploy" in shown
+    assert shown.index("CVE-2021-44228") < shown.index("CVE-2024-1000")
 
 
 def test_scan_in_progress_offers_to_post_the_result(bot: BotProcess, slack: SlackWorkspace,

@@ -220,3 +220,23 @@ def test_an_unanswered_approval_expires_after_seven_days(pipeline: PipelineStand
     seconds = (datetime.fromisoformat(failed["time"].replace("Z", "+00:00"))
                - datetime.fromisoformat(started["time"].replace("Z", "+00:00"))).total_seconds()
     assert seconds >= 7 * 86400
+
+
+def test_ecr_serves_scan_findings_a_page_at_a_time(ecr_pages, erp_images):  # type: ignore[no-untyped-def]
+    """botocore's ECR docs: up to 100 results a page without maxResults, 1 to 1000 with it, then nextToken."""
+    from bot.aws.clients import AwsClients
+    from sandbox.ecr_images import publish_image
+
+    publish_image(AwsClients(), "erp/employee-service", "paged-1")  # 10 findings
+    ecr = boto3.client("ecr", endpoint_url=ecr_pages.url)
+    first = ecr.describe_image_scan_findings(repositoryName="erp/employee-service", imageId={"imageTag": "paged-1"},
+                                             maxResults=4)
+    assert len(first["imageScanFindings"]["findings"]) == 4 and first["nextToken"]
+    pages = ecr.get_paginator("describe_image_scan_findings").paginate(
+        repositoryName="erp/employee-service", imageId={"imageTag": "paged-1"}, PaginationConfig={"PageSize": 3})
+    assert [len(p["imageScanFindings"]["findings"]) for p in pages] == [3, 3, 3, 1]
+    whole = ecr.describe_image_scan_findings(repositoryName="erp/employee-service", imageId={"imageTag": "paged-1"})
+    assert len(whole["imageScanFindings"]["findings"]) == 10 and "nextToken" not in whole
+    with pytest.raises(ClientError, match="InvalidParameterException"):
+        ecr.describe_image_scan_findings(repositoryName="erp/employee-service", imageId={"imageTag": "paged-1"},
+                                         nextToken="made-up")
