@@ -3,10 +3,15 @@
     bot/delivery/            the delivery logic: pure, no I/O; imports only itself and bot.config
     bot/aws, bot/slack,      adapters, each the only place that talks to its system; they build on
     bot/cluster              the logic and share metrics and logging, never import each other
-    bot/ci/                  what the buildspec runs in CodeBuild: logic, AWS and the cluster, never Slack's
-                             adapter (CI holds no Slack credential of the bot's) and never the server
-    handlers/                one module per capability: logic, adapters and the wiring's Runtime
-    bot/*.py                 the wiring (config, app, runtime, HTTP server, consumer, metrics); only
+    bot/ci/                  what the buildspec runs in CodeBuild: logic, AWS and the cluster, never the bot's
+                             Slack adapter, server or handlers (its progress notes still use slack_sdk
+                             directly, with the token CodeBuild reads: moving them to the bot is the
+                             security issue's work)
+    bot/config.py, metrics,  shared by every room: they import nothing of ours but each other
+    jsonlog
+    handlers/                one module per capability: logic, adapters, and of the wiring only the Runtime
+                             they are given, the config, metrics and logging
+    bot/*.py                 the wiring (app, runtime, HTTP server, consumer, card store, readiness); only
                              bot/app.py imports handlers, to register them
     sandbox/                 the local stand-ins: beside the bot, never imported by it (bot/__main__.py's
                              `sandbox` command imports it lazily, from a checkout)
@@ -23,8 +28,10 @@ from tests.support import ROOT
 
 ADAPTERS = ("bot.aws", "bot.slack", "bot.cluster")
 SHARED = ("bot.config", "bot.metrics", "bot.jsonlog")  # every room may log, count and read the config's types
-IO_LIBRARIES = ("boto3", "botocore", "aiohttp", "slack_sdk", "slack_bolt", "kubernetes", "subprocess", "socket",
-                "urllib.request", "http.client", "requests", "asyncio.subprocess")
+IO_LIBRARIES = ("boto3", "botocore", "aiobotocore", "aiohttp", "httpx", "requests", "urllib3", "urllib.request",
+                "http", "socket", "ssl", "subprocess", "asyncio", "threading", "os", "shutil", "pathlib", "tempfile",
+                "slack_sdk", "slack_bolt", "kubernetes", "prometheus_client")
+WIRING_FOR_HANDLERS = ("bot.runtime",)  # what handlers may take from the wiring, beside the shared modules
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -35,21 +42,34 @@ def module_name(path: Path, root: Path) -> str:
 
 
 def imports_of(path: Path, root: Path) -> list[tuple[str, int, bool]]:
-    """(imported module, line, at module level) for every import in the file, relative ones resolved."""
+    """(imported module, line, at module level) for every import in the file: statements, relative ones
+    resolved, and importlib.import_module / __import__ with a constant name. Module level means outside any
+    function (a `try:` around an import at the top counts as module level)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module_name(path, root).rsplit(".", 1)[0] if path.name != "__init__.py" else module_name(path, root)
-    top_level = {id(node) for node in tree.body}
     found: list[tuple[str, int, bool]] = []
-    for node in ast.walk(tree):
+
+    def visit(node: ast.AST, in_function: bool) -> None:
         if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno, id(node) in top_level) for alias in node.names]
+            found.extend((alias.name, node.lineno, not in_function) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            found.append((base, node.lineno, id(node) in top_level))
-            found += [(f"{base}.{alias.name}", node.lineno, id(node) in top_level) for alias in node.names]
+            # `from bot import config` imports bot.config; `from bot.config import Config`, bot.config.Config
+            found.extend((f"{base}.{alias.name}", node.lineno, not in_function) for alias in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+            if name in ("import_module", "__import__"):
+                found.append((node.args[0].value, node.lineno, not in_function))
+        inner = in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(tree, False)
     return found
 
 
@@ -58,6 +78,8 @@ def _within(name: str, *packages: str) -> bool:
 
 
 def room_of(module: str) -> str:
+    if _within(module, *SHARED):
+        return "shared"
     for adapter in ADAPTERS:
         if _within(module, adapter):
             return adapter
@@ -77,7 +99,10 @@ def violation(module: str, imported: str, top_level: bool) -> str | None:
         if module == "bot.__main__" and not top_level:
             return None  # `python -m bot sandbox`, from a checkout
         return "only the sandbox imports the sandbox: it does not ship"
-    if room == "bot.delivery":
+    if room == "shared":
+        if ours and not _within(imported, *SHARED):
+            return "config, metrics and logging are shared by every room: they import nothing else of ours"
+    elif room == "bot.delivery":
         if _within(imported, *IO_LIBRARIES):
             return f"the delivery logic does no I/O ({imported.split('.')[0]})"
         if ours and not _within(imported, "bot.delivery", "bot.config"):
@@ -89,8 +114,10 @@ def violation(module: str, imported: str, top_level: bool) -> str | None:
         if ours and not _within(imported, "bot.ci", "bot.delivery", "bot.aws", "bot.cluster", *SHARED):
             return "CI steps use the logic, AWS and the cluster only (no Slack adapter, no server, no handlers)"
     elif room == "handlers":
-        if _within(imported, "bot.ci", "bot.app", "bot.__main__"):
-            return "handlers never reach into CI steps or the entry points"
+        if _within(imported, "bot.ci"):
+            return "handlers never reach into CI steps"
+        if _within(imported, "bot") and room_of(imported) == "wiring" and not _within(imported, *WIRING_FOR_HANDLERS):
+            return "handlers take only the Runtime from the wiring (never the app, server or consumer)"
     elif room == "wiring":
         if _within(imported, "handlers") and module != "bot.app":
             return "only bot/app.py imports handlers (to register them)"
