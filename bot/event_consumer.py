@@ -117,6 +117,8 @@ class EventConsumer(Generic[Change]):
             event = parse_event(message.get("Body", ""), self.scope)
         except NotOurs as e:  # a shared bus or a wide rule: someone else's event, not a fault
             log.debug("event not ours (%s), dropped", e, extra=log_fields(message_id=message.get("MessageId")))
+            # counted, so a misconfigured pipeline name or account (every event "not ours") shows on /metrics
+            self.runtime.metrics.events_processed.labels("not_ours").inc()
             self.runtime.work.spawn(self._delete(receipt))
             return None
         except MalformedEvent as e:

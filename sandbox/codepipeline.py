@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from bot.aws.clients import AwsClients
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 ACCOUNT = "806332783810"
 REGION = "ap-northeast-2"
 DEFINITION = Path(__file__).resolve().parents[1] / "infra" / "pipeline.json"
+BUILDSPEC = Path(__file__).resolve().parents[1] / "buildspec.yml"
 BUILD_PHASES = ("INSTALL", "PRE_BUILD", "BUILD", "POST_BUILD")
 APPROVAL_DAYS = 7
 
@@ -541,8 +543,9 @@ class PipelineStandIn:
             await self._emit(e, "aws.codebuild", "CodeBuild Build Phase Change", {
                 "completed-phase": phase, "completed-phase-status": "FAILED" if failed_here else "SUCCEEDED",
                 "completed-phase-duration-seconds": max(0, round(time.time() - phase_start)),
-                "completed-phase-context": (f"[COMMAND_EXECUTION_ERROR: Error while executing command: {failing[1]}."
-                                            " Reason: exit status 1]") if failed_here and failing else "[: ]",
+                "completed-phase-context": (f"[COMMAND_EXECUTION_ERROR: Error while executing command: "
+                                            f"{self._buildspec_block(phase, failing[1])}. Reason: exit status 1]")
+                if failed_here and failing else "[: ]",
                 "completed-phase-start": _codebuild_time(phase_start),
                 "completed-phase-end": _codebuild_time(time.time()),
                 "project-name": project, "build-id": build_id, "additional-information": info, "version": "1",
@@ -602,6 +605,17 @@ class PipelineStandIn:
                              f"{e.variables.get('ENVIRONMENT', 'dev')}",
                     "deploy: helm upgrade failed: UPGRADE FAILED: context deadline exceeded (rolled back)")
         return None
+
+    @staticmethod
+    def _buildspec_block(phase: str, command: str) -> str:
+        """What CodeBuild quotes for a failed command: the buildspec's whole command as written (ours are
+        multi-line blocks), when the repository's buildspec has one for the phase; else the command alone."""
+        try:
+            spec = yaml.safe_load(BUILDSPEC.read_text())
+            commands = spec["phases"][phase.lower()]["commands"]
+            return str(next((c for c in commands if command.split()[0] in c), commands[-1]))
+        except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+            return command
 
     async def _scan_events(self, e: Execution) -> None:
         """Push each built image to ECR (moto), scan it, and emit ECR's scan event with the same counts."""

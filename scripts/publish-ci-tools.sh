@@ -25,8 +25,13 @@ fi
 mkdir -p "$work/src" "$work/wheels"
 cp -r "$root/pyproject.toml" "$root/README.md" "$root/bot" "$root/handlers" "$work/src/"
 find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
-"$python" -m pip wheel --quiet --wheel-dir "$work/wheels" "$work/src"
+"$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "$work/src"
 wheel="$(find "$work/wheels" -name 'erp_chatops-*.whl' -printf '%f\n')"
+# every dependency as a wheel for the build image, whatever machine publishes: CPython 3.11 (the buildspec's
+# runtime-versions) on x86_64 Linux (standard:7.0, glibc 2.35), binary wheels only
+"$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version 3.11 \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  --dest "$work/wheels" "$work/wheels/$wheel"
 version="$(echo "$wheel" | sed -E 's/^erp_chatops-([^-]+)-.*/\1/')"
 bundle="erp-chatops-$version-wheelhouse.tar.gz"
 tar -czf "$work/$bundle" -C "$work/wheels" .

@@ -17,7 +17,7 @@ from bot.config import parse_config
 from bot.delivery.pipeline_events import EventScope, MalformedEvent, NotOurs, parse_event
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.slack_workspace import SlackWorkspace
-from tests.support import BotProcess, base_config, wait_until
+from tests.support import BotProcess, base_config, http, wait_until
 
 ACCOUNT = "806332783810"
 
@@ -119,3 +119,5 @@ def test_foreign_events_are_deleted_quietly_and_ours_malformed_dead_lettered(
     quiet = [line for line in lines if "not ours" in line.get("message", "")]
     assert len(quiet) == len(FOREIGN) and all(line["level"] == "debug" for line in quiet)
     assert any(line.get("reason") == "`detail.execution-id` is missing" for line in lines)
+    metrics = http("GET", f"{bot.url}/metrics")[1]
+    assert f'erp_chatops_events_processed_total{{type="not_ours"}} {float(len(FOREIGN))}' in metrics

@@ -305,3 +305,15 @@ def test_each_codebuild_project_logs_to_its_own_group():
         assert group == f"/aws/codebuild/{project['name']}", name
     writes = [s for s in TF["data.aws_iam_policy_document.codebuild"]["statement"] if "logs:PutLogEvents" in s["actions"]]
     assert writes and all(r.endswith(":log-group:/aws/codebuild/erp-*") for s in writes for r in s["resources"])
+
+
+def test_the_tools_the_buildspec_downloads_never_expire():
+    """scripts/publish-ci-tools.sh puts erp-chatops and helm under tools/ in the artifacts bucket: a lifecycle rule
+    that expires them would break every build on a cold cache a month after a release."""
+    rules = TF["resource.aws_s3_bucket_lifecycle_configuration.artifacts"]["rule"]
+    for rule in rules:
+        prefix = (rule.get("filter") or [{}])[0].get("prefix", "")
+        if rule.get("expiration"):
+            assert prefix and not "tools/".startswith(prefix) and prefix != "tools/", rule["id"]
+    script = (ROOT / "scripts" / "publish-ci-tools.sh").read_text()
+    assert '"s3://$bucket/tools/' in script

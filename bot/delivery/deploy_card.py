@@ -24,6 +24,7 @@ matter go to the card's thread as `ThreadNote`s, each posted once.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -41,6 +42,7 @@ BUILD_PROJECT_STAGE = {"build": "Build", "deploy": "Deploy"}  # DEPLOY_PHASE var
 APPROVAL_LIFETIME = timedelta(days=7)  # CodePipeline's manual approval timeout
 EXPIRY_SKEW = timedelta(minutes=1)  # event times have whole seconds, and AWS's clocks differ a little
 DECIDED = ("Approved", "Rejected", "Expired")
+PHASE_FAILED = ("FAILED", "FAULT", "TIMED_OUT")  # CodeBuild's phase statuses that end a build
 REGION = "ap-northeast-2"
 
 
@@ -199,11 +201,11 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
         logs = event.detail.get("additional-information", {}).get("logs", {})
         if isinstance(logs, dict) and logs.get("deep-link"):
             card.links.setdefault(f"{stage.lower()}_log", str(logs["deep-link"]))
-        if event.kind == "build_phase" and event.state == "FAILED":
+        if event.kind == "build_phase" and event.state in PHASE_FAILED:
             card.failure = card.failure or {}
             card.failure.setdefault("phase", str(event.detail.get("completed-phase", "")))
             # what failed is only here: the action's own event says "Build terminated with state: FAILED"
-            context = str(event.detail.get("completed-phase-context", "")).strip("[]: ")
+            context = command_failure(str(event.detail.get("completed-phase-context", "")).strip("[]: "))
             if context:
                 card.failure.setdefault("context", context)
                 if f"failed:{stage}" in card.notes:  # the failure note went out before this arrived
@@ -213,8 +215,9 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
                                                            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else ""))
     elif event.kind == "scan":
         repo = str(event.detail.get("repository-name"))
-        counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()}
-        line = ScanLine(repository=repo, counts=counts, at=when, status=event.state or "COMPLETE")
+        counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()
+                  if str(k).upper() != "TOTAL"}  # Inspector adds a total; the severities are what count
+        line = ScanLine(repository=repo, counts=counts, at=when, status=event.state or "UNKNOWN")  # none: closed
         card.scans[repo] = line
         tag = next(iter(event.detail.get("image-tags") or []), None) or card.commit or ""
         if line.failed:
@@ -251,7 +254,11 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
                                                f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
             notes += _expiry(card)  # the FAILED came first: now its time can be judged
         elif event.state in ("SUCCEEDED", "FAILED") and card.approval.decision not in DECIDED:
-            card.approval.decision = "Approved" if event.state == "SUCCEEDED" else "Rejected"
+            outcome = "Approved" if event.state == "SUCCEEDED" else "Rejected"
+            claimed = {"Approving": "Approved", "Rejecting": "Rejected"}.get(card.approval.decision or "")
+            if claimed != outcome:  # not what the claimant asked for: the console's doing, or the clock's
+                card.approval.decided_by = None
+            card.approval.decision = outcome
             card.approval.decided_at = card.approval.decided_at or when
             card.approval.reason = card.approval.reason or (summary if event.state == "FAILED" else None)
             notes += _expiry(card)
@@ -279,11 +286,10 @@ def _expiry(card: DeployCard) -> list[ThreadNote]:
     a = card.approval
     if a.decision != "Rejected" or a.decided_by or not a.decided_at:
         return []
-    started = a.requested_at or card.started  # the action's start, else the pipeline's (earlier, so stricter)
-    if not started or datetime.fromisoformat(a.decided_at) < \
-            datetime.fromisoformat(started) + APPROVAL_LIFETIME - EXPIRY_SKEW:
-        return []
-    a.decision, a.reason = "Expired", None
+    if not a.requested_at or datetime.fromisoformat(a.decided_at) < \
+            datetime.fromisoformat(a.requested_at) + APPROVAL_LIFETIME - EXPIRY_SKEW:
+        return []  # without the approval's own start nothing is judged: its STARTED will judge when it comes
+    a.decision = "Expired"
     service = card.service if card.service not in ("changed",) else ""
     again = f"`/erp deploy {service + ' ' if service else ''}{card.environment}`"
     return card.note("approval-expired", f":hourglass: This {card.environment} deploy's approval expired: nobody"
@@ -292,6 +298,24 @@ def _expiry(card: DeployCard) -> list[ThreadNote]:
 
 
 # --- phases, and the text both the card and the thread use ---------------------------
+
+COMMAND_ERROR = re.compile(r"^(?P<kind>[A-Z_]+): Error while executing command: (?P<command>.*)\. "
+                           r"Reason: (?P<reason>.*)$", re.S)
+CONTROL = re.compile(r"^(#|(set|if|then|else|elif|fi|for|do|done|while|case|esac)\b)")
+
+
+def command_failure(context: str) -> str:
+    """CodeBuild quotes the failed command as the buildspec wrote it, and ours are multi-line blocks: keep its
+    first real command (not `set -e`, `if`, `for`, comments) and say how much was left out."""
+    m = COMMAND_ERROR.match(context)
+    if not m or "\n" not in m.group("command").strip():
+        return context
+    lines = [line.strip() for line in m.group("command").splitlines() if line.strip()]
+    commands = [line for line in lines if not CONTROL.match(line)]
+    first = (commands or lines)[0][:160]
+    return (f"{m.group('kind')}: Error while executing command: `{first}` (and {len(lines) - 1} more lines of"
+            f" the block). Reason: {m.group('reason').strip()}")
+
 
 def failure_reason(failure: dict[str, str]) -> str:
     """What failed, as people need it: CodeBuild's phase context ("COMMAND_EXECUTION_ERROR: Error while

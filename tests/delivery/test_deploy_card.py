@@ -262,3 +262,48 @@ def test_a_console_rejection_within_seven_days_is_a_rejection():
     for e in (_approval_event("STARTED", "2026-01-01T00:00:00Z"), _approval_event("FAILED", "2026-01-06T12:00:00Z")):
         apply_event(card, e)
     assert card.approval.decision == "Rejected" and card.approval.decided_by is None
+
+
+def test_a_console_rejection_is_not_called_expired_when_the_approval_started_late():
+    """The pipeline started 40 minutes before its approval; the console rejected it 6d23h30m into the approval.
+    Until the approval's own start is known, nothing is judged by the pipeline's start (review finding)."""
+    card = new_card("exec-wait")
+    card.started = "2026-01-01T00:00:00+00:00"
+    rejected = _approval_event("FAILED", "2026-01-08T00:10:00Z")
+    rejected.detail["execution-result"]["external-execution-summary"] = "not this week"
+    apply_event(card, rejected)
+    assert card.approval.decision == "Rejected" and card.approval.reason == "not this week"
+    apply_event(card, _approval_event("STARTED", "2026-01-01T00:40:00Z"))
+    assert card.approval.decision == "Rejected" and card.approval.reason == "not this week"
+
+
+def test_an_interrupted_slack_claim_does_not_take_the_pipelines_outcome():
+    """An approver's click was claimed (Approving) and the pod died before PutApprovalResult; the approval then
+    expired. The card must not say the approver rejected it."""
+    card = new_card("exec-wait")
+    apply_event(card, _approval_event("STARTED", "2026-01-01T00:00:00Z"))
+    card.approval.decision, card.approval.decided_by = "Approving", "U0APPR1"
+    apply_event(card, _approval_event("FAILED", "2026-01-08T00:00:05Z"))
+    assert card.approval.decision == "Expired" and card.approval.decided_by is None
+
+
+BLOCK = ('set -eo pipefail\nif [ "$DEPLOY_PHASE" = build ]; then\n  for service in $BUILT_SERVICES; do\n'
+         '    docker build --tag "$image" "services/$service"\n  done\nfi\n')
+
+
+@pytest.mark.parametrize("status", ["FAILED", "FAULT", "TIMED_OUT"])
+def test_a_phase_context_quoting_a_whole_script_block_is_summarised(status: str):
+    """CodeBuild quotes the command as the buildspec wrote it: ours are multi-line blocks."""
+    events = _build_failure_events()
+    events[0].detail["completed-phase-status"] = status
+    events[0].detail["completed-phase-context"] = (f"[COMMAND_EXECUTION_ERROR: Error while executing command: {BLOCK}."
+                                                   " Reason: exit status 1]")
+    phase = parse_event(json.dumps({"id": "p2", "detail-type": "CodeBuild Build Phase Change",
+                                    "time": "2026-01-01T00:01:00Z", "detail": events[0].detail}))
+    assert phase is not None
+    card = new_card("exec-fail")
+    notes = [n for e in (phase, events[1], events[2]) for n in apply_event(card, e)]
+    shown = json.dumps(render_card(card)[1])
+    assert "exit status 1" in shown and "set -eo pipefail" not in shown and "docker build" in shown
+    text = " ".join(n.text for n in notes)
+    assert "set -eo pipefail" not in text and "docker build" in text and "exit status 1" in text

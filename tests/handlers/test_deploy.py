@@ -206,7 +206,9 @@ def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, 
     assert ROLLBACK_ACTION in buttons(card) and APPROVE_ACTION not in buttons(card)
     note = wait_until(lambda: [m.text for m in slack.thread("C0PROD", card.ts) if "Build failed" in m.text],
                       what="the failure note")[0]
-    assert "docker build" in note and "logEvent:group=/aws/codebuild/erp-build" in note
+    # CodeBuild quotes the buildspec's block; the note keeps its first command and the reason, not the block
+    assert "COMMAND_EXECUTION_ERROR" in note and "Reason: exit status 1" in note and "set -eo pipefail" not in note
+    assert "more lines of the block" in note and "logEvent:group=/aws/codebuild/erp-build" in note
 
 
 def test_deploy_while_approval_pending_points_to_the_card(bot: BotProcess, slack: SlackWorkspace,

@@ -221,13 +221,31 @@ resource "aws_s3_bucket_lifecycle_configuration" "artifacts" {
   rule {
     id     = "expire-old-artifacts"
     status = "Enabled"
-    filter {}
+    filter {
+      prefix = "${substr(local.pipeline_name, 0, 20)}/" # CodePipeline keeps artifacts under the pipeline's name
+    }
     expiration {
       days = 30
     }
     noncurrent_version_expiration {
       noncurrent_days = 7
     }
+  }
+  rule {
+    # tools/ (scripts/publish-ci-tools.sh) never expires: every build on a cold cache downloads it
+    id     = "tools-keep-one-old-version"
+    status = "Enabled"
+    filter {
+      prefix = "tools/"
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 30
+    }
+  }
+  rule {
+    id     = "abort-incomplete-uploads"
+    status = "Enabled"
+    filter {}
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
     }
