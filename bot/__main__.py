@@ -28,8 +28,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkout() -> str | None:
+    """The repository checkout this is run from (the folder holding sandbox/run.py and bot/), if any."""
+    from pathlib import Path
+
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "sandbox" / "run.py").is_file() and (folder / "bot").is_dir():
+            return str(folder)
+    return None
+
+
 def _sandbox(args: argparse.Namespace) -> int:
-    # The sandbox lives beside the bot in a checkout (sandbox/), never in the wheel or the image.
+    # The sandbox lives beside the bot in a checkout (sandbox/), never in the wheel or the image: found from
+    # the working folder (or one above it), whichever way the command was started
+    checkout = _checkout()
+    if checkout is not None and sys.path[:1] != [checkout]:
+        sys.path.insert(0, checkout)
     try:
         from sandbox.run import run_sandbox
     except ModuleNotFoundError as e:
@@ -61,6 +75,8 @@ def _ci(args: argparse.Namespace) -> int:
             print(" ".join(steps.changed_services(os.environ)))
         elif args.step == "image-tags":
             print(steps.image_tags(args.services, args.tag))
+        elif args.step == "image-ref":
+            print(steps.image_ref(args.service, args.tag, os.environ))
         elif args.step == "scan-gate":
             steps.scan_gate(args.services, args.tag, notifier, wait_seconds=args.wait)
         elif args.step == "deploy":
@@ -104,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         step.add_argument("--tag", required=True)
         step.add_argument("services", nargs="*")
         step.add_argument("--wait", type=int, default=900, help="seconds to wait for each scan")
+    ref = steps.add_parser("image-ref", help="registry/repository:tag of a service's image, from the chart")
+    ref.add_argument("--tag", required=True)
+    ref.add_argument("service")
     deploy = steps.add_parser("deploy", help="helm upgrade with the built tags, wait, roll back on failure")
     for flag in ("--release", "--chart", "--namespace", "--environment"):
         deploy.add_argument(flag, required=True)

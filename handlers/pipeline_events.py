@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from slack_sdk.errors import SlackApiError
+
 from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.ecr_scans import fetch_scan_report
@@ -126,9 +128,20 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
             metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": execution_id}})
         ts = str(posted["ts"])
 
-    def record(c: DeployCard) -> None:
-        c.ts, c.posting_since = ts, None
+    lost = False
+
+    def record(c: DeployCard) -> None:  # mutate may call it again on a conflict: the last call counts
+        nonlocal lost
+        lost = bool(c.ts) and c.ts != ts
+        if not lost:
+            c.ts, c.posting_since = ts, None
     await runtime.cards.mutate(execution_id, record)
+    if lost:  # a slow poster whose lease ran out: another replica's card is the card; ours goes
+        log.warning("a second message for one card was posted; deleting it", extra=log_fields(ts=ts))
+        try:
+            await runtime.slack.chat_delete(channel=card.channel, ts=ts)
+        except SlackApiError as e:
+            log.warning("could not delete the second card message: %s", e.response.get("error"))
 
 
 async def _find_posted_card(runtime: Runtime, card: DeployCard) -> str | None:

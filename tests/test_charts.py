@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sandbox.erp_services import SERVICES
 from tests.support import ROOT
 
 ERP = ROOT / "charts" / "erp"
@@ -57,19 +58,18 @@ def test_charts_lint_and_validate_against_the_kubernetes_schemas(helm: str, char
 def test_four_services_from_one_template_per_kind(helm: str, values: str, employee_replicas: int):
     docs = render(helm, ERP, values)
     deployments = kinds(docs, "Deployment")
-    assert sorted(d["metadata"]["name"] for d in deployments) == [
-        "approval-processing-service", "approval-request-service", "employee-service", "notification-service"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(f"{s}-service" for s in SERVICES)
     for kind, template in (("Deployment", "deployment.yaml"), ("Service", "service.yaml"),
                            ("HorizontalPodAutoscaler", "hpa.yaml")):
         assert {d["__source"] for d in kinds(docs, kind)} == {f"erp/templates/{template}"}
-        assert len(kinds(docs, kind)) == 4
+        assert len(kinds(docs, kind)) == len(SERVICES)
     employee = next(d for d in deployments if d["metadata"]["name"] == "employee-service")
     # the HPA owns the replica count (Kubernetes' HPA documentation: leave spec.replicas out of the manifest, or
     # every apply resets it); the environment's baseline is the HPA's minimum
     assert "replicas" not in employee["spec"]
     hpa = next(d for d in kinds(docs, "HorizontalPodAutoscaler") if d["metadata"]["name"] == "employee-service")
     assert hpa["spec"]["minReplicas"] == employee_replicas
-    assert len(kinds(docs, "PodDisruptionBudget")) == (4 if values == "values-prod.yaml" else 0)
+    assert len(kinds(docs, "PodDisruptionBudget")) == (len(SERVICES) if values == "values-prod.yaml" else 0)
 
 
 def test_no_load_balancer_and_websocket_affinity(helm: str):

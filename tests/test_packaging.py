@@ -79,6 +79,10 @@ def test_the_wheel_and_the_image_ship_no_sandbox_tests_or_benchmarks(tmp_path: P
     assert not top & {"sandbox", "tests", "bench"}, sorted(top)
     assert not [n for n in names if "sandbox" in n or n.endswith(".html")]
     assert "bot/delivery/deploy_card.py" in names and "bot/py.typed" in names
+    # every file the package keeps beside its code reaches the wheel (package-data lists them)
+    tracked = subprocess.run(["git", "ls-files", "bot", "handlers"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    assert {f for f in tracked if not f.endswith(".py")} <= set(names)
     # the image copies only the package, its metadata and the ERP chart (for per-service rollbacks)
     copied = re.findall(r"^COPY (?!--from)(.+?) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
     sources = {s for line in copied for s in line.split()}

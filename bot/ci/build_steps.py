@@ -93,6 +93,17 @@ def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
     return [s for s in services if any(p.startswith(f"services/{s}/") for p in paths)]
 
 
+def image_ref(service: str, tag: str, environ: Mapping[str, str], repo: str = ".") -> str:
+    """Where a service's image goes: the registry ($ECR_REGISTRY's host) and the repository the chart pulls."""
+    repositories = chart_services(environ, repo)
+    if service not in repositories:
+        raise StepFailed(f"{service!r} is not a service of the chart ({', '.join(repositories)})")
+    registry = environ.get("ECR_REGISTRY", "").split("/", 1)[0]
+    if not registry:
+        raise StepFailed("ECR_REGISTRY is not set (the /erp/<env>/ecr/repository parameter)")
+    return f"{registry}/{repositories[service]}:{tag}"
+
+
 def image_tags(services: list[str], tag: str) -> str:
     """The exported variable the Deploy action reads: employee=<tag>,notification=<tag>."""
     return ",".join(f"{s}={tag}" for s in services)
