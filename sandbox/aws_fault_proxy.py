@@ -49,13 +49,10 @@ class Fault:
         return True
 
 
-@dataclass
-class AwsFaultProxy:
+class MotoProxy:
+    """An HTTP proxy in front of moto's server: what a subclass does not answer itself goes to moto as sent."""
+
     upstream: str  # moto's server
-    faults: list[Fault] = field(default_factory=list)
-    injected: list[tuple[str, str, str]] = field(default_factory=list)  # (service, operation, kind)
-    forwarded: int = 0
-    url: str = ""
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
@@ -67,6 +64,26 @@ class AwsFaultProxy:
         app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
         yield
         await app[SESSION].close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    async def forward(self, request: web.Request, body: bytes) -> web.Response:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with request.app[SESSION].request(request.method, self.upstream + request.path_qs, data=body,
+                                                  headers=headers, allow_redirects=False) as upstream:
+            payload = await upstream.read()
+            out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=upstream.status, body=payload, headers=out)
+
+
+@dataclass
+class AwsFaultProxy(MotoProxy):
+    upstream: str  # moto's server
+    faults: list[Fault] = field(default_factory=list)
+    injected: list[tuple[str, str, str]] = field(default_factory=list)  # (service, operation, kind)
+    forwarded: int = 0
+    url: str = ""
 
     @staticmethod
     def identify(request: web.Request) -> tuple[str, str]:
@@ -96,15 +113,10 @@ class AwsFaultProxy:
                                      status=status, content_type="application/x-amz-json-1.0",
                                      headers={"x-amzn-query-error": f"{code.rsplit('#', 1)[-1]};Sender"})
         self.forwarded += 1
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with request.app[SESSION].request(request.method, self.upstream + request.path_qs, data=body,
-                                                  headers=headers, allow_redirects=False) as upstream:
-            payload = await upstream.read()
-            out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=upstream.status, body=payload, headers=out)
+        return await self.forward(request, body)
 
     def count(self, service: str) -> int:
         return sum(1 for s, _, _ in self.injected if s == service)
 
 
-__all__ = ["FAULTS", "AwsFaultProxy", "Fault"]
+__all__ = ["FAULTS", "AwsFaultProxy", "Fault", "MotoProxy"]

@@ -31,6 +31,7 @@ from bot.aws.clients import AwsClients
 from bot.ci.notify import Notifier
 from sandbox.ecr_images import publish_image
 from sandbox.erp_services import SERVICES, repository_of
+from sandbox.json_api import ApiError, JsonApi, error_response
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,7 @@ BUILD_PHASES = ("INSTALL", "PRE_BUILD", "BUILD", "POST_BUILD")
 APPROVAL_DAYS = 7
 
 
-class PipelineError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+PipelineError = ApiError  # CodePipeline's errors, in its JSON protocol
 
 
 @dataclass
@@ -102,7 +99,7 @@ def _codebuild_time(t: float) -> str:
     return f"{d:%b} {d.day}, {d.year} {d.hour % 12 or 12}:{d:%M:%S} {'AM' if d.hour < 12 else 'PM'}"
 
 
-class PipelineStandIn:
+class PipelineStandIn(JsonApi):
     def __init__(self, aws: AwsClients, events_queue_url: str, *, definition: Path = DEFINITION,
                  step_seconds: float = 1.0, faults: Faults | None = None,
                  deployer: Callable[[str, list[str], str], Awaitable[None]] | None = None,
@@ -130,33 +127,13 @@ class PipelineStandIn:
         """Move the stand-in's clock forward (an approval's seven days, in a test or the sandbox)."""
         self._offset += seconds
 
-    # --- the wire protocol -----------------------------------------------------------
+    # --- the wire protocol (sandbox/json_api.py) ----------------------------------------
 
-    def web_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/", self._dispatch)
-        return app
-
-    async def _dispatch(self, request: web.Request) -> web.Response:
-        target = request.headers.get("X-Amz-Target", "")
-        operation = target.rsplit(".", 1)[-1]
-        if self.faults.throttle > 0:
+    def before(self, operation: str) -> web.Response | None:
+        if self.faults.throttle > 0:  # the next N calls are throttled, as AWS does under load
             self.faults.throttle -= 1
-            return web.json_response({"__type": "ThrottlingException", "message": "Rate exceeded"}, status=400,
-                                     content_type="application/x-amz-json-1.1")
-        try:
-            body = json.loads(await request.text() or "{}")
-            handler = getattr(self, f"op_{operation}", None)
-            if handler is None:
-                raise PipelineError("UnknownOperationException", f"{operation} is not supported by the stand-in")
-            result = await handler(body)
-        except PipelineError as e:
-            return web.json_response({"__type": e.code, "message": e.message}, status=400,
-                                     content_type="application/x-amz-json-1.1")
-        except (ValueError, KeyError) as e:
-            return web.json_response({"__type": "ValidationException", "message": str(e)}, status=400,
-                                     content_type="application/x-amz-json-1.1")
-        return web.json_response(result, content_type="application/x-amz-json-1.1")
+            return error_response("ThrottlingException", "Rate exceeded")
+        return None
 
     def _check_pipeline(self, name: Any) -> None:
         if name != self.name:

@@ -12,10 +12,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
-from sandbox.aws_fault_proxy import HOP_BY_HOP, SESSION, AwsFaultProxy
+from sandbox.aws_fault_proxy import AwsFaultProxy, MotoProxy
 
 DEFAULT_PAGE = 100
 JSON = "application/x-amz-json-1.1"
@@ -26,35 +25,16 @@ def _error(code: str, message: str) -> web.Response:
 
 
 @dataclass
-class EcrPager:
+class EcrPager(MotoProxy):
     upstream: str  # moto's server
     url: str = ""
     pages_served: int = 0
-
-    def web_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        app.cleanup_ctx.append(self._session)
-        return app
-
-    async def _session(self, app: web.Application):  # type: ignore[no-untyped-def]
-        app[SESSION] = aiohttp.ClientSession(auto_decompress=False)
-        yield
-        await app[SESSION].close()
-
-    async def _forward(self, request: web.Request, body: bytes) -> tuple[int, bytes, dict[str, str]]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with request.app[SESSION].request(request.method, self.upstream + request.path_qs, data=body,
-                                                  headers=headers, allow_redirects=False) as upstream:
-            out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return upstream.status, await upstream.read(), out
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         _, operation = AwsFaultProxy.identify(request)
         if operation != "DescribeImageScanFindings":
-            status, payload, headers = await self._forward(request, body)
-            return web.Response(status=status, body=payload, headers=headers)
+            return await self.forward(request, body)
         asked: dict[str, Any] = json.loads(body or b"{}")
         size = asked.pop("maxResults", DEFAULT_PAGE)
         token = asked.pop("nextToken", None)
@@ -65,10 +45,10 @@ class EcrPager:
             if not isinstance(token, str) or not token.startswith("page-") or not token[5:].isdigit():
                 return _error("InvalidParameterException", "Invalid parameter at 'nextToken'")
             start = int(token[5:])
-        status, payload, headers = await self._forward(request, json.dumps(asked).encode())
-        if status != 200:
-            return web.Response(status=status, body=payload, headers=headers)
-        whole = json.loads(payload)
+        answer = await self.forward(request, json.dumps(asked).encode())
+        if answer.status != 200:
+            return answer
+        whole = json.loads(answer.body)  # type: ignore[arg-type]
         found = whole.get("imageScanFindings") or {}
         items = [("findings", f) for f in found.get("findings", [])] + \
                 [("enhancedFindings", f) for f in found.get("enhancedFindings", [])]

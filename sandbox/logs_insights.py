@@ -17,7 +17,6 @@ AWS gives them: `2024-12-27 03:04:05.678` (UTC). A query is Running at its first
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from aiohttp import web
+
+from sandbox.json_api import ApiError, JsonApi
 
 FIELDS = ("@timestamp", "@message", "@logStream", "@log")
 BIN = re.compile(r"^bin\((\d+)([smh])\)$")
@@ -33,12 +33,6 @@ BIN = re.compile(r"^bin\((\d+)([smh])\)$")
 
 class QueryError(Exception):
     """The query does not parse (AWS: MalformedQueryException)."""
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass(frozen=True)
@@ -196,31 +190,13 @@ class _Run:
     matched: int = 0
 
 
-class InsightsStandIn:
+class InsightsStandIn(JsonApi):
     def __init__(self, events_endpoint: str) -> None:
         # the events live in moto's CloudWatch Logs: named explicitly, since this process may point boto3's
         # own CloudWatch Logs endpoint at the stand-in itself
         self._logs = boto3.client("logs", endpoint_url=events_endpoint)
         self.runs: dict[str, _Run] = {}
         self.url = ""
-
-    def web_app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/", self._dispatch)
-        return app
-
-    async def _dispatch(self, request: web.Request) -> web.Response:
-        operation = request.headers.get("X-Amz-Target", "").rsplit(".", 1)[-1]
-        try:
-            body = json.loads(await request.text() or "{}")
-            handler = getattr(self, f"op_{operation}", None)
-            if handler is None:
-                raise ApiError("UnknownOperationException", f"{operation} is not served by the Insights stand-in")
-            result = await handler(body)
-        except ApiError as e:
-            return web.json_response({"__type": e.code, "message": e.message}, status=400,
-                                     content_type="application/x-amz-json-1.1")
-        return web.json_response(result, content_type="application/x-amz-json-1.1")
 
     async def op_StartQuery(self, body: dict[str, Any]) -> dict[str, Any]:
         groups = list(body.get("logGroupNames") or []) or ([body["logGroupName"]] if body.get("logGroupName") else [])

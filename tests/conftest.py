@@ -26,6 +26,7 @@ from tests.support import (
     BotProcess,
     MotoServer,
     base_config,
+    served,
     tools_bin,
     write_config,
 )
@@ -85,44 +86,33 @@ def slack(background_loop: BackgroundLoop) -> Iterator[SlackWorkspace]:
 @pytest.fixture
 def pipeline(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> Iterator[PipelineStandIn]:
     """The CodePipeline stand-in, fast: each step takes a few hundredths of a second."""
-    stand_in = PipelineStandIn(AwsClients(), aws_resources["queue_url"], step_seconds=0.05)
-    runner, port = background_loop.serve(stand_in.web_app())
-    stand_in.url = f"http://127.0.0.1:{port}"
-    yield stand_in
-    for execution in stand_in.executions.values():
-        if execution.task is not None:
-            background_loop.loop.call_soon_threadsafe(execution.task.cancel)
-    background_loop.run(runner.cleanup())
+    with served(background_loop, PipelineStandIn(AwsClients(), aws_resources["queue_url"],
+                                                 step_seconds=0.05)) as stand_in:
+        yield stand_in
+        for execution in stand_in.executions.values():
+            if execution.task is not None:
+                background_loop.loop.call_soon_threadsafe(execution.task.cancel)
 
 
 @pytest.fixture
 def insights(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[InsightsStandIn]:
     """CloudWatch Logs Insights, really running the queries (moto ignores filter and stats)."""
-    stand_in = InsightsStandIn(moto.url)
-    runner, port = background_loop.serve(stand_in.web_app())
-    stand_in.url = f"http://127.0.0.1:{port}"
-    yield stand_in
-    background_loop.run(runner.cleanup())
+    with served(background_loop, InsightsStandIn(moto.url)) as stand_in:
+        yield stand_in
 
 
 @pytest.fixture
 def ecr_pages(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[EcrPager]:
     """ECR's scan findings a page at a time, as AWS serves them (moto answers with all of them at once)."""
-    pager = EcrPager(upstream=moto.url)
-    runner, port = background_loop.serve(pager.web_app())
-    pager.url = f"http://127.0.0.1:{port}"
-    yield pager
-    background_loop.run(runner.cleanup())
+    with served(background_loop, EcrPager(upstream=moto.url)) as pager:
+        yield pager
 
 
 @pytest.fixture
 def aws_faults(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[AwsFaultProxy]:
     """A fault-injecting proxy in front of moto; point a service at it with AWS_ENDPOINT_URL_<SERVICE>."""
-    proxy = AwsFaultProxy(upstream=moto.url)
-    runner, port = background_loop.serve(proxy.web_app())
-    proxy.url = f"http://127.0.0.1:{port}"
-    yield proxy
-    background_loop.run(runner.cleanup())
+    with served(background_loop, AwsFaultProxy(upstream=moto.url)) as proxy:
+        yield proxy
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,3 +133,17 @@ def tools_bin() -> Path | None:
     out = subprocess.run(["bash", str(ROOT / "scripts" / "build-test-tools.sh")], capture_output=True, text=True,
                          timeout=3600)
     return Path(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip() else None
+
+
+S = TypeVar("S")
+
+
+@contextlib.contextmanager
+def served(loop: BackgroundLoop, stand_in: S) -> Iterator[S]:
+    """A stand-in's web app served on a free loopback port for the test; its `url` set, cleaned up after."""
+    runner, port = loop.serve(stand_in.web_app())  # type: ignore[attr-defined]
+    stand_in.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        yield stand_in
+    finally:
+        loop.run(runner.cleanup())

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 
 from bot.delivery.log_query import STATS_QUERY, build_query
 from sandbox.logs_insights import InsightsStandIn, QueryError, parse_query
-from tests.support import BackgroundLoop, MotoServer
+from tests.support import BackgroundLoop, MotoServer, served
 
 # CloudWatch Logs refuses events older than 14 days (moto too): the fixture's hour is a recent one
 T0 = (datetime.now(UTC) - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
@@ -45,10 +45,8 @@ def engine(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[tuple[
     logs.create_log_stream(logGroupName=group, logStreamName="pod-1")
     logs.put_log_events(logGroupName=group, logStreamName="pod-1", logEvents=[
         {"timestamp": int((T0 + timedelta(seconds=s)).timestamp() * 1000), "message": m} for s, m in LINES])
-    stand_in = InsightsStandIn(moto.url)
-    runner, port = background_loop.serve(stand_in.web_app())
-    yield boto3.client("logs", endpoint_url=f"http://127.0.0.1:{port}"), group
-    background_loop.run(runner.cleanup())
+    with served(background_loop, InsightsStandIn(moto.url)) as stand_in:
+        yield boto3.client("logs", endpoint_url=stand_in.url), group
 
 
 def run(client, group: str, query: str, **extra) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
