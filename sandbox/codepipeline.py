@@ -93,6 +93,13 @@ def _epoch(t: float) -> float:
     return round(t, 3)
 
 
+def _execution_result(run: ActionRun, names: tuple[str, str, str]) -> dict[str, Any]:
+    """An action's result (id, summary, url) under the API's names or EventBridge's. While an approval is open its
+    id is the token PutApprovalResult takes (botocore's PutApprovalResult docs, PARALLEL mode)."""
+    ident = run.token if run.token and run.status == "InProgress" else run.external_id
+    return {name: value for name, value in zip(names, (ident, run.summary, run.external_url), strict=True) if value}
+
+
 def _codebuild_time(t: float) -> str:
     """CodeBuild's own timestamp format in its events: 'Sep 1, 2017 4:12:29 PM' (not ISO)."""
     d = datetime.fromtimestamp(t, UTC)
@@ -207,8 +214,9 @@ class PipelineStandIn(JsonApi):
                              "updated": _epoch(time.time() - 86400)}}
 
     async def op_ListActionExecutions(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Newest first; `filter.pipelineExecutionId` keeps one execution's; maxResults 1..100 (default 100);
-        nextToken only as this stand-in returned it (the API model's errors for the rest)."""
+        """Newest first; `filter.pipelineExecutionId` keeps one execution's; maxResults 1..100, default 100, and
+        nextToken only as returned, with PipelineExecutionNotFound / InvalidNextToken / Validation errors for
+        the rest (botocore's CodePipeline model: ListActionExecutions' shapes and errors)."""
         self._check_pipeline(body.get("pipelineName"))
         limit = body.get("maxResults", 100)
         if not isinstance(limit, int) or not 1 <= limit <= 100:
@@ -233,15 +241,7 @@ class PipelineStandIn(JsonApi):
     def _action_detail(self, e: Execution, run: ActionRun) -> dict[str, Any]:
         declared = next(a for s in self.pipeline["stages"] if s["name"] == run.stage
                         for a in s["actions"] if a["name"] == run.action)
-        result: dict[str, Any] = {}
-        if run.token and run.status == "InProgress":
-            result["externalExecutionId"] = run.token  # what PutApprovalResult takes in PARALLEL mode
-        elif run.external_id:
-            result["externalExecutionId"] = run.external_id
-        if run.summary:
-            result["externalExecutionSummary"] = run.summary
-        if run.external_url:
-            result["externalExecutionUrl"] = run.external_url
+        result = _execution_result(run, ("externalExecutionId", "externalExecutionSummary", "externalExecutionUrl"))
         return {"pipelineExecutionId": e.id, "actionExecutionId": run.action_execution_id, "pipelineVersion": 1,
                 "stageName": run.stage, "actionName": run.action, "startTime": _epoch(run.started),
                 "lastUpdateTime": _epoch(run.updated), "status": run.status,
@@ -378,13 +378,8 @@ class PipelineStandIn(JsonApi):
             "input-artifacts": [{"name": a["name"]} for a in action.get("inputArtifacts", [])],
         }
         if state in ("SUCCEEDED", "FAILED"):
-            result: dict[str, Any] = {}
-            if run.external_url:
-                result["external-execution-url"] = run.external_url
-            if run.summary:
-                result["external-execution-summary"] = run.summary
-            if run.external_id:
-                result["external-execution-id"] = run.external_id
+            result = _execution_result(run, ("external-execution-id", "external-execution-summary",
+                                             "external-execution-url"))
             if error_code:
                 result["error-code"] = error_code
             detail["execution-result"] = result

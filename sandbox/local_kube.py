@@ -230,7 +230,9 @@ class LocalKube:
 
     def observe(self, namespace: str, name: str) -> None:
         """Play the Deployment controller's first step on a new spec: it observes the generation and starts a
-        new ReplicaSet; the old pods still serve (maxUnavailable 0), none is updated yet."""
+        new ReplicaSet; the old pods still serve (maxUnavailable 0), none is updated yet. Until then
+        status.observedGeneration trails metadata.generation (Kubernetes' Deployment documentation, "Deployment
+        status"; `kubectl rollout status` waits for it)."""
         status, dep = self.request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
         if status != 200:
             raise KubeUnavailable(f"no deployment {namespace}/{name}")
@@ -247,9 +249,10 @@ class LocalKube:
             raise KubeUnavailable(f"cannot set the status of {namespace}/{name}: {body}")
 
     def autoscale(self, namespace: str, demand: dict[str, int] | None = None) -> dict[str, int]:
-        """Play the HPA controller: each HPA sets its Deployment's replicas (the scale subresource) to what the
-        load asks for (`demand`, by Deployment name; otherwise what it runs now), within minReplicas and
-        maxReplicas. Returns the replicas it set."""
+        """Play the HPA controller: each HPA sets its Deployment's replicas through the scale subresource, to
+        what the load asks for (`demand`, by Deployment name; otherwise what it runs now), never outside
+        minReplicas..maxReplicas (Kubernetes' "Horizontal Pod Autoscaling" documentation). Returns the
+        replicas it set."""
         status, listing = self.request("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers")
         if status != 200:
             raise KubeUnavailable(f"cannot list the HPAs of {namespace}: {listing}")

@@ -154,9 +154,14 @@ def _matches(record: Record, test: tuple[str, bool, re.Pattern[str] | str]) -> b
     return hit != negated
 
 
-def execute(query: Query, records: list[Record], limit: int = 10000) -> list[list[dict[str, str]]]:
-    """The result rows, each a list of {field, value} as GetQueryResults returns them."""
+def execute(query: Query, records: list[Record], limit: int = 10000) -> tuple[list[list[dict[str, str]]], int]:
+    """The result rows, each a list of {field, value} as GetQueryResults returns them, and how many records
+    matched the filters."""
     kept = [r for r in records if all(_matches(r, f) for f in query.filters)]
+    return _rows(query, kept, limit), len(kept)
+
+
+def _rows(query: Query, kept: list[Record], limit: int) -> list[list[dict[str, str]]]:
     if query.stats_bin is not None:
         size = query.stats_bin
         counts: dict[int, int] = {}
@@ -225,8 +230,7 @@ class InsightsStandIn(JsonApi):
             run.status = "Running"  # the first look finds it running, as a real query would be
         elif run.status == "Running":
             records = await asyncio.to_thread(self._records, run)
-            run.results = execute(run.query, records, run.limit)
-            run.matched = sum(1 for r in records if all(_matches(r, f) for f in run.query.filters))
+            run.results, run.matched = execute(run.query, records, run.limit)
             run.status = "Complete"
         return {"status": run.status, "results": run.results if run.status == "Complete" else [],
                 "statistics": {"recordsMatched": float(run.matched), "recordsScanned": float(run.matched),
