@@ -317,3 +317,39 @@ def test_the_tools_the_buildspec_downloads_never_expire():
             assert prefix and not "tools/".startswith(prefix) and prefix != "tools/", rule["id"]
     script = (ROOT / "scripts" / "publish-ci-tools.sh").read_text()
     assert '"s3://$bucket/tools/' in script
+
+
+# The first provider release whose aws_codepipeline schema has stage.before_entry/on_success/on_failure
+# (terraform-provider-aws PR #41663). Read from the provider schemas CDKTF publishes per release:
+# @cdktf/provider-aws 19.56.0 (aws 5.90.0) has no `before_entry` in lib/codepipeline/index.d.ts,
+# 19.56.1 (aws 5.90.1) has it.
+FIRST_PROVIDER_WITH_STAGE_CONDITIONS = (5, 90, 1)
+
+
+def _provider_bounds(constraint: str) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Lowest version a Terraform version constraint admits, and the first it excludes above."""
+    lower: tuple[int, ...] = (0,)
+    upper: tuple[int, ...] | None = None
+    for part in constraint.split(","):
+        op, _, number = part.strip().partition(" ")
+        version = tuple(int(n) for n in number.strip().split("."))
+        if op in (">=", "=", "~>"):
+            lower = max(lower, version)
+        if op == "~>":
+            # "~> 5.80" admits 5.x; "~> 5.80.1" admits 5.80.x (Terraform's version constraint syntax).
+            upper = (*version[:-2], version[-2] + 1)
+        elif op == "<":
+            upper = version
+    return lower, upper
+
+
+def test_the_provider_lower_bound_has_the_stage_conditions_the_pipeline_uses():
+    parsed = unquote(hcl2.load((MODULE / "versions.tf").open()))
+    constraint = parsed["terraform"][0]["required_providers"][0]["aws"]["version"]
+    stages = TF["resource.aws_codepipeline.erp"]["stage"]
+    assert any("before_entry" in stage for stage in stages), "the pipeline no longer gates a stage"
+    lower, upper = _provider_bounds(constraint)
+    assert lower >= FIRST_PROVIDER_WITH_STAGE_CONDITIONS, (
+        f"{constraint!r} admits a provider without stage.before_entry; the first with it is 5.90.1"
+    )
+    assert upper is not None and upper <= (6, 0, 0), f"{constraint!r} admits provider 6, untested here"

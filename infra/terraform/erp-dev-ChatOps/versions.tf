@@ -3,7 +3,8 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = "~> 5.80" # stage conditions (before_entry) on V2 pipelines
+      # 5.90.1 is the first release with stage.before_entry (PR #41663); 6.x is a major not tried here.
+      version = ">= 5.90.1, < 6.0"
     }
   }
 }
