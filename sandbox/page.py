@@ -47,7 +47,8 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
                  for vid, view in workspace.views.items() if view.get("user") == user]
         return web.json_response({
             "people": [vars(p) for p in workspace.people.values()],
-            "channels": [{"id": cid, "name": name} for cid, name in workspace.channels.items()],
+            "channels": [{"id": cid, "name": name, "bot_member": cid in workspace.bot_in}
+                         for cid, name in workspace.channels.items()],
             "messages": _visible(workspace, user),
             "views": views,
             "commands": workspace.command_log[-50:],
@@ -115,6 +116,15 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
         pipeline.advance(float(days) * 86400)
         return web.json_response({"ok": True})
 
+    async def membership(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        channel = str(body.get("channel", ""))
+        if channel not in workspace.channels:
+            return web.json_response({"ok": False, "error": "channel_not_found"}, status=404)
+        (workspace.invite_bot if body.get("member") else workspace.remove_bot)(channel)
+        return web.json_response({"ok": True, "member": channel in workspace.bot_in})
+
+    app.router.add_post("/ui/membership", membership)
     app.router.add_post("/ui/push", push)
     app.router.add_post("/ui/advance", advance)
     app.router.add_get("/", index)

@@ -4,6 +4,16 @@ It answers as Slack does (same envelopes, same error codes, Block Kit limits
 enforced), records every call for tests, and sends slash commands and clicks
 to the bot signed exactly as Slack signs them, with `response_url`s that work.
 It is the sandbox's Slack and the tests' Slack: one implementation for both.
+
+It is as strict as Slack documents, always (each rule cites its page):
+- the bot posts only where it was invited (`not_in_channel`), as the manifest grants
+  `chat:write`, not `chat:write.public`;
+- a method whose scope `manifest.yaml` does not grant answers `missing_scope`;
+- a trigger_id lives 3 seconds and is used once;
+- a request the bot does not acknowledge within 3 seconds fails for the person
+  (`operation_timeout`) and the late answer is dropped;
+- a response_url takes 5 posts in 30 minutes, and `replace_original` replaces
+  only a message with buttons, never a slash command's earlier answer.
 """
 
 from __future__ import annotations
@@ -15,9 +25,11 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp import web
 
 from sandbox.block_kit_limits import validate_blocks, validate_view
@@ -83,6 +95,39 @@ class Fault:
     reset: bool = False  # drop the connection without an answer, as a failing load balancer does
 
 
+# "You have 3 seconds to respond ... with an HTTP 200 OK" and trigger_ids "expire 3 seconds after they're
+# sent" (docs.slack.dev: "Handling user interaction", "Interactivity: trigger_id").
+ACK_SECONDS = 3.0
+TRIGGER_SECONDS = 3.0
+# "You can use a response_url to publish up to 5 responses within 30 minutes" ("Handling user interaction").
+RESPONSE_URL_POSTS = 5
+RESPONSE_URL_SECONDS = 30 * 60
+
+# Scopes each Web API method needs, from its reference page (docs.slack.dev/reference/methods/<method>,
+# "Scopes"); one of a method's scopes is enough. Methods with none (auth.test, chat.getPermalink, views.*)
+# are absent. A bot token also needs to be a member of the channel for the posting methods (below).
+METHOD_SCOPES: dict[str, tuple[str, ...]] = {
+    "chat.postMessage": ("chat:write",),
+    "chat.update": ("chat:write",),
+    "chat.delete": ("chat:write",),
+    "chat.postEphemeral": ("chat:write",),
+    "conversations.history": ("channels:history", "groups:history", "im:history", "mpim:history"),
+    "conversations.info": ("channels:read", "groups:read", "im:read", "mpim:read"),
+    "usergroups.users.list": ("usergroups:read",),
+    "users.info": ("users:read",),
+    "files.getUploadURLExternal": ("files:write",),
+    "files.completeUploadExternal": ("files:write",),
+}
+TIMED_OUT = 0  # the status _deliver reports when the bot did not answer in time (Slack shows an error)
+MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yaml"
+
+
+def manifest_scopes(path: Path = MANIFEST) -> frozenset[str]:
+    """The bot scopes the app's manifest asks for: what an install of it grants."""
+    manifest = yaml.safe_load(path.read_text())
+    return frozenset(manifest["oauth_config"]["scopes"]["bot"])
+
+
 DEFAULT_PEOPLE = [
     Person("U0DEV1", "dana", "Dana Developer", "Backend developer"),
     Person("U0APPR1", "ari", "Ari Approver", "Release manager"),
@@ -95,7 +140,8 @@ DEFAULT_GROUPS = {"S0APPROVERS": ["U0APPR1"], "S0ONCALL": ["U0ONCALL", "U0APPR1"
 class SlackWorkspace:
     def __init__(self, *, bot_token: str, signing_secret: str, bot_url: str | None = None,
                  people: list[Person] | None = None, channels: dict[str, str] | None = None,
-                 groups: dict[str, list[str]] | None = None) -> None:
+                 groups: dict[str, list[str]] | None = None, bot_in: set[str] | None = None,
+                 scopes: frozenset[str] | None = None) -> None:
         self.bot_token = bot_token
         self.signing_secret = signing_secret
         self.bot_url = bot_url  # the bot's /slack/events
@@ -103,6 +149,9 @@ class SlackWorkspace:
         self.people = {p.id: p for p in (people or DEFAULT_PEOPLE)}
         self.channels = dict(channels or DEFAULT_CHANNELS)
         self.groups = {k: list(v) for k, v in (groups or DEFAULT_GROUPS).items()}
+        # channels the bot was invited to (the sandbox's seed invites it everywhere; tests remove it)
+        self.bot_in = set(self.channels) if bot_in is None else set(bot_in)
+        self.scopes = manifest_scopes() if scopes is None else scopes
         self.calls: list[ApiCall] = []
         self.delivered: list[tuple[str, dict[str, str]]] = []  # signed requests sent to the bot, in order
         self.messages: list[Message] = []
@@ -111,9 +160,12 @@ class SlackWorkspace:
         self.faults: list[Fault] = []
         self._ts = itertools.count(1)
         self._responses: dict[str, dict[str, Any]] = {}  # response_url token -> origin
-        self._triggers: dict[str, str] = {}  # trigger_id -> user id
+        self._triggers: dict[str, tuple[str, float]] = {}  # trigger_id -> (user id, issued at, monotonic)
+        self._used_triggers: set[str] = set()
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
         self.command_log: list[dict[str, str]] = []  # what people typed, for the page
+        self.timeouts: list[str] = []  # requests the bot did not acknowledge within ACK_SECONDS
+        self.clock = time.monotonic  # for trigger and response_url lifetimes; tests move it on
 
     # --- helpers for tests and the page ------------------------------------------
 
@@ -129,6 +181,16 @@ class SlackWorkspace:
 
     def ephemerals(self, user: str) -> list[Message]:
         return [m for m in self.messages if m.ephemeral_for == user]
+
+    def remove_bot(self, channel: str) -> None:
+        """Someone removes the bot from a channel (`/kick @erp-chatops`)."""
+        self.bot_in.discard(channel)
+        self._publish("membership", channel=channel)
+
+    def invite_bot(self, channel: str) -> None:
+        """Someone invites the bot (`/invite @erp-chatops`)."""
+        self.bot_in.add(channel)
+        self._publish("membership", channel=channel)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -171,11 +233,16 @@ class SlackWorkspace:
     # --- Slack -> bot ---------------------------------------------------------------
 
     async def _deliver(self, body: str, *, timestamp: int | None = None) -> tuple[int, str]:
+        """Send a signed request; an answer later than Slack's 3 seconds is dropped, as Slack drops it."""
         if not self.bot_url:
             raise RuntimeError("the workspace has no bot URL to deliver to")
         headers = signed_headers(self.signing_secret, body, timestamp)
         self.delivered.append((body, headers))
-        return await self._post(self.bot_url, body, headers)
+        try:
+            return await asyncio.wait_for(self._post(self.bot_url, body, headers), ACK_SECONDS)
+        except TimeoutError:
+            self.timeouts.append(body)
+            return TIMED_OUT, "operation_timeout"
 
     async def replay(self, url: str | None = None) -> tuple[int, str]:
         """Send the last request again, byte for byte with its signature, as someone who captured it would."""
@@ -193,12 +260,13 @@ class SlackWorkspace:
 
     def _new_response_url(self, user: str, channel: str, origin_ts: str | None = None) -> str:
         token = secrets.token_urlsafe(12)
-        self._responses[token] = {"user": user, "channel": channel, "origin_ts": origin_ts, "last_ts": None}
+        self._responses[token] = {"user": user, "channel": channel, "origin_ts": origin_ts, "last_ts": None,
+                                  "posts": [], "issued": self.clock()}
         return f"{self.base_url}/response/{token}"
 
     def _new_trigger(self, user: str) -> str:
         trigger = f"{int(time.time())}.{secrets.token_hex(6)}"
-        self._triggers[trigger] = user
+        self._triggers[trigger] = (user, self.clock())
         return trigger
 
     async def send_command(self, user: str, channel: str, text: str, command: str = "/erp") -> tuple[int, str]:
@@ -212,11 +280,15 @@ class SlackWorkspace:
                                  "ts": self._next_ts()})
         self._publish("command", user=user, channel=channel)
         status, reply = await self._deliver(body)
-        if status == 200 and reply.strip():
+        token = response_url.rsplit("/", 1)[1]
+        if status == TIMED_OUT:  # what Slack shows the person; the response_url still works afterwards
+            self._add(Message(channel=channel, ts=self._next_ts(), user="USLACKBOT", ephemeral_for=user,
+                              text=f'{command} failed with the error "operation_timeout"'))
+        elif status == 200 and reply.strip():
             try:
-                self._apply_response(response_url.rsplit("/", 1)[1], json.loads(reply))
+                self._apply_response(token, json.loads(reply), from_ack=True)
             except ValueError:
-                self._apply_response(response_url.rsplit("/", 1)[1], {"text": reply})
+                self._apply_response(token, {"text": reply}, from_ack=True)
         return status, reply
 
     async def click(self, user: str, message: Message, action_id: str) -> tuple[int, str]:
@@ -268,28 +340,38 @@ class SlackWorkspace:
 
     # --- response_url -----------------------------------------------------------------
 
-    def _apply_response(self, token: str, body: dict[str, Any]) -> bool:
+    def _apply_response(self, token: str, body: dict[str, Any], *, from_ack: bool = False) -> str | None:
+        """Show an answer sent to a response_url (or in an ack); None if accepted, else Slack's refusal."""
         origin = self._responses.get(token)
         if origin is None:
-            return False
+            return "no_such_response_url"
+        if not from_ack:
+            now = self.clock()
+            if now - origin["issued"] > RESPONSE_URL_SECONDS:
+                return "expired_url"
+            if len(origin["posts"]) >= RESPONSE_URL_POSTS:
+                return "used_url"
+            origin["posts"].append(now)
         user, channel = origin["user"], origin["channel"]
+        # replace_original / delete_original act on the message whose buttons were pressed; a slash command
+        # has none, so there they change nothing and the answer is a new message ("Handling user interaction").
         if body.get("delete_original") and origin["origin_ts"]:
             self.messages = [m for m in self.messages if not (m.channel == channel and m.ts == origin["origin_ts"])]
             self._publish("message", channel=channel, ts=origin["origin_ts"])
-            return True
-        if body.get("replace_original"):
+            return None
+        if body.get("replace_original") and origin["origin_ts"]:
             target_ts = origin["last_ts"] or origin["origin_ts"]
             for m in self.messages:
                 if m.channel == channel and m.ts == target_ts:
                     m.text, m.blocks, m.edited = body.get("text", ""), body.get("blocks", []), m.edited + 1
                     self._publish("message", channel=channel, ts=m.ts)
-                    return True
+                    return None
         ephemeral = body.get("response_type", "ephemeral") != "in_channel"
         msg = self._add(Message(channel=channel, ts=self._next_ts(), user=BOT_USER_ID, text=body.get("text", ""),
                                 blocks=body.get("blocks") or [], ephemeral_for=user if ephemeral else None,
                                 thread_ts=body.get("thread_ts")))
         origin["last_ts"] = msg.ts
-        return True
+        return None
 
     # --- the Web API -------------------------------------------------------------------
 
@@ -306,8 +388,9 @@ class SlackWorkspace:
             body = await request.json()
         except ValueError:
             return web.Response(status=400, text="invalid_payload")
-        if not self._apply_response(request.match_info["token"], body):
-            return web.Response(status=404, text="no_such_response_url")
+        refusal = self._apply_response(request.match_info["token"], body)
+        if refusal is not None:
+            return web.Response(status=404, text=refusal)
         return web.Response(text="ok")
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -362,8 +445,13 @@ class SlackWorkspace:
                     return web.json_response({"ok": False, "error": fault.error or "fatal_error"},
                                              status=fault.status, headers=headers)
                 return web.json_response({"ok": False, "error": fault.error}, headers=headers)
+        needed = METHOD_SCOPES.get(method, ())
         if token != self.bot_token:
             result: dict[str, Any] = {"ok": False, "error": "not_authed" if not token else "invalid_auth"}
+        elif needed and not self.scopes.intersection(needed):
+            # Slack's answer names what was needed and what the token has (docs.slack.dev "Scopes").
+            result = {"ok": False, "error": "missing_scope", "needed": ",".join(needed),
+                      "provided": ",".join(sorted(self.scopes))}
         else:
             handler = getattr(self, "m_" + method.replace(".", "_"), None)
             result = handler(args) if handler else {"ok": False, "error": "unknown_method"}
@@ -388,10 +476,20 @@ class SlackWorkspace:
             return {"ok": False, "error": "no_text"}
         return None
 
-    def m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_id(args.get("channel"))
+    def _postable(self, value: Any) -> str | dict[str, Any]:
+        """The channel id if the bot may post there; otherwise Slack's error. With `chat:write` and not
+        `chat:write.public`, a bot posts only in channels it is a member of (chat.postMessage: not_in_channel)."""
+        channel = self._channel_id(value)
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
+        if channel not in self.bot_in and "chat:write.public" not in self.scopes:
+            return {"ok": False, "error": "not_in_channel"}
+        return channel
+
+    def m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel = self._postable(args.get("channel"))
+        if isinstance(channel, dict):
+            return channel
         if (problem := self._message_content(args)) is not None:
             return problem
         thread_ts = args.get("thread_ts") or None
@@ -412,6 +510,8 @@ class SlackWorkspace:
         channel = self._channel_id(args.get("channel"))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
+        if channel not in self.bot_in:  # a bot reads only channels it is in (conversations.history errors)
+            return {"ok": False, "error": "not_in_channel"}
         limit = min(int(args.get("limit") or 100), 999)
         with_metadata = str(args.get("include_all_metadata", "")).lower() in ("1", "true")
         newest = sorted(self.channel_messages(channel), key=lambda m: float(m.ts), reverse=True)
@@ -458,9 +558,9 @@ class SlackWorkspace:
         return {"ok": True, "channel": msg.channel, "ts": msg.ts}
 
     def m_chat_postEphemeral(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel_id(args.get("channel"))
-        if channel is None:
-            return {"ok": False, "error": "channel_not_found"}
+        channel = self._postable(args.get("channel"))
+        if isinstance(channel, dict):
+            return channel
         user = args.get("user")
         if user not in self.people:
             return {"ok": False, "error": "user_not_in_channel"}
@@ -498,17 +598,23 @@ class SlackWorkspace:
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
         return {"ok": True, "channel": {"id": channel, "name": self.channels[channel], "is_channel": True,
-                                        "is_private": False, "is_member": True}}
+                                        "is_private": False, "is_member": channel in self.bot_in}}
 
     def m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
-        if args.get("trigger_id") not in self._triggers:
+        trigger = args.get("trigger_id")
+        if trigger not in self._triggers:
             return {"ok": False, "error": "invalid_trigger_id"}
+        if trigger in self._used_triggers:
+            return {"ok": False, "error": "exchanged_trigger_id"}
+        if self.clock() - self._triggers[trigger][1] > TRIGGER_SECONDS:
+            return {"ok": False, "error": "expired_trigger_id"}
         errors = validate_view(args.get("view"))
         if errors:
             return {"ok": False, "error": "invalid_arguments",
                     "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}
         view_id = "V" + secrets.token_hex(5).upper()
-        self.views[view_id] = {**args["view"], "user": self._triggers[args["trigger_id"]]}
+        self._used_triggers.add(trigger)
+        self.views[view_id] = {**args["view"], "user": self._triggers[trigger][0]}
         self._publish("view", view_id=view_id)
         return {"ok": True, "view": {**args["view"], "id": view_id}}
 
@@ -544,9 +650,12 @@ class SlackWorkspace:
             stored["title"] = f.get("title") or stored["name"]
             stored["url_private"] = f"{self.base_url}/files/{stored['id']}"
             shared.append({k: v for k, v in stored.items() if k != "content"})
-        channel = self._channel_id(args.get("channel_id")) if args.get("channel_id") else None
-        if args.get("channel_id") and channel is None:
-            return {"ok": False, "error": "channel_not_found"}
+        channel: str | None = None
+        if args.get("channel_id"):
+            postable = self._postable(args.get("channel_id"))
+            if isinstance(postable, dict):
+                return postable
+            channel = postable
         if channel:
             thread_ts = args.get("thread_ts") or None
             self._add(Message(channel=channel, ts=self._next_ts(), user=BOT_USER_ID,
