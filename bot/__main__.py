@@ -24,7 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("bot").error("cannot start: %s", e)
         return 2
     port = int(os.environ.get("PORT", "3000"))
-    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=[bot.consumer.run]))
+    background = [bot.consumer.run, bot.runtime.membership.run]
+    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=background))
     return 0
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -84,7 +84,7 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
 
 
 async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
-                background: list[Callable[[], Awaitable[None]]] | None = None) -> None:
+                background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve until SIGTERM/SIGINT, then drain: no new work, finish what is in flight, exit."""
     # boto3 calls run in the default executor: room for a burst of commands and the consumer at once
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=AWS_THREADS,
@@ -99,7 +99,7 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.ensure_future(job()) for job in background or []]
+    tasks = [asyncio.ensure_future(job()) for job in background]
     await stop.wait()
 
     log.info("shutting down: no new work, finishing %d in flight", runtime.work.count)

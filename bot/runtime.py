@@ -17,6 +17,7 @@ from bot.delivery.access_policy import AccessPolicy
 from bot.delivery.command_parser import CommandParser
 from bot.inflight import InFlight
 from bot.metrics import Metrics
+from bot.slack.channel_membership import ChannelMembership
 from bot.slack.user_groups import UserGroups
 
 
@@ -30,6 +31,7 @@ class Runtime:
     policy: AccessPolicy
     parser: CommandParser
     cards: CardStore
+    membership: ChannelMembership
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
     log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
@@ -46,4 +48,6 @@ class Runtime:
             policy=AccessPolicy(config, UserGroups(slack).members),
             parser=CommandParser(config),
             cards=CardStore(state, slack),
+            membership=ChannelMembership(slack, metrics,
+                                         {name: env.channel for name, env in config.environments.items()}),
         )

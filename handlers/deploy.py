@@ -20,6 +20,7 @@ from bot.delivery.command_parser import ErpCommand
 from bot.delivery.deploy_card import DeployCard
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
+from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import render_card
 from handlers.erp_command import Invocation
 
@@ -79,7 +80,22 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     card = DeployCard(execution_id="", pipeline=runtime.config.pipeline, environment=env.name, service=service,
                       channel=env.channel, requested_by=who.user_id, needs_approval=env.approval)
     text, blocks = render_card(card)
-    posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
+    try:
+        posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
+    except SlackApiError as e:
+        # nothing started: the request marker goes, so the same command works right after the fix
+        await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
+        error = str(e.response.get("error"))
+        if error not in UNPOSTABLE:
+            raise
+        if error == "not_in_channel":
+            runtime.membership.saw(env.channel, False)
+        await audit("refused", error)
+        hint = runtime.membership.invite_hint(env.channel) if error == "not_in_channel" else \
+            f"I can't post in <#{env.channel}> (Slack says `{error}`): ask the bot's owners to fix its config."
+        await answer(f":warning: Nothing was started. {hint}")
+        return
+    runtime.membership.saw(env.channel, True)
     card.ts = str(posted["ts"])
     variables = {"SERVICE": service if service != "changed" else " ", "ENVIRONMENT": env.name,
                  "REQUESTED_BY": who.user_id, "SLACK_CHANNEL": env.channel, "SLACK_THREAD_TS": card.ts}

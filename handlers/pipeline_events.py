@@ -26,6 +26,7 @@ from bot.delivery.pipeline_events import PipelineEvent
 from bot.delivery.scan_report import ScanReport, finding_line, severity_counts, verdict
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
+from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import render_card
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,23 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
     ts = await _find_posted_card(runtime, card) if earlier else None
     if ts is None:
         text, blocks = render_card(card)
-        posted = await runtime.slack.chat_postMessage(
-            channel=card.channel, text=text, blocks=blocks,
-            metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": execution_id}})
+        try:
+            posted = await runtime.slack.chat_postMessage(
+                channel=card.channel, text=text, blocks=blocks,
+                metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": execution_id}})
+        except SlackApiError as e:
+            if e.response.get("error") not in UNPOSTABLE:
+                raise
+            # not for retrying into the dead-letter queue: the card stays unposted, and the execution's next
+            # event posts it once someone has invited the bot; meanwhile the log and /metrics say where
+            await runtime.cards.mutate(execution_id, _release_lease)
+            runtime.membership.saw(card.channel, False)
+            log.warning("could not post the card of %s in %s (%s): %s", execution_id,
+                        runtime.membership.label(card.channel), e.response.get("error"),
+                        runtime.membership.invite_hint(card.channel),
+                        extra=log_fields(execution_id=execution_id, channel=card.channel))
+            return
+        runtime.membership.saw(card.channel, True)
         ts = str(posted["ts"])
 
     lost = False
@@ -142,6 +157,10 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
             await runtime.slack.chat_delete(channel=card.channel, ts=ts)
         except SlackApiError as e:
             log.warning("could not delete the second card message: %s", e.response.get("error"))
+
+
+def _release_lease(c: DeployCard) -> None:
+    c.posting_since = None
 
 
 async def _find_posted_card(runtime: Runtime, card: DeployCard) -> str | None:

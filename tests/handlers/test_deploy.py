@@ -369,3 +369,52 @@ def test_wrong_users_are_refused_and_every_refusal_is_audited(bot: BotProcess, s
                  "<@U0DEV1> tried to approve employee in prod: refused",
                  "<@U0DEV1> tried to reject employee in prod: refused"):
         assert line in history
+
+
+def test_a_deploy_where_the_bot_was_not_invited_says_so_and_works_right_after_the_invite(
+        bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path, background_loop: BackgroundLoop,
+        pipeline: PipelineStandIn, aws_resources: dict[str, str]):
+    slack.remove_bot("C0PROD")  # a fresh install: nobody has invited the bot to #erp-prod yet
+    process = BotProcess(bot_env, tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        # the start-up log and /metrics name the channel; /readyz stays ready (an invite is for a person)
+        wait_until(lambda: any("#erp-prod" in str(line.get("message", "")) and "invite" in str(line.get("message"))
+                               for line in process.log_lines()), what="the start-up warning")
+        _, metrics, _ = http("GET", f"{process.url}/metrics")
+        assert 'erp_chatops_slack_channel_member{channel="#erp-prod",environment="prod"} 0.0' in metrics
+        assert 'erp_chatops_slack_channel_member{channel="#erp-dev",environment="dev"} 1.0' in metrics
+        assert http("GET", f"{process.url}/readyz")[0] == 200
+
+        command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee prod")
+        answer = wait_until(lambda: slack.ephemerals("U0DEV1"), what="the answer")[-1].text
+        assert "Nothing was started" in answer and "invite me" in answer and "#erp-prod" in answer
+        assert "\n" not in answer and len(slack.ephemerals("U0DEV1")) == 1
+        assert pipeline.executions == {} and slack.channel_messages("C0PROD") == []
+
+        slack.invite_bot("C0PROD")  # the same command works at once: no marker was left behind
+        command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee prod")
+        wait_for_card(slack, "C0PROD", "Waiting for approval")
+        assert len(pipeline.executions) == 1
+    finally:
+        process.stop()
+
+
+def test_a_push_card_the_bot_cannot_post_is_not_dead_lettered(bot: BotProcess, slack: SlackWorkspace,
+                                                              background_loop: BackgroundLoop,
+                                                              pipeline: PipelineStandIn,
+                                                              aws_resources: dict[str, str]):
+    slack.remove_bot("C0DEV")
+
+    async def push() -> Execution:
+        return pipeline.start_from_push("dev")
+    execution = background_loop.run(push())
+    wait_until(lambda: execution.status == "Succeeded", what="the execution to finish")
+    wait_until(lambda: any("could not post the card" in str(line.get("message", "")) and "invite me" in
+                           str(line.get("message", "")) for line in bot.log_lines()), what="the warning")
+    time.sleep(2)  # every event of the execution handled
+    sqs = boto3.client("sqs")
+    dead = sqs.receive_message(QueueUrl=aws_resources["dlq_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    assert dead.get("Messages", []) == []
+    _, metrics, _ = http("GET", f"{bot.url}/metrics")
+    assert 'erp_chatops_slack_channel_member{channel="#erp-dev",environment="dev"} 0.0' in metrics
