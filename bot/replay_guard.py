@@ -10,6 +10,7 @@ signature was valid, and every change it asks for needs the table anyway.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
@@ -24,6 +25,9 @@ from bot.aws.state import StateStore
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 5 * 60 + 60  # Slack's 5 minutes, plus clock skew
+# The check runs before the ack, and Slack gives up on an ack after 3 seconds: a slow table gets this long,
+# then the request goes on on this replica's memory alone (as when the table is down).
+SHARED_CHECK_BUDGET = 0.5
 LOCAL_LIMIT = 50_000  # signatures remembered in this process (about 5 MB at most)
 
 
@@ -58,7 +62,11 @@ class ReplayGuard:
         if not across_replicas:
             return True
         try:
-            return await self.state.put_marker("REPLAY", signature, self.window)
+            return await asyncio.wait_for(self.state.put_marker("REPLAY", signature, self.window),
+                                          SHARED_CHECK_BUDGET)
+        except TimeoutError:
+            log.warning("replay check on this replica only: the state table took over %.1fs", SHARED_CHECK_BUDGET)
+            return True
         except (ClientError, BotoCoreError) as e:
             log.warning("replay check on this replica only: the state table did not answer (%s)", error_code(e))
             return True

@@ -9,6 +9,7 @@ errors with the status AWS uses), or drops the connection without an answer.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -33,10 +34,11 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 @dataclass
 class Fault:
     service: str  # signing name: dynamodb, sqs ...; "*" for any
-    kind: str  # throttle | unavailable | internal | reset
+    kind: str  # throttle | unavailable | internal | reset | slow (answers, after `delay` seconds)
     times: int = 1  # how many matching requests it breaks
     operation: str = "*"  # e.g. "PutItem", "ReceiveMessage"
     every: int = 1  # break only every n-th matching request (1: each one)
+    delay: float = 0.0  # for "slow"
     _seen: int = 0
 
     def takes(self, service: str, operation: str) -> bool:
@@ -103,6 +105,10 @@ class AwsFaultProxy(MotoProxy):
         fault = next((f for f in self.faults if f.takes(service, operation)), None)
         if fault is not None:
             self.injected.append((service, operation, fault.kind))
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay)
+                self.forwarded += 1
+                return await self.forward(request, body)
             if fault.kind == "reset":
                 if request.transport is not None:
                     request.transport.abort()  # the client sees the connection drop mid-request

@@ -181,6 +181,23 @@ def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str
         bot.stop()
 
 
+def test_every_command_and_click_is_acknowledged_within_slacks_three_seconds_when_dynamodb_is_slow(
+        bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace,
+        background_loop: BackgroundLoop, pipeline: PipelineStandIn, tmp_path: Path):
+    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        # DynamoDB answers, but each write takes 5 s: nothing before the ack may wait for it
+        aws_faults.faults.append(AwsFault("dynamodb", "slow", times=10**6, operation="PutItem", delay=5.0))
+        for text in ("deploy employee dev", "status", "deploy nope prod", "help"):
+            status, _ = background_loop.run(slack.send_command("U0DEV1", "C0DEV", text))
+            assert status == 200, f"/erp {text} was not acknowledged in time"
+        assert slack.timeouts == []
+        assert not [m for m in slack.ephemerals("U0DEV1") if "operation_timeout" in m.text]
+        assert aws_faults.count("dynamodb") >= 1  # the slow writes did happen
+    finally:
+        bot.stop()
+
+
 def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
                                                            slack: SlackWorkspace, background_loop: BackgroundLoop,
                                                            pipeline: PipelineStandIn, tmp_path: Path):
