@@ -45,30 +45,35 @@ async def _audit(runtime: Runtime, card: DeployCard, user: str, action: str, out
                                                  execution_id=card.execution_id))
 
 
-async def _open_card(runtime: Runtime, execution_id: str, user: str, channel: str,
-                     verb: str) -> DeployCard | None:
-    """The card if it can still be decided by this user; otherwise they are told why not."""
+async def _decidable(runtime: Runtime, execution_id: str, user: str, verb: str) -> DeployCard | tuple[str, str]:
+    """The card if this user can still decide it; otherwise (channel or "", why not)."""
     loaded = await runtime.cards.load(execution_id)
     if loaded is None:
-        await _tell(runtime, channel, user, "This deploy no longer exists, so there is nothing to decide.")
-        return None
+        return "", "This deploy no longer exists, so there is nothing to decide."
     card = loaded[0]
     if not card.awaiting_approval:
         a = card.approval
         if a.decision in ("Approved", "Rejected"):
             who = f" by <@{a.decided_by}>" if a.decided_by else ""
-            await _tell(runtime, card.channel, user, f"This deploy was already {a.decision.lower()}{who}.")
-        elif card.finished:
-            await _tell(runtime, card.channel, user, f"This deploy has already ended ({card.status}).")
-        else:
-            await _tell(runtime, card.channel, user, "This deploy is not waiting for approval.")
-        return None
+            return card.channel, f"This deploy was already {a.decision.lower()}{who}."
+        if card.finished:
+            return card.channel, f"This deploy has already ended ({card.status})."
+        return card.channel, "This deploy is not waiting for approval."
     decision = await runtime.policy.can_approve(user, card.environment, card.requested_by)
     if not decision:
         await _audit(runtime, card, user, verb, "refused", decision.reason)
-        await _tell(runtime, card.channel, user, f":no_entry: {decision.reason}")
-        return None
+        return card.channel, f":no_entry: {decision.reason}"
     return card
+
+
+async def _open_card(runtime: Runtime, execution_id: str, user: str, channel: str,
+                     verb: str) -> DeployCard | None:
+    """The card if it can still be decided by this user; otherwise they are told why not."""
+    found = await _decidable(runtime, execution_id, user, verb)
+    if isinstance(found, DeployCard):
+        return found
+    await _tell(runtime, found[0] or channel, user, found[1])
+    return None
 
 
 async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, status: str,
@@ -152,6 +157,17 @@ def reject_view(card: DeployCard) -> View:
         ])
 
 
+def checking_view(execution_id: str) -> View:
+    """Opened at once: a trigger_id lives 3 seconds, and the checks that follow read DynamoDB and Slack."""
+    return View(type="modal", callback_id=REJECT_VIEW, private_metadata=execution_id, title="Reject deploy",
+                close="Close", blocks=[SectionBlock(text=":hourglass_flowing_sand: Checking this deploy...")])
+
+
+def refusal_view(execution_id: str, text: str) -> View:
+    return View(type="modal", callback_id=REJECT_VIEW, private_metadata=execution_id, title="Reject deploy",
+                close="Close", blocks=[SectionBlock(text=text)])
+
+
 def register(app: AsyncApp, runtime: Runtime) -> None:
     async def ack_click(ack: AsyncAck) -> None:
         await ack()
@@ -162,9 +178,17 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
 
     async def ask_reason(body: dict[str, Any]) -> None:
         user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
-        card = await _open_card(runtime, body["actions"][0]["value"], user, channel, "reject")
-        if card is not None:
-            await runtime.slack.views_open(trigger_id=body["trigger_id"], view=reject_view(card))
+        execution_id = str(body["actions"][0]["value"])
+        try:
+            opened = await runtime.slack.views_open(trigger_id=body["trigger_id"], view=checking_view(execution_id))
+        except SlackApiError as e:  # the trigger expired on the way (Slack slow to deliver): say what to do
+            log.warning("could not open the reject modal: %s", e.response.get("error"))
+            await _tell(runtime, channel, user, "Slack took too long to open the Reject form; press Reject again.")
+            return
+        view_id = str(opened["view"]["id"])
+        found = await _decidable(runtime, execution_id, user, "reject")
+        view = reject_view(found) if isinstance(found, DeployCard) else refusal_view(execution_id, found[1])
+        await runtime.slack.views_update(view_id=view_id, view=view)
 
     async def check_reason(ack: AsyncAck, view: dict[str, Any]) -> None:
         value = view.get("state", {}).get("values", {}).get("reason", {}).get("reason", {}).get("value") or ""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bot.config import parse_config
 from bot.delivery.command_parser import CommandParser, ErpCommand, UsageError
+from bot.slack.deploy_card_blocks import REJECT_ACTION
 from sandbox.aws_fault_proxy import AwsFaultProxy
 from sandbox.aws_fault_proxy import Fault as AwsFault
 from sandbox.codepipeline import PipelineStandIn
@@ -194,6 +195,27 @@ def test_every_command_and_click_is_acknowledged_within_slacks_three_seconds_whe
         assert slack.timeouts == []
         assert not [m for m in slack.ephemerals("U0DEV1") if "operation_timeout" in m.text]
         assert aws_faults.count("dynamodb") >= 1  # the slow writes did happen
+    finally:
+        bot.stop()
+
+
+def test_reject_opens_its_modal_within_the_triggers_three_seconds_when_dynamodb_is_slow(
+        bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace,
+        background_loop: BackgroundLoop, pipeline: PipelineStandIn, tmp_path: Path):
+    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy notification prod"))
+        wait_until(lambda: "Waiting for approval" in card_of(slack, "C0PROD"), timeout=30, what="the approval")
+        card = next(m for m in slack.channel_messages("C0PROD") if "Deploy " in json.dumps(m.blocks))
+        # every read of the card now takes longer than a trigger lives
+        aws_faults.faults.append(AwsFault("dynamodb", "slow", times=10**6, operation="GetItem", delay=3.5))
+        background_loop.run(slack.click("U0APPR1", card, REJECT_ACTION))
+        view_id = wait_until(lambda: next((v for v, view in slack.views.items() if "reason" in json.dumps(view)),
+                                          None), timeout=30, what="the reason form")
+        assert not [c for c in slack.calls_to("views.open") if not c.ok]
+        aws_faults.faults.clear()
+        background_loop.run(slack.submit_view("U0APPR1", view_id, {"reason": {"reason": "Not during the sale"}}))
+        wait_until(lambda: "Rejected" in card_of(slack, "C0PROD"), timeout=30, what="the rejection")
     finally:
         bot.stop()
 
