@@ -2,13 +2,14 @@
 
 Help and every usage mistake are answered inside the acknowledgement (a few
 milliseconds). A verb with real work is acknowledged empty and runs in a Bolt
-lazy listener, tracked for graceful shutdown; if it takes more than a second
-the user sees a "working on it" note, replaced by the answer.
+lazy listener, tracked for graceful shutdown, and answers once: Slack cannot
+replace a slash command's earlier answer (replace_original acts only on messages
+with buttons), so an interim "working on it" note would stay behind as a second
+message.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,9 +25,6 @@ from bot.runtime import Runtime
 from handlers.help import help_reply
 
 log = logging.getLogger(__name__)
-
-WORKING_NOTE_AFTER = 1.0  # seconds
-
 
 @dataclass(frozen=True)
 class Invocation:
@@ -78,13 +76,8 @@ def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> 
         if not isinstance(parsed, ErpCommand) or parsed.verb not in verbs or runtime.draining:
             return  # already answered in the ack
         who = Invocation.from_payload(command)
-        work = asyncio.ensure_future(verbs[parsed.verb](parsed, who, runtime, respond))
         try:
-            done, _ = await asyncio.wait({work}, timeout=WORKING_NOTE_AFTER)
-            if not done:
-                note = f":hourglass_flowing_sand: Working on `/erp {parsed.verb}`..."
-                await respond(response_type="ephemeral", text=note)
-            await work
+            await verbs[parsed.verb](parsed, who, runtime, respond)
         except (ClientError, BotoCoreError) as e:  # botocore's retries gave up: say so, in words
             log.warning("/erp %s stopped: %s", parsed.verb, error_code(e),
                         extra=log_fields(verb=parsed.verb, user=who.user_id, reason=error_code(e)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -190,6 +191,7 @@ class _Run:
     start: int  # epoch seconds, inclusive
     end: int
     limit: int
+    ready_at: float = 0.0  # monotonic time from which it can complete
     status: str = "Scheduled"
     results: list[list[dict[str, str]]] = field(default_factory=list)
     matched: int = 0
@@ -202,6 +204,7 @@ class InsightsStandIn(JsonApi):
         self._logs = boto3.client("logs", endpoint_url=events_endpoint)
         self.runs: dict[str, _Run] = {}
         self.url = ""
+        self.running_for = 0.0  # seconds a query stays Running (a busy account's queries take a while)
 
     async def op_StartQuery(self, body: dict[str, Any]) -> dict[str, Any]:
         groups = list(body.get("logGroupNames") or []) or ([body["logGroupName"]] if body.get("logGroupName") else [])
@@ -221,14 +224,14 @@ class InsightsStandIn(JsonApi):
                 raise ApiError("ResourceNotFoundException", f"Log group '{group}' does not exist")
         query_id = str(uuid.uuid4())
         self.runs[query_id] = _Run(str(body.get("queryString", "")), query, groups, start, end,
-                                   int(body.get("limit", 10000)))
+                                   int(body.get("limit", 10000)), ready_at=time.monotonic() + self.running_for)
         return {"queryId": query_id}
 
     async def op_GetQueryResults(self, body: dict[str, Any]) -> dict[str, Any]:
         run = self._run(body)
         if run.status == "Scheduled":
             run.status = "Running"  # the first look finds it running, as a real query would be
-        elif run.status == "Running":
+        elif run.status == "Running" and time.monotonic() >= run.ready_at:
             records = await asyncio.to_thread(self._records, run)
             run.results, run.matched = execute(run.query, records, run.limit)
             run.status = "Complete"

@@ -93,7 +93,7 @@ def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWor
 def ask(loop: BackgroundLoop, slack: SlackWorkspace, user: str, text: str, channel: str = "C0ONCALL") -> str:
     before = len(slack.ephemerals(user))
     assert loop.run(slack.send_command(user, channel, text))[0] == 200
-    return wait_until(lambda: [m.text for m in slack.ephemerals(user)[before:] if "Working on" not in m.text],
+    return wait_until(lambda: [m.text for m in slack.ephemerals(user)[before:]],
                       timeout=30, what="the answer")[-1]
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("erp_images")
 
 def ask(loop: BackgroundLoop, slack: SlackWorkspace, text: str, user: str = "U0ONCALL") -> str:
     assert loop.run(slack.send_command(user, "C0ONCALL", text))[0] == 200
-    message = wait_until(lambda: [m for m in slack.ephemerals(user) if "Working on" not in m.text], what="answer")[-1]
+    message = wait_until(lambda: [m for m in slack.ephemerals(user)], what="answer")[-1]
     return message.text + json.dumps(message.blocks)
 
 
