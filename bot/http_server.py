@@ -110,4 +110,7 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     await runtime.work.drain(SHUTDOWN_BUDGET - 4.0)
     await site.stop()
     await runner.cleanup()
+    close_slack = getattr(runtime.slack, "close", None)  # its one HTTP session
+    if close_slack is not None:
+        await close_slack()
     log.info("stopped")

@@ -81,6 +81,7 @@ class ApiCall:
     args: dict[str, Any]
     ok: bool
     error: str | None = None
+    connection: int | None = None  # the client's port: one per TCP connection it opened
 
 
 @dataclass
@@ -455,8 +456,10 @@ class SlackWorkspace:
         else:
             handler = getattr(self, "m_" + method.replace(".", "_"), None)
             result = handler(args) if handler else {"ok": False, "error": "unknown_method"}
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         self.calls.append(ApiCall(method, {k: v for k, v in args.items() if k != "token"},
-                                  bool(result.get("ok")), result.get("error")))
+                                  bool(result.get("ok")), result.get("error"),
+                                  connection=peer[1] if peer else None))
         return web.json_response(result)
 
     # Web API methods: m_<method with dots as underscores>(args) -> Slack's JSON answer

@@ -422,3 +422,13 @@ def test_a_push_card_the_bot_cannot_post_is_not_dead_lettered(bot: BotProcess, s
     assert dead.get("Messages", []) == []
     _, metrics, _ = http("GET", f"{bot.url}/metrics")
     assert 'erp_chatops_slack_channel_member{channel="#erp-dev",environment="dev"} 0.0' in metrics
+
+
+def test_the_bot_keeps_one_http_session_for_slack(bot: BotProcess, slack: SlackWorkspace,
+                                                 background_loop: BackgroundLoop, pipeline: PipelineStandIn):
+    command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+    wait_for_card(slack, "C0DEV", "Succeeded")
+    calls = [c for c in slack.calls if c.connection is not None]
+    connections = {c.connection for c in calls}
+    # kept-alive connections are reused: a handful for the whole deploy, not one per call
+    assert len(calls) >= 8 and len(connections) <= len(calls) // 3, (len(calls), len(connections))
