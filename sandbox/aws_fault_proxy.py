@@ -10,6 +10,7 @@ errors with the status AWS uses), or drops the connection without an answer.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -35,6 +36,8 @@ _SCOPE = re.compile(r"Credential=[^/]+/\d{8}/[^/]+/([^/]+)/aws4_request")
 class Fault:
     service: str  # signing name: dynamodb, sqs ...; "*" for any
     kind: str  # throttle | unavailable | internal | reset | slow (answers, after `delay` seconds)
+    # | unprocessed (DynamoDB BatchGetItem/BatchWriteItem do nothing and hand every key or item back, as
+    #   they do under load: "UnprocessedKeys"/"UnprocessedItems", botocore's dynamodb model)
     times: int = 1  # how many matching requests it breaks
     operation: str = "*"  # e.g. "PutItem", "ReceiveMessage"
     every: int = 1  # break only every n-th matching request (1: each one)
@@ -105,6 +108,13 @@ class AwsFaultProxy(MotoProxy):
         fault = next((f for f in self.faults if f.takes(service, operation)), None)
         if fault is not None:
             self.injected.append((service, operation, fault.kind))
+            if fault.kind == "unprocessed":
+                request_items = json.loads(body or b"{}").get("RequestItems", {})
+                if operation == "BatchGetItem":
+                    answer = {"Responses": {t: [] for t in request_items}, "UnprocessedKeys": request_items}
+                else:
+                    answer = {"UnprocessedItems": request_items}
+                return web.json_response(answer, content_type="application/x-amz-json-1.0")
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay)
                 self.forwarded += 1

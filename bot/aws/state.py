@@ -1,7 +1,7 @@
 """All state the replicas share, in one DynamoDB table (pk + sk, TTL in `ttl`).
 
 Items:
-  EXEC#<execution id> / CARD       the deploy card of a pipeline execution
+  EXEC#<execution id> / CARD       the deploy card of a pipeline execution (expires after 180 days)
   EVENT#<event id>    / SEEN       an event already handled (expires after a week)
   PENDING#, IMAGE#, REQ#, ROLLBACK#, SCANWATCH#, LASTDEPLOY#  small markers (see their users)
   AUDIT#<env>         / <time>#<id> who did what, where, when, with what outcome
@@ -12,6 +12,8 @@ same execution or event get one winner and one clear "already done".
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -27,6 +29,7 @@ _ser = TypeSerializer()
 _de = TypeDeserializer()
 
 EVENT_TTL_SECONDS = 7 * 86400
+CARD_TTL_SECONDS = 180 * 86400  # a card is looked at for days; history lives in the audit trail
 AUDIT_TTL_SECONDS = 400 * 86400  # a year and a bit: long enough for any review
 PENDING_TTL_SECONDS = 8 * 86400  # an approval expires after 7 days
 
@@ -42,6 +45,19 @@ def _plain(value: Any) -> Any:
 
 def _from_item(item: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(_de.deserialize(v)) for k, v in item.items()}
+
+
+UNPROCESSED_ATTEMPTS = 8
+
+
+class Unprocessed(Exception):
+    """DynamoDB kept handing a batch back; the caller's message is retried later."""
+
+
+async def _back_off(attempt: int) -> None:
+    """DynamoDB's advice for unprocessed keys and items: retry with exponential backoff (BatchGetItem /
+    BatchWriteItem docs); jittered, so replicas do not retry in step. 0.05 s doubling, at most 2 s."""
+    await asyncio.sleep(random.uniform(0.5, 1.0) * min(2.0, 0.05 * 2 ** attempt))  # noqa: S311
 
 
 def _is_conditional_failure(e: ClientError) -> bool:
@@ -73,8 +89,9 @@ class StateStore:
 
     async def claim_card(self, execution_id: str, **attrs: Any) -> bool:
         """True for the one caller that may post this execution's card; False if another already did."""
+        now = int(time.time())
         item = {"pk": f"EXEC#{execution_id}", "sk": "CARD", "execution_id": execution_id,
-                "created": int(time.time()), "version": 0, **attrs}
+                "created": now, "ttl": now + CARD_TTL_SECONDS, "version": 0, **attrs}
         try:
             await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item(item),
                                 ConditionExpression="attribute_not_exists(pk)")
@@ -184,12 +201,17 @@ class StateStore:
         unique = list(dict.fromkeys(event_ids))
         for i in range(0, len(unique), 100):
             keys = [_to_item({"pk": f"EVENT#{e}", "sk": "SEEN"}) for e in unique[i:i + 100]]
-            while keys:
+            for attempt in range(UNPROCESSED_ATTEMPTS):
                 resp = await self.aws.call("dynamodb", "batch_get_item", RequestItems={
                     self.table: {"Keys": keys, "ConsistentRead": True, "ProjectionExpression": "pk"}})
                 seen |= {_from_item(item)["pk"].removeprefix("EVENT#")
                          for item in resp.get("Responses", {}).get(self.table, [])}
                 keys = resp.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
+                if not keys:
+                    break
+                await _back_off(attempt)
+            else:
+                raise Unprocessed(f"DynamoDB left {len(keys)} key(s) unread after {UNPROCESSED_ATTEMPTS} tries")
         return seen
 
     async def mark_events_processed(self, event_ids: list[str]) -> None:
@@ -198,9 +220,14 @@ class StateStore:
         for i in range(0, len(event_ids), 25):
             requests = [{"PutRequest": {"Item": _to_item({"pk": f"EVENT#{e}", "sk": "SEEN", "ttl": ttl})}}
                         for e in dict.fromkeys(event_ids[i:i + 25])]
-            while requests:
+            for attempt in range(UNPROCESSED_ATTEMPTS):
                 resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
                 requests = resp.get("UnprocessedItems", {}).get(self.table, [])
+                if not requests:
+                    break
+                await _back_off(attempt)
+            else:
+                raise Unprocessed(f"DynamoDB left {len(requests)} item(s) unwritten after {UNPROCESSED_ATTEMPTS} tries")
 
     # --- audit trail ------------------------------------------------------------
 
@@ -215,7 +242,7 @@ class StateStore:
         records: list[AuditRecord] = []
         for env in environments:
             params: dict[str, Any] = {
-                "TableName": self.table, "ScanIndexForward": False,
+                "TableName": self.table, "ScanIndexForward": False, "Limit": limit,
                 "KeyConditionExpression": "pk = :pk",
                 "ExpressionAttributeValues": _to_item({":pk": f"AUDIT#{env}"}),
             }

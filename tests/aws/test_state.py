@@ -1,9 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
+
+import pytest
 
 from bot.aws.clients import AwsClients
-from bot.aws.state import AuditRecord, StateStore
+from bot.aws.state import UNPROCESSED_ATTEMPTS, AuditRecord, StateStore, Unprocessed
+from sandbox.aws_fault_proxy import AwsFaultProxy
+from sandbox.aws_fault_proxy import Fault as AwsFault
 
 
 def store(aws_resources: dict[str, str]) -> StateStore:
@@ -56,3 +61,33 @@ async def test_audit_trail_newest_first_and_filtered(aws_resources: dict[str, st
     employee_prod = await s.list_audit(["prod"], service="employee")
     assert [(r.actor, r.action) for r in employee_prod] == [("U0APPR1", "approve"), ("U0DEV1", "deploy")]
     assert (await s.list_audit(["prod"], limit=1))[0].action == "approve"
+
+
+async def test_unprocessed_batches_are_retried_with_backoff_and_given_up_on_after_a_bound(
+        aws_resources: dict[str, str], aws_faults: AwsFaultProxy, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", aws_faults.url)
+    s = store(aws_resources)
+    ids = [f"evt-{i}" for i in range(30)]
+    # DynamoDB under load hands a batch back a few times: every id still lands, and is found
+    aws_faults.faults += [AwsFault("dynamodb", "unprocessed", times=3, operation="BatchWriteItem"),
+                          AwsFault("dynamodb", "unprocessed", times=3, operation="BatchGetItem")]
+    await asyncio.wait_for(s.mark_events_processed(ids), 30)
+    assert await asyncio.wait_for(s.processed_among([*ids, "other"]), 30) == set(ids)
+    assert aws_faults.count("dynamodb") == 6
+    # handed back every time: a clear error after a bound (the message is retried later), not a spin
+    aws_faults.faults.append(AwsFault("dynamodb", "unprocessed", times=10**6, operation="BatchGetItem"))
+    with pytest.raises(Unprocessed):
+        await asyncio.wait_for(s.processed_among(ids), 30)
+    assert aws_faults.count("dynamodb") == 6 + UNPROCESSED_ATTEMPTS
+
+
+async def test_every_card_expires_and_the_audit_listing_reads_with_a_limit(aws_resources: dict[str, str]):
+    s = store(aws_resources)
+    await s.claim_card("exec-ttl", channel="C0DEV")
+    card = await s.get_card("exec-ttl")
+    assert card is not None and 170 * 86400 < int(card["ttl"]) - time.time() <= 180 * 86400
+    for n in range(30):
+        await s.record_audit(AuditRecord(actor="U0DEV1", action="deploy", environment="dev", outcome="ok",
+                                         service="employee", at=f"2026-11-26T01:{n:02d}:00+00:00"))
+    assert [r.at for r in await s.list_audit(["dev"], limit=3)] == [
+        "2026-11-26T01:29:00+00:00", "2026-11-26T01:28:00+00:00", "2026-11-26T01:27:00+00:00"]
