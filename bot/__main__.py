@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     port = int(os.environ.get("PORT", "3000"))
     background = [bot.consumer.run, bot.runtime.membership.run]
     asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=background))
-    return 0
+    return bot.runtime.exit_code
 
 
 def _checkout() -> str | None:

@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from bot.aws.clients import error_code
 from bot.delivery.pipeline_events import EventScope, MalformedEvent, NotOurs, PipelineEvent, parse_event
 from bot.jsonlog import execution_id as execution_id_var
 from bot.jsonlog import log_fields
@@ -32,6 +35,8 @@ BATCH = 10
 MAX_BACKOFF = 300
 HEARTBEAT_SECONDS = 2  # a batch still in hand after this long has its messages' visibility extended...
 HEARTBEAT_EXTEND = 8  # ...to this many seconds, again every HEARTBEAT_SECONDS until it is done
+CONSUMER = "event consumer"  # its name in Runtime.failing_since and /readyz
+CONSUMER_MAX_BACKOFF = 30.0
 
 
 @dataclass
@@ -55,21 +60,33 @@ class EventConsumer(Generic[Change]):
         self._in_flight: set[str] = set()  # receipts of the batch being handled
 
     async def run(self) -> None:
+        """Receive and handle batches until shutdown. Any error (SQS, DynamoDB, a bug) is logged and backed
+        off, never the end of the loop: the batch's messages come back after their visibility timeout.
+        While it keeps failing the replica reports itself unready, and after a bound it exits."""
         log.info("consuming events from the queue")
+        failures = 0
         while not self.runtime.draining:
             try:
                 resp = await self.runtime.aws.call(
                     "sqs", "receive_message", QueueUrl=self.queue_url, MaxNumberOfMessages=BATCH,
                     WaitTimeSeconds=self.wait_seconds, AttributeNames=["ApproximateReceiveCount"])
+                messages = resp.get("Messages", [])
+                if messages:
+                    await self.process_batch(messages)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("cannot receive from the events queue: %s", e)
-                await asyncio.sleep(2)
+                failures += 1
+                self.runtime.failing_since.setdefault(CONSUMER, time.monotonic())
+                delay = min(CONSUMER_MAX_BACKOFF, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.warning("the event consumer failed (%d in a row): %s; again in %.0fs", failures, error_code(e),
+                            delay, exc_info=failures == 1, extra=log_fields(reason=error_code(e)))
+                await asyncio.sleep(delay)
                 continue
-            messages = resp.get("Messages", [])
-            if messages:
-                await self.process_batch(messages)
+            if failures:
+                log.info("the event consumer is working again after %d failure(s)", failures)
+            failures = 0
+            self.runtime.failing_since.pop(CONSUMER, None)
 
     async def process_batch(self, messages: list[dict[str, Any]]) -> None:
         async def guarded(m: dict[str, Any], e: PipelineEvent) -> _Handled[Change] | None:

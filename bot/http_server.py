@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
-from bot.aws.clients import AWS_THREADS
+from bot.aws.clients import AWS_THREADS, error_code
 from bot.jsonlog import request_id
 from bot.readiness import Readiness
 from bot.runtime import Runtime
@@ -83,6 +84,43 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
     return app
 
 
+async def _supervised(job: Callable[[], Awaitable[None]], runtime: Runtime) -> None:
+    """Run a background job for the life of the process: if it ever ends or raises (it should not), log it,
+    mark it failing (see Readiness) and start it again, backing off."""
+    name = getattr(job, "__qualname__", repr(job))
+    failures = 0
+    while not runtime.draining:
+        try:
+            await job()
+            problem = "returned"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            problem = f"failed: {error_code(e)}"
+            log.exception("background job %s failed", name)
+        if runtime.draining:
+            return
+        failures += 1
+        runtime.failing_since.setdefault(name, time.monotonic())
+        delay = min(60.0, 2.0 ** failures)
+        log.error("background job %s %s; starting it again in %.0fs", name, problem, delay)
+        await asyncio.sleep(delay)
+
+
+async def _watchdog(runtime: Runtime, stop: asyncio.Event) -> None:
+    """Background work failing for longer than `exit_after`: exit (non-zero) so Kubernetes starts a new pod."""
+    while True:
+        await asyncio.sleep(min(5.0, runtime.exit_after / 4))
+        now = time.monotonic()
+        stuck = [name for name, since in runtime.failing_since.items() if now - since >= runtime.exit_after]
+        if stuck:
+            log.error("%s failing for over %.0fs: exiting so this pod is replaced", ", ".join(stuck),
+                      runtime.exit_after)
+            runtime.exit_code = 1
+            stop.set()
+            return
+
+
 async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
                 background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
     """Serve until SIGTERM/SIGINT, then drain: no new work, finish what is in flight, exit."""
@@ -99,7 +137,8 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.ensure_future(job()) for job in background]
+    tasks = [asyncio.ensure_future(_supervised(job, runtime)) for job in background]
+    tasks.append(asyncio.ensure_future(_watchdog(runtime, stop)))
     await stop.wait()
 
     log.info("shutting down: no new work, finishing %d in flight", runtime.work.count)

@@ -45,6 +45,10 @@ class Readiness:
                 ready, results[name] = False, f"no answer within {CHECK_TIMEOUT:.0f}s"
             except Exception as e:
                 ready, results[name] = False, f"failed: {error_code(e)}"
+        for name, since in self.runtime.failing_since.items():
+            failing = time.monotonic() - since
+            if failing >= self.runtime.unready_after:
+                ready, results[name] = False, f"failing for {failing:.0f}s"
         results["status"] = "ready" if ready else "not ready"
         self._cached = (now + (CACHE_SECONDS if ready else 1.0), ready, results)
         return ready, results

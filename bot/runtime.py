@@ -34,6 +34,12 @@ class Runtime:
     membership: ChannelMembership
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
+    # background work that keeps failing, by name -> since when (time.monotonic()): makes /readyz unready
+    # after `unready_after` seconds, and the process exit after `exit_after`, so Kubernetes replaces it
+    failing_since: dict[str, float] = field(default_factory=dict)
+    unready_after: float = 60.0
+    exit_after: float = 600.0
+    exit_code: int = 0
     log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
     helm: Helm | None = None  # None: no cluster configured for this bot
     cluster: Cluster | None = None

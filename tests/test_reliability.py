@@ -220,6 +220,39 @@ def test_reject_opens_its_modal_within_the_triggers_three_seconds_when_dynamodb_
         bot.stop()
 
 
+def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
+        bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace,
+        background_loop: BackgroundLoop, pipeline: PipelineStandIn, tmp_path: Path):
+    # DynamoDB keeps handing the consumer's batch read back: an error in the batch code, not in receiving
+    stuck = AwsFault("dynamodb", "unprocessed", times=10**6, operation="BatchGetItem")
+    aws_faults.faults.append(stuck)
+    bot = faulty_aws_bot({**bot_env, "UNREADY_AFTER_FAILING_SECONDS": "2"}, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+        status, body, _ = wait_until(lambda: (r := http("GET", f"{bot.url}/readyz"))[0] == 503 and r,
+                                     timeout=60, what="the replica to report itself unready")
+        assert "event consumer" in json.loads(body) and "failing for" in body
+        assert not [line for line in bot.log_lines() if "Traceback" in str(line.get("message", ""))]
+        stuck.times = 0  # DynamoDB recovers: the same consumer carries on, nothing was lost
+        wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=90, what="the card to catch up")
+        wait_until(lambda: http("GET", f"{bot.url}/readyz")[0] == 200, timeout=30, what="ready again")
+        assert any("working again" in str(line.get("message", "")) for line in bot.log_lines())
+    finally:
+        bot.stop()
+
+
+def test_a_consumer_failing_past_its_bound_exits_so_kubernetes_replaces_the_pod(
+        bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace, tmp_path: Path):
+    aws_faults.faults.append(AwsFault("sqs", "internal", times=10**6, operation="ReceiveMessage"))
+    bot = faulty_aws_bot({**bot_env, "EXIT_AFTER_FAILING_SECONDS": "4"}, aws_faults, slack, tmp_path / "bot.log")
+    try:
+        wait_until(lambda: bot.proc.poll() is not None, timeout=60, what="the process to exit")
+        assert bot.proc.returncode == 1
+        assert any("exiting so this pod is replaced" in str(line.get("message", "")) for line in bot.log_lines())
+    finally:
+        bot.stop()
+
+
 def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
                                                            slack: SlackWorkspace, background_loop: BackgroundLoop,
                                                            pipeline: PipelineStandIn, tmp_path: Path):
