@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
@@ -18,11 +19,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws.state import StateStore
 from bot.delivery.deploy_card import DeployCard, ThreadNote
+from bot.jsonlog import log_fields
 from bot.slack.deploy_card_blocks import blocks_hash, render_card
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
+NOTE_LEASE = timedelta(seconds=30)  # a thread note claimed by a poster that then died is posted by another
+CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata on every card message, to find it again
+GONE = ("channel_not_found", "is_archived")  # the card's channel cannot show it any more
 CardChange = Callable[[DeployCard], list[ThreadNote] | bool | None]
 Loaded = tuple[DeployCard, dict[str, Any]]  # a card and its stored item (for the version)
 
@@ -91,12 +96,94 @@ class CardStore:
                 return
             # the card moved while we edited: if what we pushed is no longer the newest, push again
 
-    async def post_notes(self, card: DeployCard, notes: list[ThreadNote]) -> None:
-        if not card.ts:
-            return
-        for note in notes:
-            try:
-                await self.slack.chat_postMessage(channel=card.channel, thread_ts=card.ts, text=note.text,
-                                                  unfurl_links=False)
-            except SlackApiError as e:
-                log.warning("could not post a thread note %s: %s", note.key, e.response.get("error"))
+    async def publish(self, execution_id: str) -> None:
+        """Show the card's latest state and post its pending thread notes. Slack errors that retrying cannot
+        fix are handled here, for this card only: a deleted message is posted again, a channel that is gone
+        or archived orphans the card (logged with where), a channel the bot is not in waits for the invite.
+        Anything else raises, and this card's events come back later."""
+        loaded = await self.load(execution_id)
+        if loaded is None or not loaded[0].ts or loaded[0].orphaned:
+            return  # no message yet (a push's card is posted by whoever handles its next event), or given up
+        try:
+            await self.sync_message(execution_id)
+            await self._flush_outbox(execution_id)
+        except SlackApiError as e:
+            error = str(e.response.get("error"))
+            card = loaded[0]
+            if error in ("message_not_found", "thread_not_found"):  # someone deleted the card's message
+                await self._post_again(card)
+                await self.sync_message(execution_id)
+                await self._flush_outbox(execution_id)
+            elif error in GONE:
+                log.warning("the card of %s can no longer be shown in <#%s>: %s", execution_id, card.channel,
+                            error, extra=log_fields(execution_id=execution_id, channel=card.channel))
+                await self.mutate(execution_id, lambda c: setattr(c, "orphaned", error))
+            elif error == "not_in_channel":
+                log.warning("the card of %s waits for the bot to be invited to <#%s>", execution_id, card.channel,
+                            extra=log_fields(execution_id=execution_id, channel=card.channel))
+            else:
+                raise
+
+    async def _flush_outbox(self, execution_id: str) -> None:
+        """Post pending notes in order, each claimed first (a lease, so two replicas do not both post it and a
+        dead poster's claim runs out) and cleared only after Slack took it."""
+        while await self._post_next_note(execution_id):
+            pass
+
+    async def _post_next_note(self, execution_id: str) -> bool:
+        claimed: list[str] | None = None
+        now = datetime.now(UTC)
+
+        def claim(c: DeployCard) -> bool:
+            nonlocal claimed
+            claimed = None
+            if not c.outbox or not c.ts or c.orphaned:
+                return False
+            head = c.outbox[0]
+            if len(head) > 2 and head[2] and datetime.fromisoformat(head[2]) > now:
+                return False  # another replica is posting it (and then the rest)
+            c.outbox[0] = [head[0], head[1], (now + NOTE_LEASE).isoformat(timespec="seconds")]
+            claimed = c.outbox[0]
+            return True
+
+        result = await self.mutate(execution_id, claim)
+        if result is None or claimed is None:
+            return False
+        card, key = result[0], claimed[0]
+        try:
+            await self.slack.chat_postMessage(channel=card.channel, thread_ts=card.ts, text=claimed[1],
+                                              unfurl_links=False)
+        except BaseException:
+            await self.mutate(execution_id, lambda c: _release_note(c, key))
+            raise
+        await self.mutate(execution_id, lambda c: _clear_note(c, key))
+        return True
+
+    async def _post_again(self, card: DeployCard) -> None:
+        """The card's message was deleted in Slack: post it again (its pending notes follow in the new thread).
+        Of two replicas doing this at once, the second deletes its own copy."""
+        text, blocks = render_card(card)
+        posted = await self.slack.chat_postMessage(
+            channel=card.channel, text=text, blocks=blocks,
+            metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": card.execution_id}})
+        ts, lost = str(posted["ts"]), False
+
+        def record(c: DeployCard) -> None:
+            nonlocal lost
+            lost = c.ts != card.ts
+            if not lost:
+                c.ts = ts
+        await self.mutate(card.execution_id, record)
+        if lost:
+            await self.slack.chat_delete(channel=card.channel, ts=ts)
+        else:
+            log.warning("the card of %s was deleted in Slack; posted it again", card.execution_id,
+                        extra=log_fields(execution_id=card.execution_id, ts=ts))
+
+
+def _clear_note(c: DeployCard, key: str) -> None:
+    c.outbox = [n for n in c.outbox if n[0] != key]
+
+
+def _release_note(c: DeployCard, key: str) -> None:
+    c.outbox = [[n[0], n[1], ""] if n[0] == key else n for n in c.outbox]

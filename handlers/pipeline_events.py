@@ -19,6 +19,7 @@ from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.ecr_scans import fetch_scan_report
 from bot.aws.state import AuditRecord
+from bot.card_store import CARD_EVENT_TYPE
 from bot.delivery.access_policy import mention_list
 from bot.delivery.deploy_card import DeployCard, ThreadNote, apply_event, severity_line
 from bot.delivery.image_tag import short_tag
@@ -36,7 +37,6 @@ HISTORY_LOOKBACK = timedelta(hours=6)  # a build scans its images within minutes
 CLOCK_SKEW = timedelta(minutes=1)  # event times have whole seconds; AWS's clocks differ a little
 POST_LEASE = timedelta(seconds=15)  # how long one replica may take to post a card before another tries
 POST_POLL_SECONDS = 0.5
-CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata naming the execution a card belongs to
 
 
 class CardNotPosted(Exception):
@@ -218,7 +218,16 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     if loaded is None:
         return None
     approvers = mention_list(runtime.config.environments[loaded[0].environment].approvers)
-    result = await runtime.cards.mutate(execution_id, lambda c: apply_event(c, event, approvers), loaded)
+    report_text = _report_text(report, _service_of_repository(runtime, report.repository)) if report else None
+
+    def change(c: DeployCard) -> list[ThreadNote]:
+        notes = apply_event(c, event, approvers)
+        if report_text is not None:  # the thread gets the findings, not only the counts
+            notes = [ThreadNote(n.key, report_text) if n.key.startswith("scan:") else n for n in notes]
+        c.outbox.extend([n.key, n.text] for n in notes)  # stored with the card: posted later, not lost
+        return notes
+
+    result = await runtime.cards.mutate(execution_id, change, loaded)
     if result is None:
         return None
     card, notes = result
@@ -226,9 +235,6 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         await runtime.state.record_audit(AuditRecord(
             actor="pipeline", action="approve", environment=card.environment, service=card.service,
             outcome="expired", detail="nobody decided within 7 days", execution_id=card.execution_id))
-    if report is not None:  # the thread gets the findings, not only the counts
-        service = _service_of_repository(runtime, report.repository)
-        notes = [ThreadNote(n.key, _report_text(report, service)) if n.key.startswith("scan:") else n for n in notes]
     if event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED" \
             and not card.approval.token:
         token = await approval_token(runtime.aws, runtime.config.pipeline, execution_id)
@@ -245,17 +251,21 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     return CardChange(execution_id, notes)
 
 
-async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> None:
-    """Bring each touched card's message up to date once, then post its new thread notes."""
-    by_execution: dict[str, list[ThreadNote]] = {}
-    for change in changes:
-        by_execution.setdefault(change.execution_id, []).extend(change.notes)
-    for execution_id, notes in by_execution.items():
-        await runtime.cards.sync_message(execution_id)
-        if notes:
-            loaded = await runtime.cards.load(execution_id)
-            if loaded is not None:
-                await runtime.cards.post_notes(loaded[0], notes)
+async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> set[str]:
+    """Bring each touched card's message up to date once and post its pending thread notes, each card on its
+    own: one card's trouble never holds another back. Returns the executions still to publish (retried)."""
+    unpublished: set[str] = set()
+    for execution_id in dict.fromkeys(change.execution_id for change in changes):
+        try:
+            await runtime.cards.publish(execution_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # Slack or DynamoDB down, say: this card's events come back and it catches up
+            reason = str(e.response.get("error")) if isinstance(e, SlackApiError) else error_code(e)
+            log.warning("could not bring the card of %s up to date: %s", execution_id, reason,
+                        extra=log_fields(execution_id=execution_id))
+            unpublished.add(execution_id)
+    return unpublished
 
 
 def _service_of_repository(runtime: Runtime, repository: str) -> str:

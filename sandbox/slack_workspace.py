@@ -94,6 +94,7 @@ class Fault:
     retry_after: int | None = None
     times: int = 1
     reset: bool = False  # drop the connection without an answer, as a failing load balancer does
+    in_thread: bool = False  # only calls with a thread_ts (a thread reply, not the card itself)
 
 
 # "You have 3 seconds to respond ... with an HTTP 200 OK" and trigger_ids "expire 3 seconds after they're
@@ -435,7 +436,7 @@ class SlackWorkspace:
         auth = request.headers.get("Authorization", "")
         token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else args.get("token", "")
         for fault in self.faults:
-            if fault.method in (method, "*") and fault.times > 0:
+            if fault.method in (method, "*") and fault.times > 0 and (not fault.in_thread or args.get("thread_ts")):
                 fault.times -= 1
                 self.calls.append(ApiCall(method, args, False, fault.error or f"http_{fault.status}"))
                 if fault.reset and request.transport is not None:

@@ -88,6 +88,36 @@ def test_slack_rate_limits_and_outages_still_end_in_the_right_card(bot: BotProce
     assert "Succeeded" in json.dumps(last.args.get("blocks"))
 
 
+def test_a_thread_note_slack_refuses_is_posted_later_not_lost(bot: BotProcess, slack: SlackWorkspace,
+                                                             background_loop: BackgroundLoop,
+                                                             pipeline: PipelineStandIn):
+    # Slack refuses the thread replies for a while (ok: false, no retry by slack_sdk): the note waits in the
+    # card's outbox and goes out when Slack takes it
+    slack.faults.append(Fault("chat.postMessage", error="fatal_error", times=3, in_thread=True))
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+    wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the card to end Succeeded")
+    card = slack.channel_messages("C0DEV")[0]
+    wait_until(lambda: [m for m in slack.thread("C0DEV", card.ts) if "Scan of" in m.text], timeout=60,
+               what="the scan note, after the refusals")
+    assert [c.error for c in slack.calls_to("chat.postMessage") if not c.ok] == ["fatal_error"] * 3
+    assert len([m for m in slack.thread("C0DEV", card.ts) if "Scan of" in m.text]) == 1
+
+
+def test_a_card_deleted_in_slack_is_posted_again_and_ends_right(bot: BotProcess, slack: SlackWorkspace,
+                                                              background_loop: BackgroundLoop,
+                                                              pipeline: PipelineStandIn,
+                                                              aws_resources: dict[str, str]):
+    pipeline.step = 0.5  # slow enough to delete the card while the deploy runs
+    background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
+    first = wait_until(lambda: slack.channel_messages("C0DEV"), what="the card")[0]
+    slack.messages.remove(first)  # someone deletes the card: the next chat.update says message_not_found
+    wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="a card showing Succeeded")
+    [card] = slack.channel_messages("C0DEV")
+    assert card.ts != first.ts and "message_not_found" in {c.error for c in slack.calls_to("chat.update")}
+    dead = boto3.client("sqs").receive_message(QueueUrl=aws_resources["dlq_url"], WaitTimeSeconds=1)
+    assert dead.get("Messages", []) == []
+
+
 def test_codepipeline_throttling_is_absorbed_by_retries(bot: BotProcess, slack: SlackWorkspace,
                                                         background_loop: BackgroundLoop, pipeline: PipelineStandIn):
     pipeline.faults.throttle = 2  # botocore's standard retry mode rides these out
@@ -229,7 +259,7 @@ def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
     bot = faulty_aws_bot({**bot_env, "UNREADY_AFTER_FAILING_SECONDS": "2"}, aws_faults, slack, tmp_path / "bot.log")
     try:
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
-        status, body, _ = wait_until(lambda: (r := http("GET", f"{bot.url}/readyz"))[0] == 503 and r,
+        _, body, _ = wait_until(lambda: (r := http("GET", f"{bot.url}/readyz"))[0] == 503 and r,
                                      timeout=60, what="the replica to report itself unready")
         assert "event consumer" in json.loads(body) and "failing for" in body
         assert not [line for line in bot.log_lines() if "Traceback" in str(line.get("message", ""))]

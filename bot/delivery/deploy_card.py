@@ -110,6 +110,10 @@ class DeployCard:
     needs_approval: bool = False
     notes: list[str] = field(default_factory=list)
     posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
+    # thread notes recorded but not yet posted, [key, text] in order: an outbox, cleared note by note only
+    # after Slack took each one, so a failed post is retried, never lost
+    outbox: list[list[str]] = field(default_factory=list)
+    orphaned: str | None = None  # Slack's reason the card can no longer be shown (channel gone, archived)
 
     # --- storage ----------------------------------------------------------------
 
@@ -208,7 +212,13 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
             context = command_failure(str(event.detail.get("completed-phase-context", "")).strip("[]: "))
             if context:
                 card.failure.setdefault("context", context)
-                if f"failed:{stage}" in card.notes:  # the failure note went out before this arrived
+                pending = next((n for n in card.outbox if n[0] == f"failed:{stage}" and not (len(n) > 2 and n[2])),
+                               None)
+                if pending is not None:  # the failure note is not posted yet: it says what failed, in one note
+                    card.notes.append(f"context:{stage}")
+                    pending[1] = _failure_note(card, stage, card.failure.get("action", stage), context,
+                                               card.failure.get("url"))
+                elif f"failed:{stage}" in card.notes:  # the failure note went out before this arrived
                     log = card.links.get(f"{stage.lower()}_log")
                     notes += card.note(f"context:{stage}", f":mag: *{stage} failed in {card.failure['phase']}*:"
                                                            f"\n>{context[:1500]}"
@@ -267,17 +277,20 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
                         "summary": summary or str(result.get("error-code") or "failed")}
         if url:
             card.failure["url"] = str(url)
-        log = card.links.get(f"{event.stage.lower()}_log")
         context = (card.failure or {}).get("context")
         if context:  # the phase change came first: its context says what failed, once
             card.notes.append(f"context:{event.stage}")
-        reason = context or summary
-        detail = f"\n>{reason[:1500]}" if reason else ""
-        notes += card.note(f"failed:{event.stage}",
-                           f":x: *{event.stage} failed* ({event.action}).{detail}"
-                           + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
-                           + (f"  ·  <{url}|CodeBuild run>" if url else ""))
+        notes += card.note(f"failed:{event.stage}", _failure_note(card, event.stage, event.action or event.stage,
+                                                                  context or summary, url))
     return notes
+
+
+def _failure_note(card: DeployCard, stage: str, action: str, reason: str | None, url: object) -> str:
+    log = card.links.get(f"{stage.lower()}_log")
+    detail = f"\n>{reason[:1500]}" if reason else ""
+    return (f":x: *{stage} failed* ({action}).{detail}"
+            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
+            + (f"  ·  <{url}|CodeBuild run>" if url else ""))
 
 
 def _expiry(card: DeployCard) -> list[ThreadNote]:

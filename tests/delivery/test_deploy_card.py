@@ -226,6 +226,22 @@ def test_a_failed_build_shows_the_phase_context_not_the_generic_summary(order: t
     assert "Build failed" in text and LOG in text
 
 
+@pytest.mark.parametrize("posted_first", [False, True])
+def test_a_failure_note_not_yet_posted_gets_the_phase_context_instead_of_a_second_note(posted_first: bool):
+    phase, action, _ = _build_failure_events()
+    card = new_card("exec-fail")
+    notes = apply_event(card, action)  # the action's event first: "Build terminated with state: FAILED"
+    card.outbox.extend([n.key, n.text] for n in notes)  # as the handler records them
+    if posted_first:  # Slack already took it (the outbox entry was claimed and cleared)
+        card.outbox.clear()
+    later = apply_event(card, phase)
+    if posted_first:
+        assert [n.key for n in later] == ["context:Build"] and "Reason: exit status 1" in later[0].text
+    else:
+        assert later == [] and len(card.outbox) == 1
+        assert "Reason: exit status 1" in card.outbox[0][1] and "Build terminated" not in card.outbox[0][1]
+
+
 def test_a_skipped_approval_stage_is_shown_as_skipped():
     card = new_card("exec-dev")
     card.environment, card.needs_approval = "dev", False
