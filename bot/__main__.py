@@ -24,8 +24,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("bot").error("cannot start: %s", e)
         return 2
     port = int(os.environ.get("PORT", "3000"))
-    background = [bot.consumer.run, bot.runtime.membership.run]
-    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=background))
+    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background))
     return bot.runtime.exit_code
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,12 @@ class Bot:
     bolt: AsyncApp
     http: web.Application
     consumer: EventConsumer[Any]
+
+    @property
+    def background(self) -> list[Callable[[], Awaitable[None]]]:
+        """What runs beside the HTTP server, each supervised (see bot.http_server.serve)."""
+        return [self.consumer.run, self.runtime.membership.run,
+                functools.partial(handlers.CARD_SWEEPER, self.runtime)]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
@@ -74,6 +81,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
     runtime.unready_after = float(environ.get("UNREADY_AFTER_FAILING_SECONDS", "60"))
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
+    runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "120"))
     _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),

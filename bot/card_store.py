@@ -20,14 +20,28 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.aws.state import StateStore
 from bot.delivery.deploy_card import DeployCard, ThreadNote
 from bot.jsonlog import log_fields
+from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import blocks_hash, render_card
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 12
-NOTE_LEASE = timedelta(seconds=30)  # a thread note claimed by a poster that then died is posted by another
+# a thread note claimed by a poster that then died is posted by another; longer than one post with all of
+# slack_sdk's retries (three 429 waits and two 10 s timeouts)
+NOTE_LEASE = timedelta(seconds=120)
 CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata on every card message, to find it again
-GONE = ("channel_not_found", "is_archived")  # the card's channel cannot show it any more
+# Slack's answers that no retry fixes. For the channel (UNPOSTABLE: not invited; a private channel the bot is
+# not in answers channel_not_found; archived): the card waits for a person, and the sweeper retries it. For an
+# edit or a note's content or thread (chat.update / chat.postMessage error lists): logged and skipped.
+UNFIXABLE_EDIT = ("cant_update_message", "edit_window_closed", "msg_too_long", "invalid_blocks", "no_text")
+UNFIXABLE_NOTE = ("msg_too_long", "no_text", "invalid_blocks", "cannot_reply_to_message",
+                  "restricted_action_thread_locked", "restricted_action_read_only_channel")
+WAITING = "WAITING"  # marker partition: cards the sweeper publishes again
+WAITING_TTL = 7 * 86400
+
+
+class NotePending(Exception):
+    """A note is being posted by another replica: try this card again later."""
 CardChange = Callable[[DeployCard], list[ThreadNote] | bool | None]
 Loaded = tuple[DeployCard, dict[str, Any]]  # a card and its stored item (for the version)
 
@@ -98,63 +112,78 @@ class CardStore:
 
     async def publish(self, execution_id: str) -> None:
         """Show the card's latest state and post its pending thread notes. Slack errors that retrying cannot
-        fix are handled here, for this card only: a deleted message is posted again, a channel that is gone
-        or archived orphans the card (logged with where), a channel the bot is not in waits for the invite.
-        Anything else raises, and this card's events come back later."""
+        fix are handled here, for this card only: a deleted message is posted again; a channel the bot cannot
+        post in (not invited, private and not invited, archived) leaves the card waiting, remembered for the
+        sweeper; an edit or a note Slack refuses for its content is logged and skipped. Anything else raises,
+        and this card's events come back later."""
         loaded = await self.load(execution_id)
-        if loaded is None or not loaded[0].ts or loaded[0].orphaned:
-            return  # no message yet (a push's card is posted by whoever handles its next event), or given up
+        if loaded is None or not loaded[0].ts:
+            return  # no message yet: a push's card is posted by whoever handles its next event
+        card = loaded[0]
         try:
-            await self.sync_message(execution_id)
+            try:
+                await self.sync_message(execution_id)
+            except SlackApiError as e:
+                error = str(e.response.get("error"))
+                if error == "message_not_found":  # someone deleted the card's message
+                    await self._post_again(card)
+                    await self.sync_message(execution_id)
+                elif error in UNFIXABLE_EDIT:
+                    log.warning("Slack refused the card of %s: %s", execution_id, error,
+                                extra=log_fields(execution_id=execution_id))
+                else:
+                    raise
             await self._flush_outbox(execution_id)
         except SlackApiError as e:
             error = str(e.response.get("error"))
-            card = loaded[0]
-            if error in ("message_not_found", "thread_not_found"):  # someone deleted the card's message
-                await self._post_again(card)
-                await self.sync_message(execution_id)
-                await self._flush_outbox(execution_id)
-            elif error in GONE:
-                log.warning("the card of %s can no longer be shown in <#%s>: %s", execution_id, card.channel,
-                            error, extra=log_fields(execution_id=execution_id, channel=card.channel))
-                await self.mutate(execution_id, lambda c: setattr(c, "orphaned", error))
-            elif error == "not_in_channel":
-                log.warning("the card of %s waits for the bot to be invited to <#%s>", execution_id, card.channel,
-                            extra=log_fields(execution_id=execution_id, channel=card.channel))
-            else:
+            if error not in UNPOSTABLE:
                 raise
+            log.warning("the card of %s waits: Slack says %s for <#%s>", execution_id, error, card.channel,
+                        extra=log_fields(execution_id=execution_id, channel=card.channel))
+            await self.state.put_marker(WAITING, execution_id, WAITING_TTL, only_if_absent=False)
 
     async def _flush_outbox(self, execution_id: str) -> None:
         """Post pending notes in order, each claimed first (a lease, so two replicas do not both post it and a
-        dead poster's claim runs out) and cleared only after Slack took it."""
+        dead poster's claim runs out) and cleared only after Slack took it. A note another replica holds
+        raises NotePending: this card's events come back after a backoff, and the note is seen to then."""
         while await self._post_next_note(execution_id):
             pass
 
     async def _post_next_note(self, execution_id: str) -> bool:
         claimed: list[str] | None = None
+        held_elsewhere = False
         now = datetime.now(UTC)
 
         def claim(c: DeployCard) -> bool:
-            nonlocal claimed
-            claimed = None
-            if not c.outbox or not c.ts or c.orphaned:
+            nonlocal claimed, held_elsewhere
+            claimed, held_elsewhere = None, False
+            if not c.outbox or not c.ts:
                 return False
             head = c.outbox[0]
             if len(head) > 2 and head[2] and datetime.fromisoformat(head[2]) > now:
-                return False  # another replica is posting it (and then the rest)
+                held_elsewhere = True  # another replica is posting it (and then the rest)
+                return False
             c.outbox[0] = [head[0], head[1], (now + NOTE_LEASE).isoformat(timespec="seconds")]
             claimed = c.outbox[0]
             return True
 
         result = await self.mutate(execution_id, claim)
+        if held_elsewhere:
+            raise NotePending(f"a thread note of {execution_id} is being posted by another replica")
         if result is None or claimed is None:
             return False
-        card, key = result[0], claimed[0]
+        card, (key, text, lease) = result[0], claimed
         try:
-            await self.slack.chat_postMessage(channel=card.channel, thread_ts=card.ts, text=claimed[1],
+            await self.slack.chat_postMessage(channel=card.channel, thread_ts=card.ts, text=text,
                                               unfurl_links=False)
+        except SlackApiError as e:
+            if str(e.response.get("error")) not in UNFIXABLE_NOTE:
+                await self.mutate(execution_id, lambda c: _release_note(c, key, lease))
+                raise
+            log.warning("Slack refused the thread note %s of %s: %s; it is dropped", key, execution_id,
+                        e.response.get("error"), extra=log_fields(execution_id=execution_id))
         except BaseException:
-            await self.mutate(execution_id, lambda c: _release_note(c, key))
+            await self.mutate(execution_id, lambda c: _release_note(c, key, lease))
             raise
         await self.mutate(execution_id, lambda c: _clear_note(c, key))
         return True
@@ -185,5 +214,6 @@ def _clear_note(c: DeployCard, key: str) -> None:
     c.outbox = [n for n in c.outbox if n[0] != key]
 
 
-def _release_note(c: DeployCard, key: str) -> None:
-    c.outbox = [[n[0], n[1], ""] if n[0] == key else n for n in c.outbox]
+def _release_note(c: DeployCard, key: str, lease: str) -> None:
+    """Give our claim back; a claim that ran out and was taken by another replica stays theirs."""
+    c.outbox = [[n[0], n[1], ""] if n[0] == key and n[2:] == [lease] else n for n in c.outbox]

@@ -33,6 +33,15 @@ Change = TypeVar("Change")
 DEFAULT_WAIT_SECONDS = 5  # long poll; short enough that shutdown never waits long on it
 BATCH = 10
 MAX_BACKOFF = 300
+# The queue's redrive policy (Terraform's and the sandbox's maxReceiveCount) must equal this. With the backoff
+# below, a good event survives an outage of Slack or DynamoDB of more than 15 minutes before it is
+# dead-lettered; one that cannot be read comes back at once and reaches the dead-letter queue in seconds.
+RECEIVES_BEFORE_DEAD_LETTER = 12
+
+
+def backoff(receives: int) -> int:
+    """Seconds before a message handled `receives` times comes back: doubling from 2 s, at most 5 minutes."""
+    return int(min(MAX_BACKOFF, 2 ** max(1, receives)))
 HEARTBEAT_SECONDS = 2  # a batch still in hand after this long has its messages' visibility extended...
 HEARTBEAT_EXTEND = 8  # ...to this many seconds, again every HEARTBEAT_SECONDS until it is done
 CONSUMER = "event consumer"  # its name in Runtime.failing_since and /readyz
@@ -44,6 +53,7 @@ class _Handled(Generic[Change]):
     receipt: str
     event: PipelineEvent
     change: Change | None
+    receives: int = 1
 
 
 class EventConsumer(Generic[Change]):
@@ -124,7 +134,7 @@ class EventConsumer(Generic[Change]):
         held = [h for h in handled if unpublished is None or self.key_of(h.change) in unpublished]
         for h in held:
             metrics.events_failed.labels(h.event.kind).inc()
-            await self._retry_later(h.receipt, 5)
+            await self._retry_later(h.receipt, backoff(h.receives))
         handled = [h for h in handled if h not in held]
         if not handled:
             return
@@ -163,7 +173,7 @@ class EventConsumer(Generic[Change]):
         receives = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         token = execution_id_var.set(event.execution_id)
         try:
-            return _Handled(receipt, event, await self.handler(event, self.runtime))
+            return _Handled(receipt, event, await self.handler(event, self.runtime), receives)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -171,7 +181,7 @@ class EventConsumer(Generic[Change]):
             self.runtime.metrics.events_failed.labels(event.kind).inc()
             log.warning("event %s (%s) failed on receive %d: %s", event.event_id, event.kind, receives, e,
                         exc_info=True, extra=log_fields(reason=str(e)))
-            await self._retry_later(receipt, min(MAX_BACKOFF, 2 ** receives))
+            await self._retry_later(receipt, backoff(receives))
             return None
         finally:
             execution_id_var.reset(token)

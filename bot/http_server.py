@@ -84,12 +84,18 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
     return app
 
 
+HEALTHY_AFTER = 60.0  # a restarted background job that runs this long is no longer failing
+
+
 async def _supervised(job: Callable[[], Awaitable[None]], runtime: Runtime) -> None:
     """Run a background job for the life of the process: if it ever ends or raises (it should not), log it,
     mark it failing (see Readiness) and start it again, backing off."""
-    name = getattr(job, "__qualname__", repr(job))
+    name = getattr(getattr(job, "func", job), "__qualname__", repr(job))
     failures = 0
     while not runtime.draining:
+        healthy: asyncio.TimerHandle | None = None
+        if name in runtime.failing_since:  # restarted: healthy again once it has run a while
+            healthy = asyncio.get_running_loop().call_later(HEALTHY_AFTER, runtime.failing_since.pop, name, None)
         try:
             await job()
             problem = "returned"
@@ -98,6 +104,9 @@ async def _supervised(job: Callable[[], Awaitable[None]], runtime: Runtime) -> N
         except Exception as e:
             problem = f"failed: {error_code(e)}"
             log.exception("background job %s failed", name)
+        finally:
+            if healthy is not None:
+                healthy.cancel()
         if runtime.draining:
             return
         failures += 1

@@ -10,7 +10,7 @@ from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.history import history
 from handlers.logs import logs
-from handlers.pipeline_events import handle_pipeline_event, publish_changes
+from handlers.pipeline_events import handle_pipeline_event, publish_changes, sweep_forever
 from handlers.status import status
 
 # Every verb the parser knows has its handler here (tests/test_http_server.py checks it).
@@ -25,6 +25,7 @@ VERBS: dict[str, VerbHandler] = {
 
 EVENT_HANDLER = handle_pipeline_event  # what the queue consumer calls for each event
 EVENT_PUBLISHER = publish_changes  # and, once per batch, to bring the touched cards up to date
+CARD_SWEEPER = sweep_forever  # in the background: cards left waiting for an invite, published again
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

@@ -9,8 +9,10 @@ Every decision, and every refusal, is an audit record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
@@ -28,6 +30,7 @@ from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, REJECT_V
 log = logging.getLogger(__name__)
 
 MIN_REASON = 3
+CLAIM_LEASE = timedelta(seconds=60)  # a claim older than this (its pod died) is open again
 GONE_CODES = ("ApprovalAlreadyCompletedException", "InvalidApprovalTokenException")
 
 
@@ -83,27 +86,63 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
     if card is None:
         return
     claim = {"won": False}
+    now = datetime.now(UTC)
 
     def take(c: DeployCard) -> None:
         claim["won"] = False
-        if c.awaiting_approval and c.approval.decision is None:
+        if c.awaiting_approval and (c.approval.decision is None or c.approval.claim_expired(now)):
             c.approval.decision = "Approving" if status == "Approved" else "Rejecting"
             c.approval.decided_by = user
+            c.approval.claimed_until = (now + CLAIM_LEASE).isoformat(timespec="seconds")
             claim["won"] = True
 
     result = await runtime.cards.mutate(execution_id, take)
     if result is None or not claim["won"]:
         latest = result[0] if result else card
         who = f"<@{latest.approval.decided_by}>" if latest.approval.decided_by else "someone else"
-        await _tell(runtime, card.channel, user, f"{who} already decided this deploy.")
+        verb = "is recording a decision on" if latest.approval.decision in ("Approving", "Rejecting") else \
+            "already decided"
+        await _tell(runtime, card.channel, user, f"{who} {verb} this deploy.")
         return
     card = result[0]
-    await runtime.cards.sync_message(execution_id)
 
     def release(c: DeployCard) -> None:
         if c.approval.decided_by == user and c.approval.decision in ("Approving", "Rejecting"):
-            c.approval.decision, c.approval.decided_by = None, None
+            c.approval.decision, c.approval.decided_by, c.approval.claimed_until = None, None, None
 
+    try:
+        if not await _put_decision(runtime, card, user, status, reason, release):
+            return
+    except BaseException:
+        # whatever stopped us before CodePipeline took it (Slack, DynamoDB, cancellation): the claim goes,
+        # the buttons work again; a pod that dies here leaves a claim whose lease runs out
+        with contextlib.suppress(Exception):
+            await runtime.cards.mutate(execution_id, release)
+            await runtime.cards.sync_message(execution_id)
+        raise
+
+    # CodePipeline has the decision; if what follows fails, the approval's own event still ends the claim
+    now_text = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def record(c: DeployCard) -> None:
+        c.approval.decision, c.approval.decided_by, c.approval.decided_at = status, user, now_text
+        c.approval.reason, c.approval.claimed_until = reason, None
+
+    result = await runtime.cards.mutate(execution_id, record)
+    await _audit(runtime, card, user, verb, "ok", reason)
+    if result is not None:
+        await runtime.state.clear_pending_approval(result[0].environment, result[0].service, execution_id)
+    await runtime.cards.sync_message(execution_id)
+
+
+async def _put_decision(runtime: Runtime, card: DeployCard, user: str, status: str, reason: str | None,
+                        release: Callable[[DeployCard], None]) -> bool:
+    """Tell CodePipeline; True once it took the decision, False if it refused (the person is told why)."""
+    execution_id, verb = card.execution_id, "approve" if status == "Approved" else "reject"
+    try:
+        await runtime.cards.sync_message(execution_id)  # "Recording the decision...": shown if Slack takes it
+    except SlackApiError as e:
+        log.warning("could not show the decision being recorded: %s", e.response.get("error"))
     try:
         name = user
         try:
@@ -130,19 +169,8 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
             text = (f":warning: I could not record your decision (CodePipeline said `{code}`)."
                     " Nothing changed; try again.")
         await _tell(runtime, card.channel, user, text)
-        return
-
-    now = datetime.now(UTC).isoformat(timespec="seconds")
-
-    def record(c: DeployCard) -> None:
-        c.approval.decision, c.approval.decided_by, c.approval.decided_at = status, user, now
-        c.approval.reason = reason
-
-    result = await runtime.cards.mutate(execution_id, record)
-    await _audit(runtime, card, user, verb, "ok", reason)
-    if result is not None:
-        await runtime.state.clear_pending_approval(result[0].environment, result[0].service, execution_id)
-    await runtime.cards.sync_message(execution_id)
+        return False
+    return True
 
 
 def reject_view(card: DeployCard) -> View:
@@ -186,7 +214,13 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             await _tell(runtime, channel, user, "Slack took too long to open the Reject form; press Reject again.")
             return
         view_id = str(opened["view"]["id"])
-        found = await _decidable(runtime, execution_id, user, "reject")
+        try:
+            found = await _decidable(runtime, execution_id, user, "reject")
+        except Exception:  # DynamoDB or Slack down: the open modal says so instead of checking forever
+            await runtime.slack.views_update(view_id=view_id, view=refusal_view(
+                execution_id, ":warning: I could not check this deploy right now. Close this and press Reject"
+                              " again in a minute."))
+            raise
         view = reject_view(found) if isinstance(found, DeployCard) else refusal_view(execution_id, found[1])
         await runtime.slack.views_update(view_id=view_id, view=view)
 

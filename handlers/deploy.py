@@ -8,14 +8,17 @@ deleted again: no card without an execution.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 
 from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
 
 from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.state import AuditRecord
+from bot.config import Environment
 from bot.delivery.command_parser import ErpCommand
 from bot.delivery.deploy_card import DeployCard
 from bot.jsonlog import log_fields
@@ -77,24 +80,50 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await answer(f"You asked to deploy {target} a moment ago; that deploy is starting in <#{env.channel}>.")
         return
 
+    card: DeployCard | None = None
+    try:
+        card = await _post_card_and_start(who, runtime, env, service, answer, audit)
+    finally:
+        if card is None:  # nothing started, whatever stopped it: the same command works again at once
+            with contextlib.suppress(Exception):
+                await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
+    if card is None:
+        return
+    try:
+        await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
+        await runtime.cards.sync_message(card.execution_id)
+        await audit("started", execution_id=card.execution_id)
+    except Exception as e:  # noqa: BLE001 - whatever it is, the deploy runs: say so, not "failed"
+        # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
+        log.warning("deploy %s started; its card catches up from the events: %s", card.execution_id,
+                    error_code(e), extra=log_fields(user=who.user_id, outcome="started", service=service,
+                                                     environment=env.name, execution_id=card.execution_id))
+    link = await link_to(runtime, env.channel, card.ts)
+    await answer(f":rocket: Deploying {target}: follow {link}.")
+
+
+async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environment, service: str,
+                               answer: Callable[[str], Awaitable[None]],
+                               audit: Callable[..., Awaitable[None]]) -> DeployCard | None:
+    """Post the card, then start the pipeline with the card's place; None (the person told why) if nothing
+    started."""
     card = DeployCard(execution_id="", pipeline=runtime.config.pipeline, environment=env.name, service=service,
                       channel=env.channel, requested_by=who.user_id, needs_approval=env.approval)
     text, blocks = render_card(card)
     try:
         posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
     except SlackApiError as e:
-        # nothing started: the request marker goes, so the same command works right after the fix
-        await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
         error = str(e.response.get("error"))
         if error not in UNPOSTABLE:
             raise
         if error == "not_in_channel":
             runtime.membership.saw(env.channel, False)
         await audit("refused", error)
-        hint = runtime.membership.invite_hint(env.channel) if error == "not_in_channel" else \
-            f"I can't post in <#{env.channel}> (Slack says `{error}`): ask the bot's owners to fix its config."
+        # a private channel the bot is not in answers channel_not_found: the invite is the fix there too
+        hint = runtime.membership.invite_hint(env.channel) if error != "is_archived" else \
+            f"<#{env.channel}> is archived: unarchive it, or point `{env.name}` at another channel."
         await answer(f":warning: Nothing was started. {hint}")
-        return
+        return None
     runtime.membership.saw(env.channel, True)
     card.ts = str(posted["ts"])
     variables = {"SERVICE": service if service != "changed" else " ", "ENVIRONMENT": env.name,
@@ -106,24 +135,14 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
             clientRequestToken=str(uuid.uuid4()))  # botocore's retries reuse it: one execution per request
     except (ClientError, BotoCoreError) as e:
         code = error_code(e)
-        await runtime.slack.chat_delete(channel=env.channel, ts=card.ts)
-        await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
+        with contextlib.suppress(SlackApiError):  # no card without an execution
+            await runtime.slack.chat_delete(channel=env.channel, ts=card.ts)
         reason = START_ERRORS.get(code, "CodePipeline answered `{detail}`." if isinstance(e, ClientError)
                                   else "I can't reach CodePipeline right now.")
         await audit("failed", code)
         log.warning("could not start the pipeline: %s", code)
         await answer(":warning: " + reason.format(pipeline=runtime.config.pipeline, detail=code)
                      + " Nothing was started; try again in a minute.")
-        return
+        return None
     card.execution_id = str(started["pipelineExecutionId"])
-    try:
-        await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
-        await runtime.cards.sync_message(card.execution_id)
-        await audit("started", execution_id=card.execution_id)
-    except (ClientError, BotoCoreError, SlackApiError) as e:
-        # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
-        log.warning("deploy %s started; its card catches up from the events: %s", card.execution_id,
-                    error_code(e), extra=log_fields(user=who.user_id, outcome="started", service=service,
-                                                     environment=env.name, execution_id=card.execution_id))
-    link = await link_to(runtime, env.channel, card.ts)
-    await answer(f":rocket: Deploying {target}: follow {link}.")
+    return card

@@ -19,7 +19,7 @@ from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.ecr_scans import fetch_scan_report
 from bot.aws.state import AuditRecord
-from bot.card_store import CARD_EVENT_TYPE
+from bot.card_store import CARD_EVENT_TYPE, WAITING, WAITING_TTL
 from bot.delivery.access_policy import mention_list
 from bot.delivery.deploy_card import DeployCard, ThreadNote, apply_event, severity_line
 from bot.delivery.image_tag import short_tag
@@ -131,9 +131,10 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
         except SlackApiError as e:
             if e.response.get("error") not in UNPOSTABLE:
                 raise
-            # not for retrying into the dead-letter queue: the card stays unposted, and the execution's next
-            # event posts it once someone has invited the bot; meanwhile the log and /metrics say where
+            # not for retrying into the dead-letter queue: the card stays unposted, and the sweeper (or the
+            # execution's next event) posts it once someone has invited the bot; the log and /metrics say where
             await runtime.cards.mutate(execution_id, _release_lease)
+            await runtime.state.put_marker(WAITING, execution_id, WAITING_TTL, only_if_absent=False)
             runtime.membership.saw(card.channel, False)
             log.warning("could not post the card of %s in %s (%s): %s", execution_id,
                         runtime.membership.label(card.channel), e.response.get("error"),
@@ -373,3 +374,27 @@ async def _execution_of_revision(runtime: Runtime, revisions: set[str], at: date
         if not page.get("nextToken"):
             return None
         params["nextToken"] = page["nextToken"]
+
+
+
+async def sweep_waiting_cards(runtime: Runtime) -> None:
+    """Post and publish every card left waiting (the bot was not in its channel, say), so it catches up after
+    the invite even when its execution sends no more events."""
+    for execution_id in await runtime.state.marker_keys(WAITING):
+        try:
+            loaded = await ensure_card(runtime, execution_id)
+            await runtime.cards.publish(execution_id)
+            loaded = await runtime.cards.load(execution_id)
+            if loaded is None or (loaded[0].ts and not loaded[0].outbox):
+                await runtime.state.delete_marker(WAITING, execution_id)
+        except Exception as e:  # the next sweep tries again
+            log.warning("could not publish the waiting card of %s: %s", execution_id, error_code(e))
+
+
+async def sweep_forever(runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(runtime.sweep_seconds)
+        try:
+            await sweep_waiting_cards(runtime)
+        except Exception as e:
+            log.warning("the sweep of waiting cards failed: %s", error_code(e))

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from bot.aws.clients import AwsClients
+from bot.event_consumer import RECEIVES_BEFORE_DEAD_LETTER
 from sandbox.ecr_images import create_repositories, publish_image
 from sandbox.erp_services import SERVICES, declared_config, repository_of
 from sandbox.service_logs import seed_service_logs
@@ -47,7 +48,8 @@ def create_state_table(aws: AwsClients, table: str) -> None:
     ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
 
 
-def create_events_queue(aws: AwsClients, name: str, dlq_name: str, max_receives: int = 3) -> tuple[str, str]:
+def create_events_queue(aws: AwsClients, name: str, dlq_name: str,
+                        max_receives: int = RECEIVES_BEFORE_DEAD_LETTER) -> tuple[str, str]:
     """The queue the EventBridge rule feeds, with its dead-letter queue; returns (queue URL, DLQ URL)."""
     sqs = aws.client("sqs")
     dlq = sqs.create_queue(QueueName=dlq_name, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]

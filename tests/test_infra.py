@@ -13,6 +13,7 @@ import hcl2
 import yaml
 
 from bot.delivery.pipeline_events import KNOWN
+from bot.event_consumer import RECEIVES_BEFORE_DEAD_LETTER, backoff
 from sandbox.seed import EVENTS_QUEUE, SLACK_SECRET_ID, STATE_TABLE
 from tests.support import ROOT
 
@@ -94,6 +95,17 @@ def test_names_agree_with_the_bot_the_chart_and_the_sandbox():
     assert TF["resource.aws_sqs_queue.events"]["name"] == EVENTS_QUEUE
     redrive = TF["resource.aws_sqs_queue.events"]["redrive_policy"]
     assert "maxReceiveCount" in redrive and "events_dlq" in redrive
+
+
+def test_a_good_event_outlives_a_long_outage_and_only_poison_is_dead_lettered():
+    redrive = TF["resource.aws_sqs_queue.events"]["redrive_policy"]
+    receives = int(re.search(r"maxReceiveCount[^0-9]*(\d+)", str(redrive)).group(1))  # type: ignore[union-attr]
+    assert receives == RECEIVES_BEFORE_DEAD_LETTER  # the queue and the consumer's schedule agree
+    # a healthy event held through an outage comes back after backoff(n): it reaches the dead-letter
+    # queue only after the outage lasted this long (the issue: a 15-45 s hiccup must never get there)
+    survived = sum(backoff(n) for n in range(1, receives))
+    assert survived >= 15 * 60, survived
+    assert backoff(1) <= 2 and max(backoff(n) for n in range(1, 50)) == 300  # quick first, never hours
     assert TF["resource.aws_secretsmanager_secret.slack"]["name"] == SLACK_SECRET_ID
     chart = yaml.safe_load((ROOT / "charts" / "erp-chatops" / "values.yaml").read_text())
     assert chart["slackSecret"]["remoteKey"] == SLACK_SECRET_ID

@@ -8,7 +8,9 @@ STARTED never overwrites SUCCEEDED). The card's phases and the buttons each show
     starting           the card exists, the pipeline has not reported     -
     running            a stage runs                                       -
     awaiting_approval  the Approval action started, nobody decided        approve, reject
-    deciding           an approver's decision is being recorded           -
+    deciding           an approver's decision is being recorded           approve, reject (a claim is a
+                                                                          lease: another click is told who
+                                                                          is deciding until it runs out)
     succeeded          the pipeline succeeded                             -
     failed             a stage failed                                     rollback
     rejected           an approver (or the console) rejected it           -
@@ -63,6 +65,11 @@ class Approval:
     decided_by: str | None = None
     decided_at: str | None = None
     reason: str | None = None
+    claimed_until: str | None = None  # while Approving/Rejecting: the claim's lease; expired, it is open again
+
+    def claim_expired(self, now: datetime) -> bool:
+        return self.decision in ("Approving", "Rejecting") and \
+            (not self.claimed_until or datetime.fromisoformat(self.claimed_until) <= now)
 
 
 @dataclass
@@ -113,7 +120,6 @@ class DeployCard:
     # thread notes recorded but not yet posted, [key, text] in order: an outbox, cleared note by note only
     # after Slack took each one, so a failed post is retried, never lost
     outbox: list[list[str]] = field(default_factory=list)
-    orphaned: str | None = None  # Slack's reason the card can no longer be shown (channel gone, archived)
 
     # --- storage ----------------------------------------------------------------
 
@@ -268,7 +274,7 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
             claimed = {"Approving": "Approved", "Rejecting": "Rejected"}.get(card.approval.decision or "")
             if claimed != outcome:  # not what the claimant asked for: the console's doing, or the clock's
                 card.approval.decided_by = None
-            card.approval.decision = outcome
+            card.approval.decision, card.approval.claimed_until = outcome, None
             card.approval.decided_at = card.approval.decided_at or when
             card.approval.reason = card.approval.reason or (summary if event.state == "FAILED" else None)
             notes += _expiry(card)
@@ -356,6 +362,7 @@ def card_phase(card: DeployCard) -> str:
 
 PHASE_BUTTONS: dict[str, tuple[str, ...]] = {
     "awaiting_approval": ("approve", "reject"),
+    "deciding": ("approve", "reject"),  # if the claimant's pod died, its lease runs out and a click takes over
     "failed": ("rollback",),
 }
 

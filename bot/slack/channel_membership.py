@@ -21,8 +21,8 @@ from bot.metrics import Metrics
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 300.0
-# Slack's answers that mean "this channel cannot take the bot's message": for the bot to fix by invite
-# (not_in_channel) or for a person to fix by config (channel_not_found, is_archived).
+# Slack's answers that mean "this channel cannot take the bot's message", all fixed by a person: an invite
+# (not_in_channel; a private channel the bot is not in answers channel_not_found) or an unarchive.
 UNPOSTABLE = ("not_in_channel", "channel_not_found", "is_archived")
 BOT_NAME = "erp-chatops"
 
@@ -34,7 +34,7 @@ class ChannelMembership:
         self.names: dict[str, str] = {}  # channel id -> name, once seen
         self.member = Gauge("erp_chatops_slack_channel_member",
                             "1 if the bot is a member of the environment's channel, 0 if it must be invited",
-                            ["environment", "channel"], registry=metrics.registry)
+                            ["environment", "channel_id"], registry=metrics.registry)
 
     def label(self, channel: str) -> str:
         """`#erp-prod` when the name is known; Slack's own channel mention otherwise."""
@@ -48,7 +48,7 @@ class ChannelMembership:
     def saw(self, channel: str, member: bool) -> None:
         for env, cid in self.channels.items():
             if cid == channel:
-                self.member.labels(env, self.label(channel)).set(1 if member else 0)
+                self.member.labels(env, channel).set(1 if member else 0)
 
     async def check(self) -> list[str]:
         """Look each configured channel up; returns the labels of those the bot is not in."""
@@ -60,11 +60,11 @@ class ChannelMembership:
                 error = str(e.response.get("error"))
                 log.warning("the %s channel %s cannot be looked up: %s", env, channel, error)
                 missing.append(f"{channel} ({error})")
-                self.member.labels(env, f"<#{channel}>").set(0)
+                self.member.labels(env, channel).set(0)
                 continue
             self.names[channel] = str(info.get("name") or channel)
             member = bool(info.get("is_member"))
-            self.member.labels(env, self.label(channel)).set(1 if member else 0)
+            self.member.labels(env, channel).set(1 if member else 0)
             if not member:
                 missing.append(self.label(channel))
         if missing:

@@ -72,7 +72,8 @@ def _status_line(card: DeployCard) -> str:
             if card.approval.expires_at else ""
         return f":lock: *Waiting for approval*{expires}"
     if phase == "deciding":
-        return ":hourglass_flowing_sand: *Recording the decision...*"
+        who = f"<@{card.approval.decided_by}>'s" if card.approval.decided_by else "the"
+        return f":hourglass_flowing_sand: *Recording {who} decision...*"
     if card.status == "Starting":
         return ":hourglass_flowing_sand: *Starting the pipeline...*"
     running = [name for name in STAGES if STAGE_RANK.get(card.stage(name).state, 0) == 1]

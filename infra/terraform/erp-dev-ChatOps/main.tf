@@ -89,7 +89,7 @@ resource "aws_sqs_queue" "events" {
   sqs_managed_sse_enabled    = true
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.events_dlq.arn
-    maxReceiveCount     = 3
+    maxReceiveCount     = 12 # bot/event_consumer.py RECEIVES_BEFORE_DEAD_LETTER: outages back off, poison goes fast
   })
 }
 
