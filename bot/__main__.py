@@ -63,6 +63,21 @@ def _notify(args: argparse.Namespace) -> int:
     return 0  # a progress message never fails the build
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    from bot.aws.clients import AwsClients
+    from bot.config import ConfigError, load_config
+    from bot.ops.redrive import redrive
+
+    try:
+        queue_url = load_config(args.config or os.environ.get("BOT_CONFIG", "")).events_queue_url
+    except ConfigError as e:
+        print(f"erp-chatops redrive: {e}", file=sys.stderr)
+        return 2
+    done = redrive(AwsClients(), queue_url, limit=args.limit)
+    print(f"moved {done.moved} message(s) from {done.dead_letter_queue} back to {queue_url}")
+    return 0
+
+
 def _ci(args: argparse.Namespace) -> int:
     import time
 
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     sandbox_p.add_argument("--host", default="127.0.0.1")
     notify_p = sub.add_parser("notify", help="post a line into the deploy's Slack thread (for the buildspec)")
     notify_p.add_argument("--text", required=True, help="the message, or - to read it from standard input")
+    redrive_p = sub.add_parser("redrive", help="move dead-lettered events back to the events queue")
+    redrive_p.add_argument("--config", help="the bot's YAML config (default: BOT_CONFIG)")
+    redrive_p.add_argument("--limit", type=int, default=10_000, help="move at most this many")
     ci = sub.add_parser("ci", help="the buildspec's steps")
     steps = ci.add_subparsers(dest="step", required=True)
     steps.add_parser("changed-services", help="services to build: SERVICE, or the diff since the last deploy")
@@ -132,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("serve", "sandbox"):
         setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
-    return {"serve": _serve, "sandbox": _sandbox, "notify": _notify, "ci": _ci}[args.command](args)
+    return {"serve": _serve, "sandbox": _sandbox, "notify": _notify, "ci": _ci,
+            "redrive": _redrive}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from bot.aws.state import StateStore
 from bot.delivery.deploy_card import DeployCard, ThreadNote
 from bot.jsonlog import log_fields
 from bot.slack.channel_membership import UNPOSTABLE
-from bot.slack.deploy_card_blocks import blocks_hash, render_card
+from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE, blocks_hash, render_card
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +29,12 @@ MAX_ATTEMPTS = 12
 # a thread note claimed by a poster that then died is posted by another; longer than one post with all of
 # slack_sdk's retries (three 429 waits and two 10 s timeouts)
 NOTE_LEASE = timedelta(seconds=120)
-CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata on every card message, to find it again
 # Slack's answers that no retry fixes. For the channel (UNPOSTABLE: not invited; a private channel the bot is
 # not in answers channel_not_found; archived): the card waits for a person, and the sweeper retries it. For an
 # edit or a note's content or thread (chat.update / chat.postMessage error lists): logged and skipped.
 UNFIXABLE_EDIT = ("cant_update_message", "edit_window_closed", "msg_too_long", "invalid_blocks", "no_text")
 UNFIXABLE_NOTE = ("msg_too_long", "no_text", "invalid_blocks", "cannot_reply_to_message",
                   "restricted_action_thread_locked", "restricted_action_read_only_channel")
-WAITING = "WAITING"  # marker partition: cards the sweeper publishes again
-WAITING_TTL = 7 * 86400
 
 
 class NotePending(Exception):
@@ -140,7 +137,7 @@ class CardStore:
                 raise
             log.warning("the card of %s waits: Slack says %s for <#%s>", execution_id, error, card.channel,
                         extra=log_fields(execution_id=execution_id, channel=card.channel))
-            await self.state.put_marker(WAITING, execution_id, WAITING_TTL, only_if_absent=False)
+            await self.state.mark_card_waiting(execution_id)
 
     async def _flush_outbox(self, execution_id: str) -> None:
         """Post pending notes in order, each claimed first (a lease, so two replicas do not both post it and a

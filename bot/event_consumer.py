@@ -114,14 +114,16 @@ class EventConsumer(Generic[Change]):
                 await self._delete(message["ReceiptHandle"])
         fresh = [(m, e) for m, e in parsed if e.event_id not in seen]
         self._in_flight = {m["ReceiptHandle"] for m, _ in fresh}
-        heartbeat = asyncio.ensure_future(self._keep_invisible())
+        heartbeat = asyncio.ensure_future(self._keep_invisible())  # through handling and publishing
         try:
             handled = [h for h in await asyncio.gather(*(guarded(m, e) for m, e in fresh)) if h is not None]
+            if handled:
+                await self._publish(handled)
         finally:
             heartbeat.cancel()
             self._in_flight = set()
-        if not handled:
-            return
+
+    async def _publish(self, handled: list[_Handled[Change]]) -> None:
         metrics = self.runtime.metrics
         try:
             unpublished = await self.publisher(self.runtime, [h.change for h in handled if h.change is not None])
@@ -134,6 +136,7 @@ class EventConsumer(Generic[Change]):
         held = [h for h in handled if unpublished is None or self.key_of(h.change) in unpublished]
         for h in held:
             metrics.events_failed.labels(h.event.kind).inc()
+            self._in_flight.discard(h.receipt)  # its back-off decides when it comes back
             await self._retry_later(h.receipt, backoff(h.receives))
         handled = [h for h in handled if h not in held]
         if not handled:

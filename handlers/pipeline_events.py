@@ -19,7 +19,6 @@ from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.ecr_scans import fetch_scan_report
 from bot.aws.state import AuditRecord
-from bot.card_store import CARD_EVENT_TYPE, WAITING, WAITING_TTL
 from bot.delivery.access_policy import mention_list
 from bot.delivery.deploy_card import DeployCard, ThreadNote, apply_event, severity_line
 from bot.delivery.image_tag import short_tag
@@ -28,7 +27,7 @@ from bot.delivery.scan_report import ScanReport, finding_line, severity_counts, 
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from bot.slack.channel_membership import UNPOSTABLE
-from bot.slack.deploy_card_blocks import render_card
+from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE, render_card
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
             # not for retrying into the dead-letter queue: the card stays unposted, and the sweeper (or the
             # execution's next event) posts it once someone has invited the bot; the log and /metrics say where
             await runtime.cards.mutate(execution_id, _release_lease)
-            await runtime.state.put_marker(WAITING, execution_id, WAITING_TTL, only_if_absent=False)
+            await runtime.state.mark_card_waiting(execution_id)
             runtime.membership.saw(card.channel, False)
             log.warning("could not post the card of %s in %s (%s): %s", execution_id,
                         runtime.membership.label(card.channel), e.response.get("error"),
@@ -380,13 +379,13 @@ async def _execution_of_revision(runtime: Runtime, revisions: set[str], at: date
 async def sweep_waiting_cards(runtime: Runtime) -> None:
     """Post and publish every card left waiting (the bot was not in its channel, say), so it catches up after
     the invite even when its execution sends no more events."""
-    for execution_id in await runtime.state.marker_keys(WAITING):
+    for execution_id in await runtime.state.waiting_cards():
         try:
             loaded = await ensure_card(runtime, execution_id)
             await runtime.cards.publish(execution_id)
             loaded = await runtime.cards.load(execution_id)
             if loaded is None or (loaded[0].ts and not loaded[0].outbox):
-                await runtime.state.delete_marker(WAITING, execution_id)
+                await runtime.state.clear_card_waiting(execution_id)
         except Exception as e:  # the next sweep tries again
             log.warning("could not publish the waiting card of %s: %s", execution_id, error_code(e))
 

@@ -74,7 +74,7 @@ async def test_a_channel_the_bot_left_leaves_the_card_waiting_for_the_sweeper(sl
     card = await card_with_notes(slack, cards, "exec-kicked", [["scan:a", "the scan", ""]])
     slack.remove_bot("C0DEV")
     await cards.publish(card.execution_id)  # no raise: retrying the event would not help
-    assert await cards.state.marker_keys("WAITING") == ["exec-kicked"]
+    assert await cards.state.waiting_cards() == ["exec-kicked"]
     slack.invite_bot("C0DEV")
     await cards.publish(card.execution_id)
     assert [m.text for m in slack.thread("C0DEV", card.ts)] == ["the scan"]

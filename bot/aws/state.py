@@ -4,6 +4,7 @@ Items:
   EXEC#<execution id> / CARD       the deploy card of a pipeline execution (expires after 180 days)
   EVENT#<event id>    / SEEN       an event already handled (expires after a week)
   PENDING#, IMAGE#, REQ#, ROLLBACK#, SCANWATCH#, LASTDEPLOY#  small markers (see their users)
+  WAITING             / <execution id>  a card the bot could not post or edit (not in its channel)
   AUDIT#<env>         / <time>#<id> who did what, where, when, with what outcome
 
 Writes that decide something are conditional, so two replicas racing on the
@@ -29,7 +30,9 @@ _ser = TypeSerializer()
 _de = TypeDeserializer()
 
 EVENT_TTL_SECONDS = 7 * 86400
-CARD_TTL_SECONDS = 180 * 86400  # a card is looked at for days; history lives in the audit trail
+CARD_TTL_SECONDS = 180 * 86400
+WAITING_CARDS = "WAITING"  # marker partition: cards to publish again once their channel takes them
+WAITING_TTL_SECONDS = 7 * 86400  # a card is looked at for days; history lives in the audit trail
 AUDIT_TTL_SECONDS = 400 * 86400  # a year and a bit: long enough for any review
 PENDING_TTL_SECONDS = 8 * 86400  # an approval expires after 7 days
 
@@ -172,6 +175,17 @@ class StateStore:
             if _is_conditional_failure(e):
                 return False
             raise
+
+    # --- cards waiting for a person (the bot not invited to their channel): the sweeper publishes them again
+
+    async def mark_card_waiting(self, execution_id: str) -> None:
+        await self.put_marker(WAITING_CARDS, execution_id, WAITING_TTL_SECONDS, only_if_absent=False)
+
+    async def waiting_cards(self) -> list[str]:
+        return await self.marker_keys(WAITING_CARDS)
+
+    async def clear_card_waiting(self, execution_id: str) -> None:
+        await self.delete_marker(WAITING_CARDS, execution_id)
 
     async def marker_keys(self, pk: str, limit: int = 200) -> list[str]:
         """The sort keys of the live markers under `pk` (at most `limit`)."""

@@ -36,6 +36,7 @@ REGION = "ap-northeast-2"  # the console links' region
 
 APPROVE_ACTION = "deploy_approve"
 REJECT_ACTION = "deploy_reject"
+CARD_EVENT_TYPE = "erp_deploy_card"  # message metadata on every card message, naming its execution
 ROLLBACK_ACTION = "deploy_rollback"
 REJECT_VIEW = "deploy_reject_reason"
 

@@ -1,0 +1,1 @@
+"""What an operator runs by hand, with their own credentials (not the bot's role)."""
