@@ -180,6 +180,8 @@ def _advance(row: StageRow, state: str, at: datetime) -> bool:
         if new_rank == 2:
             row.ended = when
         changed = True
+    elif new_rank == 1 and row.state == "FAILED" and when > (row.at or ""):  # retried after it failed
+        row.state, row.at, row.ended, changed = state, when, None, True
     return changed
 
 
@@ -196,6 +198,12 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
                     for row in card.stages.values():
                         if STAGE_RANK.get(row.state, 0) == 1:
                             row.state, row.ended, row.at = "STOPPED", when, when
+        elif event.state == "RESUMED" and card.status == "Failed" and (card.status_at or "") < when:
+            # "Retry failed stage" (RetryStageExecution): the execution runs again (AWS's event reference:
+            # RESUMED, "a failed pipeline execution has been retried"); a second failure is noted afresh
+            card.status, card.status_at, card.ended, card.failure = "InProgress", when, None, None
+            card.notes = [k for k in card.notes if not k.startswith(("failed:", "context:"))]
+            notes += card.note(f"resumed:{when}", ":repeat: The failed stage is being retried.")
         elif status is not None and not card.finished:
             card.status = status
             card.status_at = card.status_at if (card.status_at or "") > when else when

@@ -325,3 +325,38 @@ def test_a_phase_context_quoting_a_whole_script_block_is_summarised(status: str)
     assert "exit status 1" in shown and "set -eo pipefail" not in shown and "docker build" in shown
     text = " ".join(n.text for n in notes)
     assert "set -eo pipefail" not in text and "docker build" in text and "exit status 1" in text
+
+
+def _event(detail_type: str, detail: dict, at: str) -> PipelineEvent:
+    event = parse_event(json.dumps({"id": f"{detail_type}-{at}-{detail.get('state')}", "detail-type": detail_type,
+                                    "time": at, "detail": {"pipeline": "erp-pipeline", "execution-id": "exec-retry",
+                                                           **detail}}))
+    assert event is not None
+    return event
+
+
+def test_retry_failed_stage_moves_the_card_back_to_running_and_a_second_failure_is_noted():
+    card = new_card("exec-retry")
+    action = "CodePipeline Action Execution State Change"
+    stage, pipeline = "CodePipeline Stage Execution State Change", "CodePipeline Pipeline Execution State Change"
+    first = [_event(stage, {"stage": "Build", "state": "STARTED"}, "2026-01-01T00:00:00Z"),
+             _event(action, {"stage": "Build", "action": "Build", "state": "FAILED",
+                             "execution-result": {"external-execution-summary": "boom"}}, "2026-01-01T00:01:00Z"),
+             _event(stage, {"stage": "Build", "state": "FAILED"}, "2026-01-01T00:01:00Z"),
+             _event(pipeline, {"state": "FAILED"}, "2026-01-01T00:01:01Z")]
+    notes = [n for e in first for n in apply_event(card, e)]
+    assert card_phase(card) == "failed" and [n.key for n in notes] == ["failed:Build"]
+    # someone pressed "Retry failed stage" in the console
+    retried = [_event(pipeline, {"state": "RESUMED"}, "2026-01-01T00:05:00Z"),
+               _event(stage, {"stage": "Build", "state": "STARTED"}, "2026-01-01T00:05:01Z")]
+    notes = [n for e in retried for n in apply_event(card, e)]
+    assert card_phase(card) == "running" and card.stage("Build").state == "STARTED"
+    assert ROLLBACK_ACTION not in json.dumps(render_card(card)[1])
+    assert [n.key for n in notes] == ["resumed:2026-01-01T00:05:00+00:00"]
+    again = [_event(action, {"stage": "Build", "action": "Build", "state": "FAILED",
+                             "execution-result": {"external-execution-summary": "boom again"}}, "2026-01-01T00:06:00Z"),
+             _event(pipeline, {"state": "FAILED"}, "2026-01-01T00:06:01Z")]
+    notes = [n for e in again for n in apply_event(card, e)]
+    assert card_phase(card) == "failed" and any("boom again" in n.text for n in notes)
+    # a duplicate of the first failure, delivered late, changes nothing
+    assert apply_event(card, first[3]) == [] and card_phase(card) == "failed"
