@@ -11,6 +11,7 @@ card leads here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -228,7 +229,15 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
             await runtime.helm.rollback(plan.release, plan.namespace, plan.target_revision)
     except HelmError as e:
         await show(f":red_circle: *helm failed*, nothing was rolled back ({by}). Details in the thread.")
-        await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts, text=f"helm said:\n```{e}```")
+        advice = ""
+        with contextlib.suppress(HelmError):
+            stuck = await runtime.helm.stuck(plan.release, plan.namespace)
+            if stuck is not None:  # helm was stopped mid-way: nothing more can change the release until fixed
+                advice = (f"\nThe release is left `{stuck.status}` (revision {stuck.number}): no deploy or rollback"
+                          f" can run until it is cleared. Check the Deployments, then run `helm rollback"
+                          f" {plan.release} {max(1, stuck.number - 1)} -n {plan.namespace}`, and try again.")
+        await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts,
+                                             text=f"helm said:\n```{e}```{advice}")
         await audit("failed", f"helm: {str(e)[:200]}")
         return
 

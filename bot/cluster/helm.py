@@ -8,6 +8,7 @@ and whole-release rollback (`helm rollback`). Reads: history and values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,22 @@ from bot.delivery.image_tag import TAG
 log = logging.getLogger(__name__)
 
 MAX_ERROR = 600
+HELM_TIMEOUT = 300  # helm's own --timeout for changes, in seconds
+OUTER_TIMEOUT = HELM_TIMEOUT + 60  # ours is longer: helm gets to time out and record the failure itself
+STOP_GRACE = 10.0  # after SIGTERM, before SIGKILL
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 class HelmError(Exception):
@@ -45,17 +62,23 @@ class Helm:
         self.timeout = timeout
 
     async def run(self, *args: str, timeout: float | None = None) -> str:
+        """Run helm; on any way out before it finished (our timeout, cancellation at shutdown) it is asked
+        to stop (SIGTERM: helm then records the release as failed rather than leave it pending-*), and
+        killed only if it does not within STOP_GRACE. helm never outlives its caller."""
         argv = [self.binary, *args]
         if self.kubeconfig:
             argv += ["--kubeconfig", self.kubeconfig]
         proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.PIPE)
+        limit = timeout or self.timeout
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout or self.timeout)
+            out, err = await asyncio.wait_for(proc.communicate(), limit)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise HelmError(f"helm {args[0]} did not finish within {timeout or self.timeout:.0f}s") from None
+            await _stop(proc)
+            raise HelmError(f"helm {args[0]} did not finish within {limit:.0f}s") from None
+        except BaseException:
+            await asyncio.shield(_stop(proc))
+            raise
         if proc.returncode != 0:
             raise HelmError(_trim(err.decode(errors="replace") or out.decode(errors="replace")))
         return out.decode(errors="replace")
@@ -78,11 +101,16 @@ class Helm:
             raise HelmError(f"refusing to deploy the tag {tag[:40]!r}: not an image tag")
         return await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
                               "--set-string", f"services.{service}.image.tag={tag}",
-                              "--history-max", "20", "--timeout", "5m")
+                              "--history-max", "20", "--timeout", f"{HELM_TIMEOUT}s", timeout=OUTER_TIMEOUT)
 
     async def rollback(self, release: str, namespace: str, revision: int) -> str:
         return await self.run("rollback", release, str(revision), "-n", namespace, "--history-max", "20",
-                              "--timeout", "5m")
+                              "--timeout", f"{HELM_TIMEOUT}s", timeout=OUTER_TIMEOUT)
+
+    async def stuck(self, release: str, namespace: str) -> Revision | None:
+        """The release's latest revision if helm left it pending-* (a helm that was killed mid-operation)."""
+        history = await self.history(release, namespace, limit=1)
+        return history[-1] if history and history[-1].status.startswith("pending-") else None
 
 
 def service_tags(values: dict[str, Any]) -> dict[str, str]:
