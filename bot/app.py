@@ -37,12 +37,12 @@ class Bot:
     runtime: Runtime
     bolt: AsyncApp
     http: web.Application
-    consumer: EventConsumer[Any]
+    consumers: list[EventConsumer[Any]]  # competing pollers of the one queue: events of many executions at once
 
     @property
     def background(self) -> list[Callable[[], Awaitable[None]]]:
         """What runs beside the HTTP server, each supervised (see bot.http_server.serve)."""
-        return [self.consumer.run, self.runtime.membership.run,
+        return [*(c.run for c in self.consumers), self.runtime.publisher.run, self.runtime.membership.run,
                 functools.partial(handlers.CARD_SWEEPER, self.runtime)]
 
 
@@ -85,5 +85,6 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
-               consumer=EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,
-                                      wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5"))))
+               consumers=[EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,
+                                        wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")))
+                          for _ in range(int(environ.get("QUEUE_POLLERS", "2")))])

@@ -9,6 +9,7 @@ pushes the newest state again, so a stale edit never stays on top.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,10 +19,11 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws.state import StateStore
-from bot.delivery.deploy_card import DeployCard, ThreadNote
+from bot.delivery.deploy_card import DeployCard, ThreadNote, card_phase
 from bot.jsonlog import log_fields
 from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE, blocks_hash, render_card
+from bot.slack.rate_pacing import PROGRESS, URGENT, SlackPacer, already_paced
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ NOTE_LEASE = timedelta(seconds=120)
 UNFIXABLE_EDIT = ("cant_update_message", "edit_window_closed", "msg_too_long", "invalid_blocks", "no_text")
 UNFIXABLE_NOTE = ("msg_too_long", "no_text", "invalid_blocks", "cannot_reply_to_message",
                   "restricted_action_thread_locked", "restricted_action_read_only_channel")
+
+
+class EditDeferred(Exception):
+    """A card's progress edit was skipped because Slack is busy: publish it again shortly."""
 
 
 class NotePending(Exception):
@@ -51,6 +57,8 @@ class CardStore:
     def __init__(self, state: StateStore, slack: AsyncWebClient) -> None:
         self.state = state
         self.slack = slack
+        self._syncing: dict[str, asyncio.Future[None]] = {}  # execution id -> its running edit's outcome
+        self._dirty: set[str] = set()  # asked to sync again while an edit was running
 
     async def load(self, execution_id: str) -> Loaded | None:
         item = await self.state.get_card(execution_id)
@@ -86,8 +94,36 @@ class CardStore:
                 return card, notes
         raise CardConflict(f"card {execution_id} kept changing under {MAX_ATTEMPTS} attempts")
 
-    async def sync_message(self, execution_id: str) -> None:
-        """Make the Slack message show the latest card; edit it only when the rendering changed."""
+    async def sync_message(self, execution_id: str, *, defer_progress: bool = False) -> None:
+        """Make the Slack message show the latest card; edit it only when the rendering changed.
+
+        Coalesced in this replica: while one edit of a card waits for Slack (its rate limit, say), further
+        calls for that card only mark it dirty, and the running one renders again from the newest state when
+        it is done, so intermediate states are skipped rather than queued."""
+        running = self._syncing.get(execution_id)
+        if running is not None:  # its outcome is ours too: a failed edit fails every caller it stood for
+            self._dirty.add(execution_id)
+            await asyncio.shield(running)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._syncing[execution_id] = done
+        try:
+            while True:
+                self._dirty.discard(execution_id)
+                await self._sync_once(execution_id, defer_progress)
+                if execution_id not in self._dirty:
+                    break
+        except BaseException as e:
+            done.set_exception(e if isinstance(e, Exception) else RuntimeError("the card's edit was cancelled"))
+            done.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        else:
+            done.set_result(None)
+        finally:
+            del self._syncing[execution_id]
+            self._dirty.discard(execution_id)
+
+    async def _sync_once(self, execution_id: str, defer_progress: bool = False) -> None:
         pushed: str | None = None
         for _ in range(MAX_ATTEMPTS):
             loaded = await self.load(execution_id)
@@ -101,25 +137,55 @@ class CardStore:
             if digest == item.get("rendered") and pushed in (None, digest):
                 return
             if pushed != digest:
-                await self.slack.chat_update(channel=card.channel, ts=card.ts, text=text, blocks=blocks)
+                pacer: SlackPacer | None = getattr(self.slack, "pacer", None)
+                if pacer is not None:
+                    # wait for Slack's pace first, then render what is newest by then: states that came and
+                    # went while we waited are never sent; a final state or an approval request goes first,
+                    # and mere progress is skipped while Slack is busy (the publisher comes back to it)
+                    urgent = card_phase(card) not in ("starting", "running")
+                    if not urgent and defer_progress:
+                        if not pacer.spare("chat.update", card.channel):
+                            raise EditDeferred(execution_id)
+                    else:
+                        await pacer.slot("chat.update", card.channel, URGENT if urgent else PROGRESS)
+                    latest = await self.load(execution_id)
+                    if latest is None:
+                        return
+                    card, item = latest
+                    if not card.ts:
+                        return
+                    text, blocks = render_card(card)
+                    digest = blocks_hash(blocks)
+                token = already_paced.set(True)
+                try:
+                    await self.slack.chat_update(channel=card.channel, ts=str(card.ts), text=text, blocks=blocks)
+                finally:
+                    already_paced.reset(token)
                 pushed = digest
             if await self.state.update_card(execution_id, int(item["version"]), rendered=digest):
                 return
             # the card moved while we edited: if what we pushed is no longer the newest, push again
 
-    async def publish(self, execution_id: str) -> None:
+    async def publish_card(self, execution_id: str) -> bool:
+        """Only the card's own message (what people read first); see `publish`."""
+        return await self.publish(execution_id, notes=False)
+
+    async def publish(self, execution_id: str, *, notes: bool = True, defer_progress: bool = False) -> bool:
         """Show the card's latest state and post its pending thread notes. Slack errors that retrying cannot
         fix are handled here, for this card only: a deleted message is posted again; a channel the bot cannot
         post in (not invited, private and not invited, archived) leaves the card waiting, remembered for the
         sweeper; an edit or a note Slack refuses for its content is logged and skipped. Anything else raises,
-        and this card's events come back later."""
+        and this card's events come back later. True once the card shows its state (and, with `notes`, its
+        notes are out); False if it is left waiting."""
         loaded = await self.load(execution_id)
-        if loaded is None or not loaded[0].ts:
-            return  # no message yet: a push's card is posted by whoever handles its next event
+        if loaded is None:
+            return True
+        if not loaded[0].ts:
+            return False  # no message yet: a push's card is posted by its next event or the sweep
         card = loaded[0]
         try:
             try:
-                await self.sync_message(execution_id)
+                await self.sync_message(execution_id, defer_progress=defer_progress)
             except SlackApiError as e:
                 error = str(e.response.get("error"))
                 if error == "message_not_found":  # someone deleted the card's message
@@ -130,7 +196,8 @@ class CardStore:
                                 extra=log_fields(execution_id=execution_id))
                 else:
                     raise
-            await self._flush_outbox(execution_id)
+            if notes:
+                await self._flush_outbox(execution_id)
         except SlackApiError as e:
             error = str(e.response.get("error"))
             if error not in UNPOSTABLE:
@@ -138,6 +205,8 @@ class CardStore:
             log.warning("the card of %s waits: Slack says %s for <#%s>", execution_id, error, card.channel,
                         extra=log_fields(execution_id=execution_id, channel=card.channel))
             await self.state.mark_card_waiting(execution_id)
+            return False
+        return True
 
     async def _flush_outbox(self, execution_id: str) -> None:
         """Post pending notes in order, each claimed first (a lease, so two replicas do not both post it and a

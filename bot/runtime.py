@@ -9,6 +9,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws.clients import AwsClients
 from bot.aws.state import StateStore
+from bot.card_publisher import CardPublisher
 from bot.card_store import CardStore
 from bot.cluster.helm import Helm
 from bot.cluster.kube import Cluster
@@ -31,6 +32,7 @@ class Runtime:
     policy: AccessPolicy
     parser: CommandParser
     cards: CardStore
+    publisher: CardPublisher
     membership: ChannelMembership
     work: InFlight = field(default_factory=InFlight)
     draining: bool = False
@@ -50,11 +52,12 @@ class Runtime:
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:
         state = StateStore(aws, config.state_table)
+        cards = CardStore(state, slack)
         return cls(
             config=config, slack=slack, aws=aws, metrics=metrics, state=state,
             policy=AccessPolicy(config, UserGroups(slack).members),
             parser=CommandParser(config),
-            cards=CardStore(state, slack),
+            cards=cards, publisher=CardPublisher(cards, state),
             membership=ChannelMembership(slack, metrics,
                                          {name: env.channel for name, env in config.environments.items()}),
         )

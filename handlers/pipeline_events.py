@@ -252,20 +252,10 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
 
 
 async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> set[str]:
-    """Bring each touched card's message up to date once and post its pending thread notes, each card on its
-    own: one card's trouble never holds another back. Returns the executions still to publish (retried)."""
-    unpublished: set[str] = set()
-    for execution_id in dict.fromkeys(change.execution_id for change in changes):
-        try:
-            await runtime.cards.publish(execution_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # Slack or DynamoDB down, say: this card's events come back and it catches up
-            reason = str(e.response.get("error")) if isinstance(e, SlackApiError) else error_code(e)
-            log.warning("could not bring the card of %s up to date: %s", execution_id, reason,
-                        extra=log_fields(execution_id=execution_id))
-            unpublished.add(execution_id)
-    return unpublished
+    """Hand the touched cards to the background publisher (marked waiting first, durably): Slack's pace no
+    longer holds the queue back. Returns the executions it could not take (none, or it raised)."""
+    await runtime.publisher.enqueue(list(dict.fromkeys(change.execution_id for change in changes)))
+    return set()
 
 
 def _service_of_repository(runtime: Runtime, repository: str) -> str:
@@ -377,17 +367,15 @@ async def _execution_of_revision(runtime: Runtime, revisions: set[str], at: date
 
 
 async def sweep_waiting_cards(runtime: Runtime) -> None:
-    """Post and publish every card left waiting (the bot was not in its channel, say), so it catches up after
-    the invite even when its execution sends no more events."""
-    for execution_id in await runtime.state.waiting_cards():
+    """Cards left waiting longer than a sweep (a replica died before publishing them, or the bot was not in
+    the channel): post a push's card if it has none, and publish them again."""
+    waiting = await runtime.state.waiting_cards(older_than=runtime.sweep_seconds)
+    for execution_id in waiting:
         try:
-            loaded = await ensure_card(runtime, execution_id)
-            await runtime.cards.publish(execution_id)
-            loaded = await runtime.cards.load(execution_id)
-            if loaded is None or (loaded[0].ts and not loaded[0].outbox):
-                await runtime.state.clear_card_waiting(execution_id)
+            await ensure_card(runtime, execution_id)
         except Exception as e:  # the next sweep tries again
-            log.warning("could not publish the waiting card of %s: %s", execution_id, error_code(e))
+            log.warning("could not post the waiting card of %s: %s", execution_id, error_code(e))
+    runtime.publisher.schedule(waiting)
 
 
 async def sweep_forever(runtime: Runtime) -> None:

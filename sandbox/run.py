@@ -87,7 +87,7 @@ async def _main(host: str, port: int) -> int:
         print(f"\n  erp-chatops sandbox is up: open http://localhost:{port}\n"
               f"  (bot on :{bot_port}, local AWS on {aws_proc.url}, {kube_note}; Ctrl-C stops everything)\n",
               file=sys.stderr, flush=True)
-        background: list[Callable[[], Awaitable[None]]] = [bot.consumer.run]
+        background: list[Callable[[], Awaitable[None]]] = list(bot.background)  # as in production
         if cluster is not None:
             background.append(cluster.play_controllers)
         await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=background)

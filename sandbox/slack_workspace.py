@@ -13,7 +13,8 @@ It is as strict as Slack documents, always (each rule cites its page):
 - a request the bot does not acknowledge within 3 seconds fails for the person
   (`operation_timeout`) and the late answer is dropped;
 - a response_url takes 5 posts in 30 minutes, and `replace_original` replaces
-  only a message with buttons, never a slash command's earlier answer.
+  only a message with buttons, never a slash command's earlier answer;
+- the published rate limits (sandbox/slack_rate_limits.py): 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import yaml
 from aiohttp import web
 
 from sandbox.block_kit_limits import validate_blocks, validate_view
+from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_signing import interaction_body, signed_headers, slash_command_body
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,7 @@ class SlackWorkspace:
     def __init__(self, *, bot_token: str, signing_secret: str, bot_url: str | None = None,
                  people: list[Person] | None = None, channels: dict[str, str] | None = None,
                  groups: dict[str, list[str]] | None = None, bot_in: set[str] | None = None,
-                 scopes: frozenset[str] | None = None) -> None:
+                 scopes: frozenset[str] | None = None, rate_limits: RateLimits | None = None) -> None:
         self.bot_token = bot_token
         self.signing_secret = signing_secret
         self.bot_url = bot_url  # the bot's /slack/events
@@ -154,6 +156,7 @@ class SlackWorkspace:
         # channels the bot was invited to (the sandbox's seed invites it everywhere; tests remove it)
         self.bot_in = set(self.channels) if bot_in is None else set(bot_in)
         self.scopes = manifest_scopes() if scopes is None else scopes
+        self.rate_limits = rate_limits or RateLimits()  # always on; a scale for the soak's volume
         self.calls: list[ApiCall] = []
         self.delivered: list[tuple[str, dict[str, str]]] = []  # signed requests sent to the bot, in order
         self.messages: list[Message] = []
@@ -448,6 +451,13 @@ class SlackWorkspace:
                                              status=fault.status, headers=headers)
                 return web.json_response({"ok": False, "error": fault.error}, headers=headers)
         needed = METHOD_SCOPES.get(method, ())
+        if token == self.bot_token:
+            channel = self._channel_id(args.get("channel") or args.get("channel_id")) or ""
+            wait = self.rate_limits.retry_after(method, channel)
+            if wait is not None:
+                self.calls.append(ApiCall(method, args, False, "ratelimited"))
+                return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                         headers={"Retry-After": str(wait)})
         if token != self.bot_token:
             result: dict[str, Any] = {"ok": False, "error": "not_authed" if not token else "invalid_auth"}
         elif needed and not self.scopes.intersection(needed):

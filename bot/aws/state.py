@@ -178,14 +178,48 @@ class StateStore:
 
     # --- cards waiting for a person (the bot not invited to their channel): the sweeper publishes them again
 
+    async def mark_cards_waiting(self, execution_ids: list[str]) -> None:
+        """Remember cards whose message is not yet up to date (25 per request): if this replica dies before
+        it published them, another one's sweep does."""
+        now_ms, ttl = int(time.time() * 1000), int(time.time()) + WAITING_TTL_SECONDS
+        unique = list(dict.fromkeys(execution_ids))
+        for i in range(0, len(unique), 25):
+            requests = [{"PutRequest": {"Item": _to_item({"pk": WAITING_CARDS, "sk": e, "ttl": ttl,
+                                                          "since": now_ms})}} for e in unique[i:i + 25]]
+            for attempt in range(UNPROCESSED_ATTEMPTS):
+                resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
+                requests = resp.get("UnprocessedItems", {}).get(self.table, [])
+                if not requests:
+                    break
+                await _back_off(attempt)
+            else:
+                raise Unprocessed(f"DynamoDB left {len(requests)} waiting mark(s) unwritten")
+
     async def mark_card_waiting(self, execution_id: str) -> None:
-        await self.put_marker(WAITING_CARDS, execution_id, WAITING_TTL_SECONDS, only_if_absent=False)
+        await self.mark_cards_waiting([execution_id])
 
-    async def waiting_cards(self) -> list[str]:
-        return await self.marker_keys(WAITING_CARDS)
+    async def waiting_cards(self, older_than: float = 0.0, limit: int = 200) -> list[str]:
+        """Cards marked waiting at least `older_than` seconds ago (younger ones are still being published)."""
+        resp = await self.aws.call("dynamodb", "query", TableName=self.table, Limit=limit,
+                                   KeyConditionExpression="pk = :pk", ProjectionExpression="sk, #ttl, since",
+                                   ExpressionAttributeNames={"#ttl": "ttl"},
+                                   ExpressionAttributeValues=_to_item({":pk": WAITING_CARDS}))
+        now = time.time()
+        return [str(item["sk"]) for item in map(_from_item, resp.get("Items", []))
+                if int(item.get("ttl", 0)) > now and int(item.get("since", 0)) <= (now - older_than) * 1000]
 
-    async def clear_card_waiting(self, execution_id: str) -> None:
-        await self.delete_marker(WAITING_CARDS, execution_id)
+    async def clear_card_waiting(self, execution_id: str, published_from_ms: int | None = None) -> None:
+        """Forget a waiting card, unless it was marked again after `published_from_ms` (a newer change that
+        the publish which started then may not show)."""
+        params: dict[str, Any] = {"TableName": self.table, "Key": _to_item({"pk": WAITING_CARDS, "sk": execution_id})}
+        if published_from_ms is not None:
+            params["ConditionExpression"] = "attribute_not_exists(since) OR since < :started"
+            params["ExpressionAttributeValues"] = _to_item({":started": published_from_ms})
+        try:
+            await self.aws.call("dynamodb", "delete_item", **params)
+        except ClientError as e:
+            if not _is_conditional_failure(e):
+                raise
 
     async def marker_keys(self, pk: str, limit: int = 200) -> list[str]:
         """The sort keys of the live markers under `pk` (at most `limit`)."""

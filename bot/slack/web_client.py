@@ -20,6 +20,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.metrics import Metrics
+from bot.slack.rate_pacing import NOTE, PROGRESS, SlackPacer, already_paced
 
 DEFAULT_API_URL = "https://slack.com/api/"
 
@@ -41,8 +42,13 @@ class InstrumentedWebClient(AsyncWebClient):
 
     metrics: Metrics | None = None
     _session_loop: asyncio.AbstractEventLoop | None = None
+    pacer: SlackPacer = SlackPacer()  # replaced per client in make_web_client
 
     async def api_call(self, api_method: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        if not already_paced.get():
+            args = _args_of(kwargs)
+            priority = NOTE if args.get("thread_ts") else PROGRESS
+            await self.pacer.slot(api_method, str(args.get("channel") or ""), priority)
         loop = asyncio.get_running_loop()
         if self.session is None or self.session.closed or self._session_loop is not loop:
             # made on first use: a session belongs to the event loop it was made in
@@ -77,4 +83,13 @@ def make_web_client(token: str, api_url: str | None, metrics: Metrics | None = N
         ],
     )
     client.metrics = metrics
+    client.pacer = SlackPacer()
     return client
+
+
+def _args_of(kwargs: dict[str, Any]) -> dict[str, Any]:
+    for key in ("json", "data", "params"):
+        args = kwargs.get(key)
+        if isinstance(args, dict):
+            return args
+    return {}

@@ -16,6 +16,7 @@ from aiohttp import web
 from slack_sdk.errors import SlackApiError
 
 from bot.slack.web_client import make_web_client
+from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_workspace import (
     MANIFEST,
     RESPONSE_URL_POSTS,
@@ -158,3 +159,29 @@ async def test_a_response_url_takes_five_posts_and_a_command_answer_cannot_be_re
     finally:
         await runner.cleanup()
 
+
+
+async def test_the_published_rate_limits_answer_429_with_retry_after(slack: SlackWorkspace):
+    now = [1000.0]
+    slack.rate_limits = RateLimits(clock=lambda: now[0])
+    headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+
+    async def call(http: aiohttp.ClientSession, method: str, **args: str) -> tuple[int, str | None, str]:
+        async with http.post(f"{slack.base_url}/api/{method}", data=args, headers=headers) as resp:
+            return resp.status, resp.headers.get("Retry-After"), (await resp.json())["error" if resp.status != 200
+                                                                                   else "ok"]
+
+    async with aiohttp.ClientSession() as http:
+        # chat.postMessage: about one a second per channel, with a short burst
+        posts = [await call(http, "chat.postMessage", channel="C0DEV", text=f"m{n}") for n in range(4)]
+        assert [p[0] for p in posts] == [200, 200, 200, 429] and posts[3][1:] == ("1", "ratelimited")
+        assert (await call(http, "chat.postMessage", channel="C0PROD", text="x"))[0] == 200  # per channel
+        now[0] += 1.0
+        assert (await call(http, "chat.postMessage", channel="C0DEV", text="later"))[0] == 200
+        # Tier 3 (chat.update): 50 a minute for the workspace, whatever the channel
+        ts = slack.channel_messages("C0DEV")[0].ts
+        updates = [(await call(http, "chat.update", channel="C0DEV", ts=ts, text=f"u{n}"))[0] for n in range(9)]
+        assert updates == [200] * 8 + [429]
+        now[0] += 60 / 50
+        assert (await call(http, "chat.update", channel="C0DEV", ts=ts, text="after"))[0] == 200
+    assert ("chat.update", "C0DEV") in slack.rate_limits.limited

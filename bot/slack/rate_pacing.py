@@ -1,0 +1,107 @@
+"""Pace this replica's Slack calls to Slack's published rate limits, most important first.
+
+docs.slack.dev "Rate limits": methods are limited per minute by tier (Tier 2 about 20, Tier 3 about 50,
+Tier 4 about 100), "with some allowance for bursts", and `chat.postMessage` to about one message per second
+per channel. A busy hour then queues here instead of collecting 429s, and what people need first goes
+first: a card's final state or its request for approval (URGENT), then a card's progress (PROGRESS), then
+thread notes (NOTE). We pace a little under the published rates, since the replicas share one quota; what
+still gets a 429 is retried by slack_sdk's handler after Retry-After. Modals are not paced: their
+trigger_id lives only 3 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import itertools
+import time
+
+URGENT, PROGRESS, NOTE = 0, 1, 2
+HEADROOM = 0.9  # of the published rate: the other replicas use the same quota
+PER_MINUTE = {"chat.update": 50, "chat.delete": 50, "conversations.history": 50, "conversations.info": 50,
+              "usergroups.users.list": 20, "users.info": 100, "chat.postEphemeral": 100,
+              "chat.getPermalink": 100, "files.getUploadURLExternal": 100, "files.completeUploadExternal": 100}
+POST_PER_SECOND = 1.0  # chat.postMessage, per channel
+POST_BURST = 2.0
+
+# set by a caller that already waited for its slot (CardStore paces an edit before it renders the newest state)
+already_paced: contextvars.ContextVar[bool] = contextvars.ContextVar("already_paced", default=False)
+
+
+class _Lane:
+    """A token bucket whose waiters are served by priority, then in arrival order."""
+
+    def __init__(self, capacity: float, per_second: float) -> None:
+        self.capacity, self.per_second = capacity, per_second
+        self.tokens, self.at = capacity, time.monotonic()
+        self.waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.order = itertools.count()
+        self.dispatcher: asyncio.Task[None] | None = None
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
+        self.at = now
+
+    async def acquire(self, priority: int) -> float:
+        """Wait for a token; returns the seconds waited."""
+        self._refill()
+        if not self.waiters and self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        started = time.monotonic()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiters, (priority, next(self.order), future))
+        if self.dispatcher is None or self.dispatcher.done():
+            self.dispatcher = asyncio.ensure_future(self._dispatch())
+        await future
+        return time.monotonic() - started
+
+    async def _dispatch(self) -> None:
+        while self.waiters:
+            self._refill()
+            if self.tokens < 1:
+                await asyncio.sleep((1 - self.tokens) / self.per_second)
+                continue
+            _, _, future = heapq.heappop(self.waiters)
+            if not future.done():  # a waiter that was cancelled gives its turn away
+                self.tokens -= 1
+                future.set_result(None)
+
+
+class SlackPacer:
+    def __init__(self) -> None:
+        self._lanes: dict[tuple[str, str], _Lane] = {}
+        self.waited = 0.0  # seconds spent waiting, for the bench
+
+    def _lane(self, method: str, channel: str) -> _Lane | None:
+        key = (method, channel if method == "chat.postMessage" else "")
+        lane = self._lanes.get(key)
+        if lane is None:
+            if method == "chat.postMessage":
+                lane = _Lane(POST_BURST, POST_PER_SECOND * HEADROOM)
+            elif method in PER_MINUTE:
+                rate = PER_MINUTE[method] * HEADROOM / 60
+                lane = _Lane(max(1.0, PER_MINUTE[method] * HEADROOM / 8), rate)
+            else:
+                return None
+            self._lanes[key] = lane
+        return lane
+
+    def spare(self, method: str, channel: str = "", keep: float = 2.0) -> bool:
+        """Take a token now only if the lane has more than `keep` to spare and nobody waits: for edits that
+        may be skipped when Slack is busy (a newer state will be shown anyway)."""
+        lane = self._lane(method, channel)
+        if lane is None:
+            return True
+        lane._refill()
+        if lane.waiters or lane.tokens < keep + 1:
+            return False
+        lane.tokens -= 1
+        return True
+
+    async def slot(self, method: str, channel: str = "", priority: int = PROGRESS) -> None:
+        lane = self._lane(method, channel)
+        if lane is not None:
+            self.waited += await lane.acquire(priority)
