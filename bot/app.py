@@ -70,7 +70,8 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     aws = AwsClients(metrics)
     creds = load_slack_credentials(environ, aws)
     redactor.add(creds.bot_token, creds.signing_secret)
-    client = make_web_client(creds.bot_token, environ.get("SLACK_API_URL"), metrics)
+    client = make_web_client(creds.bot_token, environ.get("SLACK_API_URL"), metrics,
+                             rate_scale=float(environ.get("SLACK_RATE_SCALE", "1")))
     bolt = AsyncApp(
         client=client,
         signing_secret=creds.signing_secret,  # Bolt verifies every request's signature and age

@@ -156,6 +156,12 @@ class Soak:
                 break
         return found
 
+    def waiting(self) -> int:
+        """Cards marked waiting to be published (see bot.card_publisher)."""
+        resp = boto3.client("dynamodb").query(TableName=self.table, KeyConditionExpression="pk = :pk",
+                                              ExpressionAttributeValues={":pk": {"S": "WAITING"}}, Select="COUNT")
+        return int(resp["Count"])
+
     # --- the verdict ---------------------------------------------------------------------
 
     def expected_status(self, e: Execution) -> str:

@@ -71,7 +71,8 @@ class _Lane:
 
 
 class SlackPacer:
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale  # 1 against Slack; more only against a local workspace with raised limits (the soak)
         self._lanes: dict[tuple[str, str], _Lane] = {}
         self.waited = 0.0  # seconds spent waiting, for the bench
 
@@ -80,10 +81,10 @@ class SlackPacer:
         lane = self._lanes.get(key)
         if lane is None:
             if method == "chat.postMessage":
-                lane = _Lane(POST_BURST, POST_PER_SECOND * HEADROOM)
+                lane = _Lane(POST_BURST * self.scale, POST_PER_SECOND * HEADROOM * self.scale)
             elif method in PER_MINUTE:
-                rate = PER_MINUTE[method] * HEADROOM / 60
-                lane = _Lane(max(1.0, PER_MINUTE[method] * HEADROOM / 8), rate)
+                per_minute = PER_MINUTE[method] * HEADROOM * self.scale
+                lane = _Lane(max(1.0, per_minute / 8), per_minute / 60)
             else:
                 return None
             self._lanes[key] = lane

@@ -70,7 +70,8 @@ class InstrumentedWebClient(AsyncWebClient):
             await self.session.close()
 
 
-def make_web_client(token: str, api_url: str | None, metrics: Metrics | None = None) -> InstrumentedWebClient:
+def make_web_client(token: str, api_url: str | None, metrics: Metrics | None = None,
+                    rate_scale: float = 1.0) -> InstrumentedWebClient:
     base_url = (api_url or DEFAULT_API_URL).rstrip("/") + "/"
     client = InstrumentedWebClient(
         token=token,
@@ -83,7 +84,7 @@ def make_web_client(token: str, api_url: str | None, metrics: Metrics | None = N
         ],
     )
     client.metrics = metrics
-    client.pacer = SlackPacer()
+    client.pacer = SlackPacer(rate_scale)
     return client
 
 
