@@ -182,18 +182,8 @@ class StateStore:
         """Remember cards whose message is not yet up to date (25 per request): if this replica dies before
         it published them, another one's sweep does."""
         now_ms, ttl = int(time.time() * 1000), int(time.time()) + WAITING_TTL_SECONDS
-        unique = list(dict.fromkeys(execution_ids))
-        for i in range(0, len(unique), 25):
-            requests = [{"PutRequest": {"Item": _to_item({"pk": WAITING_CARDS, "sk": e, "ttl": ttl,
-                                                          "since": now_ms})}} for e in unique[i:i + 25]]
-            for attempt in range(UNPROCESSED_ATTEMPTS):
-                resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
-                requests = resp.get("UnprocessedItems", {}).get(self.table, [])
-                if not requests:
-                    break
-                await _back_off(attempt)
-            else:
-                raise Unprocessed(f"DynamoDB left {len(requests)} waiting mark(s) unwritten")
+        await self._put_all([{"pk": WAITING_CARDS, "sk": e, "ttl": ttl, "since": now_ms}
+                             for e in dict.fromkeys(execution_ids)])
 
     async def mark_card_waiting(self, execution_id: str) -> None:
         await self.mark_cards_waiting([execution_id])
@@ -274,9 +264,12 @@ class StateStore:
     async def mark_events_processed(self, event_ids: list[str]) -> None:
         """Many at once (25 per request); a repeat only refreshes the expiry, so no condition is needed."""
         ttl = int(time.time()) + EVENT_TTL_SECONDS
-        for i in range(0, len(event_ids), 25):
-            requests = [{"PutRequest": {"Item": _to_item({"pk": f"EVENT#{e}", "sk": "SEEN", "ttl": ttl})}}
-                        for e in dict.fromkeys(event_ids[i:i + 25])]
+        await self._put_all([{"pk": f"EVENT#{e}", "sk": "SEEN", "ttl": ttl} for e in dict.fromkeys(event_ids)])
+
+    async def _put_all(self, items: list[dict[str, Any]]) -> None:
+        """BatchWriteItem, 25 at a time; what DynamoDB hands back is retried with backoff, then given up on."""
+        for i in range(0, len(items), 25):
+            requests = [{"PutRequest": {"Item": _to_item(item)}} for item in items[i:i + 25]]
             for attempt in range(UNPROCESSED_ATTEMPTS):
                 resp = await self.aws.call("dynamodb", "batch_write_item", RequestItems={self.table: requests})
                 requests = resp.get("UnprocessedItems", {}).get(self.table, [])
