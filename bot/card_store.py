@@ -103,7 +103,12 @@ class CardStore:
         running = self._syncing.get(execution_id)
         if running is not None:  # its outcome is ours too: a failed edit fails every caller it stood for
             self._dirty.add(execution_id)
-            await asyncio.shield(running)
+            try:
+                await asyncio.shield(running)
+            except EditDeferred:
+                if defer_progress:
+                    raise
+                await self.sync_message(execution_id)  # we asked not to skip progress: edit it ourselves
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._syncing[execution_id] = done
@@ -165,10 +170,6 @@ class CardStore:
             if await self.state.update_card(execution_id, int(item["version"]), rendered=digest):
                 return
             # the card moved while we edited: if what we pushed is no longer the newest, push again
-
-    async def publish_card(self, execution_id: str) -> bool:
-        """Only the card's own message (what people read first); see `publish`."""
-        return await self.publish(execution_id, notes=False)
 
     async def publish(self, execution_id: str, *, notes: bool = True, defer_progress: bool = False) -> bool:
         """Show the card's latest state and post its pending thread notes. Slack errors that retrying cannot

@@ -90,9 +90,9 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     if card is None:
         return
     try:
+        await audit("started", execution_id=card.execution_id)
         await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
         await runtime.cards.sync_message(card.execution_id)
-        await audit("started", execution_id=card.execution_id)
     except Exception as e:  # whatever it is, the deploy runs: say so, not "failed"
         # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
         log.warning("deploy %s started; its card catches up from the events: %s", card.execution_id,

@@ -182,29 +182,41 @@ class StateStore:
         """Remember cards whose message is not yet up to date (25 per request): if this replica dies before
         it published them, another one's sweep does."""
         now_ms, ttl = int(time.time() * 1000), int(time.time()) + WAITING_TTL_SECONDS
-        await self._put_all([{"pk": WAITING_CARDS, "sk": e, "ttl": ttl, "since": now_ms}
+        await self._put_all([{"pk": WAITING_CARDS, "sk": e, "ttl": ttl, "since": now_ms, "stamp": uuid.uuid4().hex}
                              for e in dict.fromkeys(execution_ids)])
 
     async def mark_card_waiting(self, execution_id: str) -> None:
         await self.mark_cards_waiting([execution_id])
 
     async def waiting_cards(self, older_than: float = 0.0, limit: int = 200) -> list[str]:
-        """Cards marked waiting at least `older_than` seconds ago (younger ones are still being published)."""
-        resp = await self.aws.call("dynamodb", "query", TableName=self.table, Limit=limit,
-                                   KeyConditionExpression="pk = :pk", ProjectionExpression="sk, #ttl, since",
-                                   ExpressionAttributeNames={"#ttl": "ttl"},
-                                   ExpressionAttributeValues=_to_item({":pk": WAITING_CARDS}))
-        now = time.time()
-        return [str(item["sk"]) for item in map(_from_item, resp.get("Items", []))
-                if int(item.get("ttl", 0)) > now and int(item.get("since", 0)) <= (now - older_than) * 1000]
+        """Up to `limit` cards marked waiting at least `older_than` seconds ago (younger ones are still being
+        published), reading every page: marks that cannot clear yet must not hide the others."""
+        params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "pk = :pk",
+                                  "ProjectionExpression": "sk, #ttl, since",
+                                  "ExpressionAttributeNames": {"#ttl": "ttl"},
+                                  "ExpressionAttributeValues": _to_item({":pk": WAITING_CARDS})}
+        now, found = time.time(), list[str]()
+        while len(found) < limit:
+            resp = await self.aws.call("dynamodb", "query", **params)
+            found += [str(item["sk"]) for item in map(_from_item, resp.get("Items", []))
+                      if int(item.get("ttl", 0)) > now and int(item.get("since", 0)) <= (now - older_than) * 1000]
+            if "LastEvaluatedKey" not in resp:
+                break
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+        return found[:limit]
 
-    async def clear_card_waiting(self, execution_id: str, published_from_ms: int | None = None) -> None:
-        """Forget a waiting card, unless it was marked again after `published_from_ms` (a newer change that
-        the publish which started then may not show)."""
+    async def waiting_stamp(self, execution_id: str) -> str | None:
+        """The mark's stamp, read before publishing: the mark is cleared afterwards only if nobody marked the
+        card again meanwhile (no clocks compared across replicas)."""
+        marker = await self.get_marker(WAITING_CARDS, execution_id)
+        return str(marker["stamp"]) if marker and "stamp" in marker else None
+
+    async def clear_card_waiting(self, execution_id: str, seen_stamp: str | None = None) -> None:
+        """Forget a waiting card; with `seen_stamp`, only if its mark is still the one read before publishing."""
         params: dict[str, Any] = {"TableName": self.table, "Key": _to_item({"pk": WAITING_CARDS, "sk": execution_id})}
-        if published_from_ms is not None:
-            params["ConditionExpression"] = "attribute_not_exists(since) OR since < :started"
-            params["ExpressionAttributeValues"] = _to_item({":started": published_from_ms})
+        if seen_stamp is not None:
+            params["ConditionExpression"] = "stamp = :seen"
+            params["ExpressionAttributeValues"] = _to_item({":seen": seen_stamp})
         try:
             await self.aws.call("dynamodb", "delete_item", **params)
         except ClientError as e:

@@ -55,7 +55,12 @@ class _Lane:
         heapq.heappush(self.waiters, (priority, next(self.order), future))
         if self.dispatcher is None or self.dispatcher.done():
             self.dispatcher = asyncio.ensure_future(self._dispatch())
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted just as we were cancelled: give it back
+                self.tokens += 1
+            raise
         return time.monotonic() - started
 
     async def _dispatch(self) -> None:

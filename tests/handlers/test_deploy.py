@@ -206,12 +206,17 @@ def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, 
                                                                pipeline: PipelineStandIn):
     pipeline.faults.fail_build.add("approval-processing")
     command(background_loop, slack, "U0DEV1", "C0PROD", "deploy approval-processing prod")
-    card = wait_for_card(slack, "C0PROD", "Failed")
+    wait_for_card(slack, "C0PROD", "Failed")
+    card = wait_for_card(slack, "C0PROD", ":x: Build")  # events arrive in any order: the stage's may be last
     shown = card_text(card)
     assert ":x: Build" in shown and "Reason: exit status 1" in shown and "Build terminated with state" not in shown
     assert ROLLBACK_ACTION in buttons(card) and APPROVE_ACTION not in buttons(card)
-    note = wait_until(lambda: [m.text for m in slack.thread("C0PROD", card.ts) if "Build failed" in m.text],
-                      what="the failure note")[0]
+    # the failure note, with CodeBuild's phase context in it, or (when the note went out before the phase
+    # change arrived) right after it in a note of its own
+    note = wait_until(lambda: " ".join(m.text for m in slack.thread("C0PROD", card.ts)
+                                       if "Build failed" in m.text or "failed in BUILD" in m.text)
+                      if "COMMAND_EXECUTION_ERROR" in " ".join(m.text for m in slack.thread("C0PROD", card.ts))
+                      else None, what="the failure note with its context")
     # CodeBuild quotes the buildspec's block; the note keeps its first command and the reason, not the block
     assert "COMMAND_EXECUTION_ERROR" in note and "Reason: exit status 1" in note and "set -eo pipefail" not in note
     assert "more lines of the block" in note and "logEvent:group=/aws/codebuild/erp-build" in note
