@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 REGION = "ap-northeast-2"  # the ERP platform's region
 ACCOUNT = "806332783810"  # and its account
@@ -52,8 +53,9 @@ class LocalAws:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no user text
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # moto's server, with DynamoDB's conditional writes made atomic as DynamoDB's are (see moto_atomic)
+            [sys.executable, "-m", "sandbox.moto_atomic", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent,
             env={**os.environ, "MOTO_ACCOUNT_ID": ACCOUNT})  # queue URLs and ARNs name the platform's account
         wait_for_http(f"{self.url}/moto-api/", proc=self.proc)
 

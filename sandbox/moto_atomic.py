@@ -1,0 +1,37 @@
+"""moto's server, with DynamoDB's requests applied one at a time, as DynamoDB applies them.
+
+Real DynamoDB evaluates a ConditionExpression and writes atomically: of two writers expecting the same
+version, one gets ConditionalCheckFailedException (UpdateItem/PutItem reference, "Condition expressions").
+moto's server handles requests on parallel threads and checks a condition, then writes, with no lock in
+between, so both writers "win" and one update silently vanishes (it lost a card's scan line in the soak).
+Every other service is left concurrent (an SQS long poll must not block DynamoDB).
+
+Run as `python -m sandbox.moto_atomic -H 127.0.0.1 -p PORT` (the same arguments as `python -m moto.server`).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from typing import Any
+
+from moto.dynamodb.responses import DynamoHandler
+from moto.server import main
+
+_ONE_AT_A_TIME = threading.Lock()
+
+
+def serialise_dynamodb() -> None:
+    original = DynamoHandler.call_action
+
+    @functools.wraps(original)
+    def call_action(self: DynamoHandler, *args: Any, **kwargs: Any) -> Any:
+        with _ONE_AT_A_TIME:
+            return original(self, *args, **kwargs)
+
+    DynamoHandler.call_action = call_action  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    serialise_dynamodb()
+    main()
