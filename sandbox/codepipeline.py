@@ -69,6 +69,7 @@ class ActionRun:
     updated: float = field(default_factory=time.time)
     started: float = field(default_factory=time.time)
     expired: bool = False  # an approval nobody answered in time
+    expires: float | None = None  # an approval's deadline on the stand-in's clock, fixed when it starts
 
 
 @dataclass
@@ -414,6 +415,8 @@ class PipelineStandIn(JsonApi):
                     run = ActionRun(stage=stage["name"], action=action["name"])
                     if action["actionTypeId"]["category"] == "Approval":
                         run.token = str(uuid.uuid4())  # the request exists once the action has started
+                        # its seven days count from now, before anyone can see it (or move the clock on)
+                        run.expires = self.now() + self._approval_lifetime(action)
                     e.actions[(stage["name"], action["name"])] = run
                     await self._action_event(e, run, action, "STARTED")
                     ok, error_code = await self._run_action(e, run, action)
@@ -439,6 +442,10 @@ class PipelineStandIn(JsonApi):
         except Exception:
             log.exception("stand-in execution %s crashed", e.id)
 
+    @staticmethod
+    def _approval_lifetime(action: dict[str, Any]) -> float:
+        return float(action.get("timeoutInMinutes", APPROVAL_DAYS * 24 * 60)) * 60
+
     async def _run_action(self, e: Execution, run: ActionRun, action: dict[str, Any]) -> tuple[bool, str | None]:
         category = action["actionTypeId"]["category"]
         if category == "Source":
@@ -450,9 +457,8 @@ class PipelineStandIn(JsonApi):
         if category == "Approval":
             e.decision = asyncio.get_running_loop().create_future()
             # the action's timeoutInMinutes, seven days by default (AWS's user guide: with no response within
-            # seven days the pipeline fails)
-            lifetime = float(action.get("timeoutInMinutes", APPROVAL_DAYS * 24 * 60)) * 60
-            expires = self.now() + lifetime
+            # seven days the pipeline fails), counted from the action's start
+            expires = run.expires if run.expires is not None else self.now() + self._approval_lifetime(action)
             while not e.decision.done():
                 if self.now() >= expires:
                     run.expired = True
