@@ -56,10 +56,6 @@ class CardPublisher:
             self._due.setdefault(execution_id, now)  # a card backing off keeps its time
         self._wake.set()
 
-    @property
-    def pending(self) -> int:
-        return len(self._due)
-
     async def run(self) -> None:
         """Start each due card's publish as its own task (at most CONCURRENCY at once): a card that waits on
         Slack never holds back another. Slack's order across cards (final states, then progress, then notes)
@@ -108,11 +104,9 @@ class CardPublisher:
             stamp = await self.state.waiting_stamp(execution_id)
             if not await self.cards.publish(execution_id, defer_progress=True):
                 return "waiting"
-            loaded = await self.cards.load(execution_id)
-            if loaded is None or (loaded[0].ts and not loaded[0].outbox):
-                # cleared only if nobody marked the card again since the stamp was read: their change may
-                # have come after what was just shown
-                await self.state.clear_card_waiting(execution_id, seen_stamp=stamp)
+            # shown and every note out: cleared only if nobody marked the card again since the stamp was read
+            # (their change may have come after what was just shown)
+            await self.state.clear_card_waiting(execution_id, seen_stamp=stamp)
             return "published"
         except EditDeferred:
             return "deferred"

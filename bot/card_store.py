@@ -171,13 +171,13 @@ class CardStore:
                 return
             # the card moved while we edited: if what we pushed is no longer the newest, push again
 
-    async def publish(self, execution_id: str, *, notes: bool = True, defer_progress: bool = False) -> bool:
+    async def publish(self, execution_id: str, *, defer_progress: bool = False) -> bool:
         """Show the card's latest state and post its pending thread notes. Slack errors that retrying cannot
         fix are handled here, for this card only: a deleted message is posted again; a channel the bot cannot
         post in (not invited, private and not invited, archived) leaves the card waiting, remembered for the
         sweeper; an edit or a note Slack refuses for its content is logged and skipped. Anything else raises,
-        and this card's events come back later. True once the card shows its state (and, with `notes`, its
-        notes are out); False if it is left waiting."""
+        and this card's events come back later. True once the card shows its state and its notes are out;
+        False if it is left waiting."""
         loaded = await self.load(execution_id)
         if loaded is None:
             return True
@@ -197,8 +197,7 @@ class CardStore:
                                 extra=log_fields(execution_id=execution_id))
                 else:
                     raise
-            if notes:
-                await self._flush_outbox(execution_id)
+            await self._flush_outbox(execution_id)
         except SlackApiError as e:
             error = str(e.response.get("error"))
             if error not in UNPOSTABLE:
@@ -255,24 +254,38 @@ class CardStore:
         await self.mutate(execution_id, lambda c: _clear_note(c, key))
         return True
 
-    async def _post_again(self, card: DeployCard) -> None:
-        """The card's message was deleted in Slack: post it again (its pending notes follow in the new thread).
-        Of two replicas doing this at once, the second deletes its own copy."""
+    async def post_message(self, card: DeployCard) -> str:
+        """Post the card as a new message, named by its execution in the message metadata (so a replica can
+        find it again after its poster died); returns its ts."""
         text, blocks = render_card(card)
         posted = await self.slack.chat_postMessage(
             channel=card.channel, text=text, blocks=blocks,
             metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": card.execution_id}})
-        ts, lost = str(posted["ts"]), False
+        return str(posted["ts"])
 
-        def record(c: DeployCard) -> None:
+    async def record_message(self, card: DeployCard, ts: str, replacing: str | None) -> bool:
+        """Make `ts` the card's message, if the card still has `replacing` (None: no message yet). If another
+        replica got there first, theirs is the card and ours is deleted; False then."""
+        lost = False
+
+        def record(c: DeployCard) -> None:  # mutate may call it again on a conflict: the last call counts
             nonlocal lost
-            lost = c.ts != card.ts
+            lost = c.ts not in (replacing, ts)
             if not lost:
-                c.ts = ts
+                c.ts, c.posting_since = ts, None
         await self.mutate(card.execution_id, record)
         if lost:
-            await self.slack.chat_delete(channel=card.channel, ts=ts)
-        else:
+            log.warning("a second message for one card was posted; deleting it", extra=log_fields(ts=ts))
+            try:
+                await self.slack.chat_delete(channel=card.channel, ts=ts)
+            except SlackApiError as e:
+                log.warning("could not delete the second card message: %s", e.response.get("error"))
+        return not lost
+
+    async def _post_again(self, card: DeployCard) -> None:
+        """The card's message was deleted in Slack: post it again (its pending notes follow in the new thread)."""
+        ts = await self.post_message(card)
+        if await self.record_message(card, ts, replacing=card.ts):
             log.warning("the card of %s was deleted in Slack; posted it again", card.execution_id,
                         extra=log_fields(execution_id=card.execution_id, ts=ts))
 

@@ -58,14 +58,11 @@ class _Handled(Generic[Change]):
 
 class EventConsumer(Generic[Change]):
     def __init__(self, runtime: Runtime, handler: Callable[[PipelineEvent, Runtime], Awaitable[Change | None]],
-                 publisher: Callable[[Runtime, list[Change]], Awaitable[set[str]]], concurrency: int = 4,
-                 wait_seconds: int = DEFAULT_WAIT_SECONDS,
-                 key_of: Callable[[Change | None], str | None] = lambda change: getattr(change, "execution_id", None),
-                 ) -> None:
+                 publisher: Callable[[Runtime, list[Change]], Awaitable[None]], concurrency: int = 4,
+                 wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
         self.runtime = runtime
         self.handler = handler
-        self.publisher = publisher  # returns the keys (executions) of the changes it could not publish
-        self.key_of = key_of
+        self.publisher = publisher  # takes the touched cards durably (marked waiting), or raises
         self.wait_seconds = wait_seconds
         self.queue_url = runtime.config.events_queue_url
         self.scope = EventScope.of(runtime.config)
@@ -126,20 +123,15 @@ class EventConsumer(Generic[Change]):
     async def _publish(self, handled: list[_Handled[Change]]) -> None:
         metrics = self.runtime.metrics
         try:
-            unpublished = await self.publisher(self.runtime, [h.change for h in handled if h.change is not None])
+            await self.publisher(self.runtime, [h.change for h in handled if h.change is not None])
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # the publisher keeps each card's trouble to itself; this is a bug: retry all
-            log.warning("could not bring %d card(s) up to date: %s", len(handled), e, exc_info=True)
-            unpublished = None
-        # a card that could not be published keeps its events: they come back and it catches up then
-        held = [h for h in handled if unpublished is None or self.key_of(h.change) in unpublished]
-        for h in held:
-            metrics.events_failed.labels(h.event.kind).inc()
-            self._in_flight.discard(h.receipt)  # its back-off decides when it comes back
-            await self._retry_later(h.receipt, backoff(h.receives))
-        handled = [h for h in handled if h not in held]
-        if not handled:
+        except Exception as e:  # the cards could not be marked waiting: the events come back, they catch up then
+            log.warning("could not hand %d card(s) to the publisher: %s", len(handled), e, exc_info=True)
+            for h in handled:
+                metrics.events_failed.labels(h.event.kind).inc()
+                self._in_flight.discard(h.receipt)  # its back-off decides when it comes back
+                await self._retry_later(h.receipt, backoff(h.receives))
             return
         # durable effects first, then one request each to remember the ids and to delete the messages
         await self.runtime.state.mark_events_processed([h.event.event_id for h in handled])

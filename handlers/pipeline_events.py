@@ -27,7 +27,7 @@ from bot.delivery.scan_report import ScanReport, finding_line, severity_counts, 
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from bot.slack.channel_membership import UNPOSTABLE
-from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE, render_card
+from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,8 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
     card = result[0]
     ts = await _find_posted_card(runtime, card) if earlier else None
     if ts is None:
-        text, blocks = render_card(card)
         try:
-            posted = await runtime.slack.chat_postMessage(
-                channel=card.channel, text=text, blocks=blocks,
-                metadata={"event_type": CARD_EVENT_TYPE, "event_payload": {"execution_id": execution_id}})
+            ts = await runtime.cards.post_message(card)
         except SlackApiError as e:
             if e.response.get("error") not in UNPOSTABLE:
                 raise
@@ -141,22 +138,8 @@ async def _post_card(runtime: Runtime, execution_id: str) -> None:
                         extra=log_fields(execution_id=execution_id, channel=card.channel))
             return
         runtime.membership.saw(card.channel, True)
-        ts = str(posted["ts"])
-
-    lost = False
-
-    def record(c: DeployCard) -> None:  # mutate may call it again on a conflict: the last call counts
-        nonlocal lost
-        lost = bool(c.ts) and c.ts != ts
-        if not lost:
-            c.ts, c.posting_since = ts, None
-    await runtime.cards.mutate(execution_id, record)
-    if lost:  # a slow poster whose lease ran out: another replica's card is the card; ours goes
-        log.warning("a second message for one card was posted; deleting it", extra=log_fields(ts=ts))
-        try:
-            await runtime.slack.chat_delete(channel=card.channel, ts=ts)
-        except SlackApiError as e:
-            log.warning("could not delete the second card message: %s", e.response.get("error"))
+    # a slow poster whose lease ran out: another replica's card is the card; ours goes
+    await runtime.cards.record_message(card, ts, replacing=None)
 
 
 def _release_lease(c: DeployCard) -> None:
@@ -251,11 +234,10 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     return CardChange(execution_id, notes)
 
 
-async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> set[str]:
+async def publish_changes(runtime: Runtime, changes: list[CardChange]) -> None:
     """Hand the touched cards to the background publisher (marked waiting first, durably): Slack's pace no
-    longer holds the queue back. Returns the executions it could not take (none, or it raised)."""
+    longer holds the queue back. Raises if they could not be marked."""
     await runtime.publisher.enqueue(list(dict.fromkeys(change.execution_id for change in changes)))
-    return set()
 
 
 def _service_of_repository(runtime: Runtime, repository: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -180,11 +182,16 @@ def test_secrets_appear_nowhere(bot: BotProcess, slack: SlackWorkspace, backgrou
             assert secret not in place
 
 
-def faulty_aws_bot(bot_env: dict[str, str], proxy: AwsFaultProxy, slack: SlackWorkspace, log: Path) -> BotProcess:
+@contextlib.contextmanager
+def faulty_aws_bot(bot_env: dict[str, str], proxy: AwsFaultProxy, slack: SlackWorkspace,
+                   log: Path) -> Iterator[BotProcess]:
     """The bot with SQS and DynamoDB behind the fault-injecting proxy (CodePipeline and the rest direct)."""
     process = BotProcess({**bot_env, "AWS_ENDPOINT_URL_SQS": proxy.url, "AWS_ENDPOINT_URL_DYNAMODB": proxy.url}, log)
     slack.bot_url = f"{process.url}/slack/events"
-    return process
+    try:
+        yield process
+    finally:
+        process.stop()
 
 
 def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
@@ -195,8 +202,7 @@ def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str
                           AwsFault("dynamodb", "internal", times=3, every=5),
                           AwsFault("sqs", "throttle", times=6, every=2), AwsFault("sqs", "unavailable", times=3, every=3),
                           AwsFault("sqs", "reset", times=2, every=5)]
-    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log") as bot:
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
         wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=90, what="the card to end Succeeded")
         assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
@@ -208,15 +214,12 @@ def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str
                                                         AttributeNames=["ApproximateNumberOfMessages"])
         assert dead["Attributes"]["ApproximateNumberOfMessages"] == "0"
         assert not [m for m in slack.ephemerals("U0DEV1") if "AWS is" in m.text]
-    finally:
-        bot.stop()
 
 
 def test_every_command_and_click_is_acknowledged_within_slacks_three_seconds_when_dynamodb_is_slow(
         bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace,
         background_loop: BackgroundLoop, pipeline: PipelineStandIn, tmp_path: Path):
-    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log"):
         # DynamoDB answers, but each write takes 5 s: nothing before the ack may wait for it
         aws_faults.faults.append(AwsFault("dynamodb", "slow", times=10**6, operation="PutItem", delay=5.0))
         for text in ("deploy employee dev", "status", "deploy nope prod", "help"):
@@ -225,15 +228,12 @@ def test_every_command_and_click_is_acknowledged_within_slacks_three_seconds_whe
         assert slack.timeouts == []
         assert not [m for m in slack.ephemerals("U0DEV1") if "operation_timeout" in m.text]
         assert aws_faults.count("dynamodb") >= 1  # the slow writes did happen
-    finally:
-        bot.stop()
 
 
 def test_reject_opens_its_modal_within_the_triggers_three_seconds_when_dynamodb_is_slow(
         bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace,
         background_loop: BackgroundLoop, pipeline: PipelineStandIn, tmp_path: Path):
-    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log"):
         background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy notification prod"))
         wait_until(lambda: "Waiting for approval" in card_of(slack, "C0PROD"), timeout=30, what="the approval")
         card = next(m for m in slack.channel_messages("C0PROD") if "Deploy " in json.dumps(m.blocks))
@@ -246,8 +246,6 @@ def test_reject_opens_its_modal_within_the_triggers_three_seconds_when_dynamodb_
         aws_faults.faults.clear()
         background_loop.run(slack.submit_view("U0APPR1", view_id, {"reason": {"reason": "Not during the sale"}}))
         wait_until(lambda: "Rejected" in card_of(slack, "C0PROD"), timeout=30, what="the rejection")
-    finally:
-        bot.stop()
 
 
 def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
@@ -256,8 +254,7 @@ def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
     # DynamoDB keeps handing the consumer's batch read back: an error in the batch code, not in receiving
     stuck = AwsFault("dynamodb", "unprocessed", times=10**6, operation="BatchGetItem")
     aws_faults.faults.append(stuck)
-    bot = faulty_aws_bot({**bot_env, "UNREADY_AFTER_FAILING_SECONDS": "2"}, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot({**bot_env, "UNREADY_AFTER_FAILING_SECONDS": "2"}, aws_faults, slack, tmp_path / "bot.log") as bot:
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
         _, body, _ = wait_until(lambda: (r := http("GET", f"{bot.url}/readyz"))[0] == 503 and r,
                                      timeout=60, what="the replica to report itself unready")
@@ -267,20 +264,15 @@ def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
         wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=90, what="the card to catch up")
         wait_until(lambda: http("GET", f"{bot.url}/readyz")[0] == 200, timeout=30, what="ready again")
         assert any("working again" in str(line.get("message", "")) for line in bot.log_lines())
-    finally:
-        bot.stop()
 
 
 def test_a_consumer_failing_past_its_bound_exits_so_kubernetes_replaces_the_pod(
         bot_env: dict[str, str], aws_faults: AwsFaultProxy, slack: SlackWorkspace, tmp_path: Path):
     aws_faults.faults.append(AwsFault("sqs", "internal", times=10**6, operation="ReceiveMessage"))
-    bot = faulty_aws_bot({**bot_env, "EXIT_AFTER_FAILING_SECONDS": "4"}, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot({**bot_env, "EXIT_AFTER_FAILING_SECONDS": "4"}, aws_faults, slack, tmp_path / "bot.log") as bot:
         wait_until(lambda: bot.proc.poll() is not None, timeout=60, what="the process to exit")
         assert bot.proc.returncode == 1
         assert any("exiting so this pod is replaced" in str(line.get("message", "")) for line in bot.log_lines())
-    finally:
-        bot.stop()
 
 
 def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, str], aws_faults: AwsFaultProxy,
@@ -288,8 +280,7 @@ def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, st
                                                            pipeline: PipelineStandIn, tmp_path: Path):
     outage = AwsFault("dynamodb", "unavailable", times=10**6)
     aws_faults.faults.append(outage)
-    bot = faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log")
-    try:
+    with faulty_aws_bot(bot_env, aws_faults, slack, tmp_path / "bot.log"):
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
         answer = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "AWS is" in m.text],
                             timeout=90, what="the answer")[0]
@@ -299,5 +290,3 @@ def test_dynamodb_down_a_deploy_says_so_and_starts_nothing(bot_env: dict[str, st
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
         wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=60, what="the deploy after the outage")
         assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
-    finally:
-        bot.stop()

@@ -223,15 +223,6 @@ class StateStore:
             if not _is_conditional_failure(e):
                 raise
 
-    async def marker_keys(self, pk: str, limit: int = 200) -> list[str]:
-        """The sort keys of the live markers under `pk` (at most `limit`)."""
-        resp = await self.aws.call("dynamodb", "query", TableName=self.table, Limit=limit,
-                                   KeyConditionExpression="pk = :pk", ProjectionExpression="sk, #ttl",
-                                   ExpressionAttributeNames={"#ttl": "ttl"},
-                                   ExpressionAttributeValues=_to_item({":pk": pk}))
-        now = time.time()
-        return [str(item["sk"]) for item in map(_from_item, resp.get("Items", [])) if int(item.get("ttl", 0)) > now]
-
     async def delete_marker(self, pk: str, sk: str) -> None:
         await self.aws.call("dynamodb", "delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}))
 

@@ -44,13 +44,12 @@ class _Lane:
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
         self.at = now
 
-    async def acquire(self, priority: int) -> float:
-        """Wait for a token; returns the seconds waited."""
+    async def acquire(self, priority: int) -> None:
+        """Wait for a token."""
         self._refill()
         if not self.waiters and self.tokens >= 1:
             self.tokens -= 1
-            return 0.0
-        started = time.monotonic()
+            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self.waiters, (priority, next(self.order), future))
         if self.dispatcher is None or self.dispatcher.done():
@@ -61,7 +60,6 @@ class _Lane:
             if future.done() and not future.cancelled():  # granted just as we were cancelled: give it back
                 self.tokens += 1
             raise
-        return time.monotonic() - started
 
     async def _dispatch(self) -> None:
         while self.waiters:
@@ -79,7 +77,6 @@ class SlackPacer:
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale  # 1 against Slack; more only against a local workspace with raised limits (the soak)
         self._lanes: dict[tuple[str, str], _Lane] = {}
-        self.waited = 0.0  # seconds spent waiting, for the bench
 
     def _lane(self, method: str, channel: str) -> _Lane | None:
         key = (method, channel if method == "chat.postMessage" else "")
@@ -110,4 +107,4 @@ class SlackPacer:
     async def slot(self, method: str, channel: str = "", priority: int = PROGRESS) -> None:
         lane = self._lane(method, channel)
         if lane is not None:
-            self.waited += await lane.acquire(priority)
+            await lane.acquire(priority)
