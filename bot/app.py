@@ -82,7 +82,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
     runtime.unready_after = float(environ.get("UNREADY_AFTER_FAILING_SECONDS", "60"))
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
-    runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "120"))
+    runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
     _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),

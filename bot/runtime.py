@@ -42,7 +42,7 @@ class Runtime:
     unready_after: float = 60.0
     exit_after: float = 600.0
     exit_code: int = 0
-    sweep_seconds: float = 120.0  # how often cards left waiting (bot not in the channel) are tried again
+    sweep_seconds: float = 30.0  # how often cards left waiting (a replica died, bot not invited) are retried
     log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
     helm: Helm | None = None  # None: no cluster configured for this bot
     cluster: Cluster | None = None
