@@ -28,11 +28,11 @@ from bot.aws.clients import AwsClients
 from bot.delivery.log_lines import as_file, fit_for_message, to_lines
 from bot.slack.web_client import make_web_client
 from sandbox.codepipeline import PipelineStandIn
-from sandbox.erp_services import SERVICES
 from sandbox.local_aws import LocalAws
 from sandbox.seed import create_events_queue, create_state_table, sandbox_config
 from sandbox.slack_signing import signed_headers, slash_command_body
 from sandbox.slack_workspace import SlackWorkspace
+from tests.busy_hour import run_busy_hour
 from tests.support import BackgroundLoop, BotProcess, http
 
 SLACK_ACK_LIMIT_MS = 3000.0
@@ -93,68 +93,6 @@ async def baseline_loop(aws: AwsClients, queue: str, slack_url: str, n: int) -> 
             await aws.call("sqs", "delete_message", QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
             done += 1
     return n / (time.perf_counter() - started)
-
-
-BUSY_HOUR_GOAL_S = 20.0
-
-
-def busy_hour(servers: BackgroundLoop, workspace: SlackWorkspace, pipeline: PipelineStandIn,
-              channel: str = "C0DEV") -> dict[str, Any]:
-    """Eight executions at once in one channel (four from Slack, four pushes) under Slack's rate limits:
-    seconds from the last execution's end until every card shows its final state, with its scan notes."""
-    pipeline.step = 0.3  # overlapping executions of a few seconds each
-    known = set(pipeline.executions)
-    calls_before, limited_before = len(workspace.calls), len(workspace.rate_limits.limited)
-    for service in SERVICES:
-        servers.run(workspace.send_command("U0DEV1", channel, f"deploy {service} dev"))
-
-    async def pushes() -> None:
-        for _ in range(4):
-            pipeline.start_from_push("dev")
-    servers.run(pushes())
-
-    def runs() -> list[Any]:
-        return [e for i, e in list(pipeline.executions.items()) if i not in known]
-
-    deadline = time.monotonic() + 180
-    while not (len(runs()) == 8 and all(e.status != "InProgress" for e in runs())):
-        if time.monotonic() > deadline:
-            raise RuntimeError("busy hour: the executions did not finish")
-        time.sleep(0.05)
-    ended = time.monotonic()
-
-    def cards() -> dict[str, tuple[str, str]]:
-        """execution id -> (its one card's blocks, ts); absent if it has none, or more than one."""
-        shown = [(json.dumps(m.blocks), m.ts) for m in workspace.channel_messages(channel)]
-        out = {}
-        for e in runs():
-            mine = [c for c in shown if f"`{e.id[:8]}`" in c[0]]
-            if len(mine) == 1:
-                out[e.id] = mine[0]
-        return out
-
-    def states_shown() -> bool:
-        found = cards()
-        return all(e.id in found and e.status in found[e.id][0] for e in runs())
-
-    def notes_posted() -> bool:
-        found = cards()
-        return all(e.id in found and any("Scan of" in m.text for m in workspace.thread(channel, found[e.id][1]))
-                   for e in runs())
-
-    while not states_shown():
-        if time.monotonic() > deadline:
-            raise RuntimeError("busy hour: the cards did not converge")
-        time.sleep(0.05)
-    states_s = time.monotonic() - ended
-    while not notes_posted():
-        if time.monotonic() > deadline:
-            raise RuntimeError("busy hour: thread notes missing")
-        time.sleep(0.05)
-    return {"executions": 8, "convergence_s": states_s, "notes_s": time.monotonic() - ended,
-            "goal_s": BUSY_HOUR_GOAL_S, "slack_calls": len(workspace.calls) - calls_before,
-            "thread_notes": sum(len(workspace.thread(channel, ts)) for _, ts in cards().values()),
-            "rate_limited_429": len(workspace.rate_limits.limited) - limited_before}
 
 
 def log_formatting(rows: int = 10_000) -> dict[str, float]:
@@ -234,7 +172,7 @@ def main() -> int:
             "relay_messages_for_comparison": events}
 
         # 3. a busy hour under Slack's rate limits
-        result["busy_hour"] = busy_hour(servers, workspace, pipeline)
+        result["busy_hour"] = run_busy_hour(servers, workspace, pipeline).summary(workspace, "C0DEV")
         pipeline.step = 0.0
 
         # 4. throughput through one replica: a backlog of push-triggered executions, then drain it

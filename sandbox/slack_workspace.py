@@ -84,6 +84,7 @@ class ApiCall:
     ok: bool
     error: str | None = None
     connection: int | None = None  # the client's port: one per TCP connection it opened
+    at: float = field(default_factory=time.monotonic)  # when it arrived, for the pacing tests
 
 
 @dataclass

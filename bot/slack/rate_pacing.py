@@ -16,6 +16,7 @@ import contextvars
 import heapq
 import itertools
 import time
+from typing import Any
 
 URGENT, PROGRESS, NOTE = 0, 1, 2
 HEADROOM = 0.9  # of the published rate: the other replicas use the same quota
@@ -25,6 +26,8 @@ PER_MINUTE = {"chat.update": 50, "chat.delete": 50, "conversations.history": 50,
 POST_PER_SECOND = 1.0  # chat.postMessage, per channel
 POST_BURST = 2.0
 
+# the lane of the call in progress, for the 429 handler (it runs inside that call's task)
+calling: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("calling", default=None)
 # set by a caller that already waited for its slot (CardStore paces an edit before it renders the newest state)
 already_paced: contextvars.ContextVar[bool] = contextvars.ContextVar("already_paced", default=False)
 
@@ -41,6 +44,8 @@ class _Lane:
 
     def _refill(self) -> None:
         now = time.monotonic()
+        if now < self.at:  # held after a 429: nothing accrues until Retry-After has passed
+            return
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
         self.at = now
 
@@ -61,11 +66,18 @@ class _Lane:
                 self.tokens += 1
             raise
 
+    def hold(self, seconds: float) -> None:
+        """Slack said Retry-After: spend what is left and accrue nothing until then. The refused call retries
+        at that moment; the next queued one follows a token's time later."""
+        self._refill()
+        self.tokens = min(self.tokens, 0.0)
+        self.at = max(self.at, time.monotonic() + seconds)
+
     async def _dispatch(self) -> None:
         while self.waiters:
             self._refill()
             if self.tokens < 1:
-                await asyncio.sleep((1 - self.tokens) / self.per_second)
+                await asyncio.sleep(max(0.0, self.at - time.monotonic()) + (1 - self.tokens) / self.per_second)
                 continue
             _, _, future = heapq.heappop(self.waiters)
             if not future.done():  # a waiter that was cancelled gives its turn away
@@ -77,6 +89,11 @@ class SlackPacer:
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale  # 1 against Slack; more only against a local workspace with raised limits (the soak)
         self._lanes: dict[tuple[str, str], _Lane] = {}
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SlackPacer:
+        # Bolt deep-copies each request, its client included, for lazy listeners: they must share this
+        # replica's one pacer (a copy would pace them apart, and its waiters' futures cannot be copied)
+        return self
 
     def _lane(self, method: str, channel: str) -> _Lane | None:
         key = (method, channel if method == "chat.postMessage" else "")
@@ -103,6 +120,11 @@ class SlackPacer:
             return False
         lane.tokens -= 1
         return True
+
+    def hold(self, method: str, channel: str, seconds: float) -> None:
+        lane = self._lane(method, channel)
+        if lane is not None:
+            lane.hold(seconds)
 
     async def slot(self, method: str, channel: str = "", priority: int = PROGRESS) -> None:
         lane = self._lane(method, channel)

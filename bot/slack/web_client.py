@@ -17,10 +17,13 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.metrics import Metrics
-from bot.slack.rate_pacing import NOTE, PROGRESS, SlackPacer, already_paced
+from bot.slack.rate_pacing import NOTE, PROGRESS, SlackPacer, already_paced, calling
 
 DEFAULT_API_URL = "https://slack.com/api/"
 
@@ -36,6 +39,28 @@ with warnings.catch_warnings():
             return self
 
 
+class PacedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """slack_sdk's 429 handler (wait Retry-After, retry), which first holds the call's lane in the pacer for
+    as long, so the calls queued behind it do not each collect a 429 and retry together."""
+
+    def __init__(self, pacer: SlackPacer, max_retry_count: int = 3) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.pacer = pacer
+
+    async def prepare_for_next_attempt_async(self, *, state: RetryState, request: HttpRequest,
+                                             response: HttpResponse | None = None,
+                                             error: Exception | None = None) -> None:
+        lane = calling.get()
+        if response is not None and lane is not None:
+            retry_after = next((v for k, v in response.headers.items() if k.lower() == "retry-after"), ["1"])
+            try:
+                seconds = float(retry_after[0] if isinstance(retry_after, list) else retry_after)
+            except ValueError:
+                seconds = 1.0
+            self.pacer.hold(*lane, seconds=min(max(seconds, 1.0), 60.0))
+        await super().prepare_for_next_attempt_async(state=state, request=request, response=response, error=error)
+
+
 class InstrumentedWebClient(AsyncWebClient):
     """Counts failed calls per method for /metrics, and keeps one HTTP session (kept-alive connections)
     for all calls; without one, slack_sdk opens a new session, and a new TCP+TLS connection, per call."""
@@ -45,10 +70,11 @@ class InstrumentedWebClient(AsyncWebClient):
     pacer: SlackPacer = SlackPacer()  # replaced per client in make_web_client
 
     async def api_call(self, api_method: str, **kwargs: Any) -> Any:  # type: ignore[override]
+        args = _args_of(kwargs)
+        channel = str(args.get("channel") or "")
         if not already_paced.get():
-            args = _args_of(kwargs)
-            priority = NOTE if args.get("thread_ts") else PROGRESS
-            await self.pacer.slot(api_method, str(args.get("channel") or ""), priority)
+            await self.pacer.slot(api_method, channel, NOTE if args.get("thread_ts") else PROGRESS)
+        calling.set((api_method, channel))  # this task's own context: the 429 handler reads it
         loop = asyncio.get_running_loop()
         if self.session is None or self.session.closed or self._session_loop is not loop:
             # made on first use: a session belongs to the event loop it was made in
@@ -73,18 +99,19 @@ class InstrumentedWebClient(AsyncWebClient):
 def make_web_client(token: str, api_url: str | None, metrics: Metrics | None = None,
                     rate_scale: float = 1.0) -> InstrumentedWebClient:
     base_url = (api_url or DEFAULT_API_URL).rstrip("/") + "/"
+    pacer = SlackPacer(rate_scale)
     client = InstrumentedWebClient(
         token=token,
         base_url=base_url,
         timeout=10,
         retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            PacedRateLimitRetryHandler(pacer, max_retry_count=3),
             AsyncServerErrorRetryHandler(max_retry_count=2),
             AsyncConnectionErrorRetryHandler(max_retry_count=2),
         ],
     )
     client.metrics = metrics
-    client.pacer = SlackPacer(rate_scale)
+    client.pacer = pacer
     return client
 
 
