@@ -97,7 +97,8 @@ def _ci(args: argparse.Namespace) -> int:
         elif args.step == "deploy":
             started = time.time()
             result = steps.deploy(args.release, args.chart, args.namespace, args.environment, args.image_tags,
-                                  notifier, rollout_timeout=args.rollout_timeout)
+                                  notifier, rollout_timeout=args.rollout_timeout,
+                                  execution_id=os.environ.get("PIPELINE_EXECUTION_ID", "").strip())
             ended = time.time()
             try:
                 steps.xray_segment("erp-deploy", started, ended, result.ok, {
@@ -109,7 +110,7 @@ def _ci(args: argparse.Namespace) -> int:
             if not result.ok:
                 raise steps.StepFailed(f"{result.message} (after {took})")
             if args.commit:
-                steps.record_deploy(os.environ, args.environment, args.commit)
+                steps.record_deploy(os.environ, args.environment, args.commit, steps.deployed_services(args.image_tags))
             notifier.post(f":white_check_mark: Deployed to {args.environment} in {took}: {result.message}")
     except steps.StepFailed as e:
         print(f"ci {args.step}: {e}", file=sys.stderr)

@@ -34,8 +34,9 @@ from slack_sdk.models.blocks import (
 from bot.aws.state import AuditRecord
 from bot.cluster.helm import HelmError, Revision, service_tags
 from bot.cluster.kube import ClusterUnavailable, RolloutState
+from bot.cluster.release_diff import changes_besides_the_image
 from bot.delivery.command_parser import ErpCommand
-from bot.delivery.image_tag import short_tag
+from bot.delivery.image_tag import TAG, short_tag
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers.erp_command import Invocation
@@ -96,14 +97,8 @@ async def make_plan(runtime: Runtime, environment: str, service: str | None, rev
                     requested_by: str) -> RollbackPlan:
     assert runtime.helm is not None
     env = runtime.config.environments[environment]
-    try:
-        history = await runtime.helm.history(env.release, env.namespace)
-    except HelmError as e:
-        raise RollbackRefused(f"helm could not read the release `{env.release}` in `{env.namespace}`: {e}") from None
-    if not history:
-        raise RollbackRefused(f"There is no release `{env.release}` in `{env.namespace}` to roll back.")
-    deployed = [r for r in history if r.status == "deployed"] or history
-    current = deployed[-1]
+    history = await _history(runtime, environment)
+    current = _current(history)
     numbers = [r.number for r in history]
     if revision is not None and revision not in numbers:
         raise RollbackRefused(f"Revision {revision} is not in `{env.release}`'s history in {environment}"
@@ -136,6 +131,106 @@ async def make_plan(runtime: Runtime, environment: str, service: str | None, rev
                         requested_by)
 
 
+async def _history(runtime: Runtime, environment: str) -> list[Revision]:
+    assert runtime.helm is not None
+    env = runtime.config.environments[environment]
+    try:
+        history = await runtime.helm.history(env.release, env.namespace)
+    except HelmError as e:
+        raise RollbackRefused(f"helm could not read the release `{env.release}` in `{env.namespace}`: {e}") from None
+    if not history:
+        raise RollbackRefused(f"There is no release `{env.release}` in `{env.namespace}` to roll back.")
+    return history
+
+
+def _current(history: list[Revision]) -> Revision:
+    """What runs: the last `deployed` revision (a failed upgrade leaves the one before it running)."""
+    return ([r for r in history if r.status == "deployed"] or history)[-1]
+
+
+async def plan_for_execution(runtime: Runtime, environment: str, service: str | None, execution_id: str,
+                             requested_by: str) -> RollbackPlan:
+    """The "Roll back" button of a deploy card whose Deploy failed: back to what ran before that execution.
+
+    Read from helm's history, never from the card: the pipeline's deploy writes the execution on the
+    revisions it makes (`revision_description`). Refused when the execution made no revision (nothing
+    reached the cluster), when the buildspec's automatic rollback already put back what ran before, or
+    when someone changed the release since (then the person chooses with `/erp rollback`). The target is
+    the last revision before the execution that ran (deployed or superseded), never a failed or pending one.
+    """
+    assert runtime.helm is not None
+    env = runtime.config.environments[environment]
+    history = await _history(runtime, environment)
+    short = execution_id[:8]
+    mine = [r for r in history if r.made_by(execution_id)]
+    if not mine:
+        raise RollbackRefused(f"Execution `{short}` changed nothing in {environment}: no revision of `{env.release}`"
+                              " came from it, so there is nothing to roll back.")
+    latest = history[-1]
+    if latest.status.startswith("pending-"):
+        raise RollbackRefused(f"`{env.release}` in {environment} is `{latest.status}` (revision {latest.number}):"
+                              f" helm is still at work or was stopped mid-way. See `/erp status {environment}`.")
+    later = [r for r in history if r.number > mine[-1].number and not r.description.startswith("Rollback to")]
+    if later:
+        again = f"`/erp rollback {service + ' ' if service in runtime.config.services else ''}{environment}`"
+        raise RollbackRefused(f"`{env.release}` in {environment} changed after execution `{short}` (revision"
+                              f" {later[-1].number}), so going back to before it would undo that too. Choose"
+                              f" what to go back to with {again}.")
+    before = [r for r in history if r.number < mine[0].number and r.status in ("deployed", "superseded")]
+    if not before:
+        raise RollbackRefused(f"Nothing ran in {environment} before execution `{short}`: there is no earlier"
+                              f" revision of `{env.release}` to go back to.")
+    target, current = before[-1], _current(history)
+    target_tags = service_tags(await runtime.helm.values(env.release, env.namespace, target.number))
+    current_tags = service_tags(await runtime.helm.values(env.release, env.namespace, current.number))
+    if service in runtime.config.services:
+        names = [service]
+    else:  # "changed" or "all": the services whose tags the execution changed
+        made = service_tags(await runtime.helm.values(env.release, env.namespace, mine[-1].number))
+        names = sorted(n for n in set(made) | set(target_tags) if made.get(n) != target_tags.get(n))
+    if all(current_tags.get(n) == target_tags.get(n) for n in names):
+        back = ", ".join(f"{n} `{short_tag(target_tags.get(n, '?'))}`" for n in names) or "what ran before"
+        raise RollbackRefused(f"The automatic rollback already put back {back} in {environment} (revision"
+                              f" {current.number}): nothing to roll back.")
+    if service in runtime.config.services:
+        return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, service, current.number,
+                            target.number, {service: current_tags.get(service, "?")},
+                            {service: target_tags.get(service, "?")}, requested_by)
+    return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, current.number,
+                        target.number, current_tags, target_tags, requested_by)
+
+
+async def check_only_the_image_changes(runtime: Runtime, plan: RollbackPlan) -> None:
+    """A per-service rollback renders the bot's copy of the chart: refuse it if that would change anything
+    but the service's image (see bot/cluster/release_diff.py); a whole-release rollback is offered instead."""
+    assert runtime.helm is not None and plan.service is not None
+    deployment = runtime.config.services[plan.service].deployment
+    try:
+        current = await runtime.helm.manifest(plan.release, plan.namespace)
+        planned = await runtime.helm.planned_service_tag(plan.release, plan.namespace, runtime.erp_chart,
+                                                         plan.service, plan.target_tags[plan.service])
+    except HelmError as e:
+        raise RollbackRefused(f"helm could not render the rollback of {plan.what}: {e}") from None
+    others = changes_besides_the_image(current, planned, deployment)
+    if others:
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        raise RollbackRefused(
+            f"Rolling back {plan.service} alone would also change {shown}: the chart in this bot differs from"
+            f" the one `{plan.release}` was deployed with. Roll back the whole release instead:"
+            f" `/erp rollback {plan.environment} {plan.target_revision}`.")
+
+
+async def still_current(runtime: Runtime, plan: RollbackPlan) -> str | None:
+    """None if the release is as the plan saw it; else what changed since (a plan can wait an hour)."""
+    history = await _history(runtime, plan.environment)
+    latest, current = history[-1], _current(history)
+    if latest.status.startswith("pending-"):
+        return f"`{plan.release}` is `{latest.status}` (revision {latest.number})"
+    if current.number != plan.current_revision:
+        return f"`{plan.release}` in {plan.environment} is at revision {current.number}, not {plan.current_revision},"
+    return None
+
+
 def plan_blocks(plan: RollbackPlan, runtime: Runtime, status: str, *, buttons: bool) -> list[dict[str, Any]]:
     env = runtime.config.environments[plan.environment]
     who = "an approver" if env.approval else "the requester or a deployer"
@@ -159,8 +254,9 @@ def plan_blocks(plan: RollbackPlan, runtime: Runtime, status: str, *, buttons: b
 
 
 async def propose(runtime: Runtime, environment: str, service: str | None, revision: int | None,
-                  user: str) -> str:
-    """Post the plan in the environment's channel; returns a one-line answer for the person who asked."""
+                  user: str, execution_id: str | None = None) -> str:
+    """Post the plan in the environment's channel; returns a one-line answer for the person who asked.
+    With `execution_id` (a failed deploy card's button) the plan goes back to what ran before it."""
     if runtime.helm is None or runtime.cluster is None:
         return NO_CLUSTER
     decision = await runtime.policy.can_rollback(user, environment)
@@ -169,7 +265,12 @@ async def propose(runtime: Runtime, environment: str, service: str | None, revis
                                                      service=service, outcome="refused", detail=decision.reason))
         return f":no_entry: {decision.reason}"
     try:
-        plan = await make_plan(runtime, environment, service, revision, user)
+        if execution_id is not None:
+            plan = await plan_for_execution(runtime, environment, service, execution_id, user)
+        else:
+            plan = await make_plan(runtime, environment, service, revision, user)
+        if plan.service:
+            await check_only_the_image_changes(runtime, plan)
     except RollbackRefused as e:
         return str(e)
     env = runtime.config.environments[environment]
@@ -223,6 +324,12 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
     await show(f":hourglass_flowing_sand: Rolling back ({by})...")
     try:
         if plan.service:
+            try:
+                await check_only_the_image_changes(runtime, plan)  # the replica confirming may carry another chart
+            except RollbackRefused as e:
+                await show(f":no_entry: *Not rolled back* ({by}): {e}")
+                await audit("refused", str(e)[:200])
+                return
             await runtime.helm.set_service_tag(plan.release, plan.namespace, runtime.erp_chart, plan.service,
                                                plan.target_tags[plan.service])
         else:
@@ -272,7 +379,15 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         marker = await runtime.state.get_marker(*_plan_key(plan_id))
         if marker is None:
             return None
-        return RollbackPlan(**json.loads(marker["plan"])), str(marker["status"])
+        plan = RollbackPlan(**json.loads(marker["plan"]))
+        # stored state decides nothing: where it runs comes from the config, what it sets must be a tag
+        env = runtime.config.environments.get(plan.environment)
+        if env is None or (plan.service is not None and plan.service not in runtime.config.services) or \
+                not all(TAG.match(str(t)) for t in plan.target_tags.values()):
+            log.warning("rollback plan %s does not match the config: refused", plan_id)
+            return None
+        plan.namespace, plan.release, plan.channel = env.namespace, env.release, env.channel
+        return plan, str(marker["status"])
 
     async def confirm(body: dict[str, Any]) -> None:
         user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
@@ -298,6 +413,19 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         if not await runtime.state.transition(*_plan_key(plan.id), "pending", "running", confirmed_by=user):
             await _tell(runtime, channel, user, "Someone else has just confirmed or cancelled this rollback.")
             return
+        try:
+            changed = await still_current(runtime, plan)
+        except RollbackRefused as e:
+            changed = str(e)
+        if changed is not None:  # the plan may be an hour old: never run it against a release that moved on
+            await runtime.state.transition(*_plan_key(plan.id), "running", "stale")
+            await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text=f"Rollback of {plan.what}: stale",
+                                            blocks=plan_blocks(plan, runtime, f":warning: *Not rolled back*: {changed}"
+                                                               " since this plan was made.", buttons=False))
+            fresh = await propose(runtime, plan.environment, plan.service,
+                                  plan.target_revision if plan.service is None else None, plan.requested_by)
+            await _tell(runtime, channel, user, f"Nothing was done: {changed} since this plan was made. {fresh}")
+            return
         await execute(runtime, plan, user)
         await runtime.state.transition(*_plan_key(plan.id), "running", "done")
 
@@ -319,12 +447,15 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
 
     async def from_card(body: dict[str, Any]) -> None:
         """The "Roll back" button on a failed deploy card."""
-        service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
+        service, env, execution_id = [*str(body["actions"][0].get("value", "")).split(" "), "", "", ""][:3]
         user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
-        if service not in runtime.config.services or env not in runtime.config.environments:
-            await _tell(runtime, channel, user, "This card's deploy cannot be rolled back per service.")
+        if env not in runtime.config.environments or not execution_id or \
+                (service not in runtime.config.services and service not in ("changed", "all")):
+            await _tell(runtime, channel, user, "I can't tell what this card's deploy changed. Choose what to roll"
+                                                " back with `/erp history <env>` and `/erp rollback`.")
             return
-        await _tell(runtime, channel, user, await propose(runtime, env, service, None, user))
+        await _tell(runtime, channel, user, await propose(runtime, env, service if service in runtime.config.services
+                                                          else None, None, user, execution_id=execution_id))
 
     app.action(CONFIRM_ACTION)(ack=ack_click, lazy=[runtime.work.track(confirm)])
     app.action(CANCEL_ACTION)(ack=ack_click, lazy=[runtime.work.track(cancel)])

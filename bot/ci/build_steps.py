@@ -31,6 +31,7 @@ from botocore.exceptions import ClientError
 
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
+from bot.cluster.helm import revision_description
 from bot.delivery.scan_report import FINISHED, ScanReport, finding_line, scan_failed, severity_counts
 
 DEFAULT_CHART = "charts/erp"
@@ -61,14 +62,24 @@ def _state_table(environ: Mapping[str, str]) -> str | None:
     return environ.get("STATE_TABLE") or None
 
 
-def _last_deployed_commit(environ: Mapping[str, str], environment: str) -> str | None:
+def _last_deployed_commit(environ: Mapping[str, str], environment: str, service: str) -> str | None:
+    """The commit this service last went out at in this environment. Per service: a deploy of one service
+    says nothing about the others, whose changes since their own last deploy are still to go out."""
     table = _state_table(environ)
     if not table:
         return None
     item = boto3.client("dynamodb", config=RETRIES).get_item(
-        TableName=table, Key={"pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": "COMMIT"}},
+        TableName=table, Key={"pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": f"SERVICE#{service}"}},
         ConsistentRead=True).get("Item")
     return item["commit"]["S"] if item else None
+
+
+def _changed_since(since: str, service: str, repo: str) -> bool:
+    diff = subprocess.run(["git", "diff", "--name-only", f"{since}..HEAD"], cwd=repo,  # noqa: S603,S607
+                          capture_output=True, text=True)
+    if diff.returncode != 0:  # the recorded commit is not in this history (a force push): build it
+        return True
+    return any(p.startswith((*SHARED, f"services/{service}/")) for p in diff.stdout.splitlines())
 
 
 def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
@@ -80,17 +91,13 @@ def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
         if wanted not in services:
             raise StepFailed(f"SERVICE={wanted!r} is not one of {', '.join(services)}")
         return [wanted]
-    since = _last_deployed_commit(environ, environ.get("ENVIRONMENT", "dev"))
-    if not since:
-        return list(services)  # nothing recorded yet: build everything once
-    diff = subprocess.run(["git", "diff", "--name-only", f"{since}..HEAD"], cwd=repo,  # noqa: S603,S607
-                          capture_output=True, text=True)
-    if diff.returncode != 0:  # the recorded commit is not in this history (a force push): build all
-        return list(services)
-    paths = [p for p in diff.stdout.splitlines() if p]
-    if any(p.startswith(SHARED) for p in paths):
-        return list(services)
-    return [s for s in services if any(p.startswith(f"services/{s}/") for p in paths)]
+    environment = environ.get("ENVIRONMENT", "dev")
+    changed = []
+    for service in services:
+        since = _last_deployed_commit(environ, environment, service)
+        if not since or _changed_since(since, service, repo):  # never deployed here: build it once
+            changed.append(service)
+    return changed
 
 
 def image_ref(service: str, tag: str, environ: Mapping[str, str], repo: str = ".") -> str:
@@ -200,8 +207,13 @@ def _rollouts_done(namespace: str, deployments: list[str], timeout: float) -> tu
     return all(s.state == "complete" for s in states.values()) and len(states) == len(deployments), summary
 
 
+def deployed_services(tags: str) -> list[str]:
+    """The services an IMAGE_TAGS value deploys: employee=<tag>,notification=<tag> -> employee, notification."""
+    return [p.split("=", 1)[0] for p in tags.split(",") if "=" in p]
+
+
 def deploy(release: str, chart: str, namespace: str, environment: str, tags: str, notifier: Notifier,
-           rollout_timeout: float = 600) -> DeployResult:
+           rollout_timeout: float = 600, execution_id: str = "") -> DeployResult:
     pairs = [p.split("=", 1) for p in tags.split(",") if "=" in p]
     if not pairs:
         return DeployResult(True, None, "nothing was built, nothing to deploy")
@@ -211,6 +223,8 @@ def deploy(release: str, chart: str, namespace: str, environment: str, tags: str
             "-f", f"{chart}/values-{environment}.yaml", "--reuse-values", "--timeout", "10m", "--history-max", "20"]
     for service, tag in pairs:
         args += ["--set-string", f"services.{service}.image.tag={tag}"]
+    if execution_id:
+        args += ["--description", revision_description(execution_id)]  # how the bot finds what it changed
     notifier.post(f":ship: helm upgrade {release} in {namespace}: " + ", ".join(f"{s} `{t[:7]}`" for s, t in pairs))
     out = _helm(*args)
     if out.returncode != 0:
@@ -228,12 +242,13 @@ def deploy(release: str, chart: str, namespace: str, environment: str, tags: str
     return DeployResult(False, None, f"rollout did not complete ({summary}); no earlier revision to roll back to")
 
 
-def record_deploy(environ: Mapping[str, str], environment: str, commit: str) -> None:
+def record_deploy(environ: Mapping[str, str], environment: str, commit: str, services: list[str]) -> None:
     table = _state_table(environ)
     if table:
-        boto3.client("dynamodb", config=RETRIES).put_item(TableName=table, Item={
-            "pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": "COMMIT"}, "commit": {"S": commit},
-            "at": {"N": str(int(time.time()))}})
+        for service in services:
+            boto3.client("dynamodb", config=RETRIES).put_item(TableName=table, Item={
+                "pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": f"SERVICE#{service}"},
+                "commit": {"S": commit}, "at": {"N": str(int(time.time()))}})
 
 
 def xray_segment(name: str, started: float, ended: float, ok: bool, annotations: dict[str, str]) -> dict[str, object]:

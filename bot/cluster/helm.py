@@ -37,6 +37,15 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
 
 
+DEPLOYED_BY_EXECUTION = "erp-chatops: deploy of execution "
+
+
+def revision_description(execution_id: str) -> str:
+    """What a pipeline deploy (`erp-chatops ci deploy`) writes on its Helm revision, so that the bot can tell
+    which revisions an execution made (`helm history` shows each revision's description)."""
+    return f"{DEPLOYED_BY_EXECUTION}{execution_id}"
+
+
 class HelmError(Exception):
     """helm failed; the message is helm's own, trimmed for Slack."""
 
@@ -48,6 +57,9 @@ class Revision:
     status: str
     chart: str
     description: str
+
+    def made_by(self, execution_id: str) -> bool:
+        return self.description == revision_description(execution_id)
 
 
 def _trim(text: str) -> str:
@@ -102,6 +114,18 @@ class Helm:
         return await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
                               "--set-string", f"services.{service}.image.tag={tag}",
                               "--history-max", "20", "--timeout", f"{HELM_TIMEOUT}s", timeout=OUTER_TIMEOUT)
+
+    async def manifest(self, release: str, namespace: str) -> str:
+        return await self.run("get", "manifest", release, "-n", namespace, timeout=30)
+
+    async def planned_service_tag(self, release: str, namespace: str, chart: str, service: str, tag: str) -> str:
+        """The manifest `set_service_tag` would apply, rendered by helm without changing anything."""
+        if not TAG.match(tag):
+            raise HelmError(f"refusing to render the tag {tag[:40]!r}: not an image tag")
+        out = await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
+                             "--set-string", f"services.{service}.image.tag={tag}",
+                             "--dry-run", "--hide-secret", "-o", "json", timeout=60)
+        return str(json.loads(out).get("manifest", ""))
 
     async def rollback(self, release: str, namespace: str, revision: int) -> str:
         return await self.run("rollback", release, str(revision), "-n", namespace, "--history-max", "20",

@@ -12,7 +12,12 @@ STARTED never overwrites SUCCEEDED). The card's phases and the buttons each show
                                                                           lease: another click is told who
                                                                           is deciding until it runs out)
     succeeded          the pipeline succeeded                             -
-    failed             a stage failed                                     rollback
+    failed             Source or Build (the scan gate) failed: nothing    -
+                       reached the cluster, nothing to roll back
+    deploy_failed      the Deploy stage failed: this execution changed    rollback (the bot checks helm's
+                       the cluster                                        history when clicked: offered only
+                                                                          if the automatic rollback did not
+                                                                          restore what ran before)
     rejected           an approver (or the console) rejected it           -
     expired            nobody decided within the approval's 7 days        -
     stopped            stopped from the console                            -
@@ -358,10 +363,13 @@ def severity_line(counts: dict[str, int]) -> str:
 
 def card_phase(card: DeployCard) -> str:
     """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one
-    (succeeded, failed, rejected, stopped, superseded)."""
+    (succeeded, failed, deploy_failed, rejected, expired, stopped, superseded)."""
     if card.finished:
         if card.status == "Failed" and card.approval.decision in ("Rejected", "Expired"):
             return card.approval.decision.lower()  # nothing was deployed: there is nothing to roll back
+        if card.status == "Failed" and ((card.failure or {}).get("stage") == "Deploy"
+                                        or card.stage("Deploy").state == "FAILED"):
+            return "deploy_failed"
         return card.status.lower()
     if card.awaiting_approval:
         return "deciding" if card.approval.decision in ("Approving", "Rejecting") else "awaiting_approval"
@@ -371,7 +379,7 @@ def card_phase(card: DeployCard) -> str:
 PHASE_BUTTONS: dict[str, tuple[str, ...]] = {
     "awaiting_approval": ("approve", "reject"),
     "deciding": ("approve", "reject"),  # if the claimant's pod died, its lease runs out and a click takes over
-    "failed": ("rollback",),
+    "deploy_failed": ("rollback",),
 }
 
 

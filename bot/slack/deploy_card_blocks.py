@@ -130,9 +130,11 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         elif name == "reject":
             buttons.append(ButtonElement(text="Reject", action_id=REJECT_ACTION, value=card.execution_id,
                                          style="danger"))
-        elif name == "rollback" and card.service not in ("all", "changed") and card.environment:
+        elif name == "rollback" and card.environment:
+            # what this execution changed is read from helm's history when clicked, never from this value
             buttons.append(ButtonElement(text="Roll back", action_id=ROLLBACK_ACTION,
-                                         value=f"{card.service} {card.environment}", style="danger"))
+                                         value=f"{card.service} {card.environment} {card.execution_id}",
+                                         style="danger"))
     pipeline_url = (f"https://{REGION}.console.aws.amazon.com/codesuite/codepipeline/pipelines/{card.pipeline}/"
                     f"executions/{card.execution_id}/timeline?region={REGION}")
     buttons.append(ButtonElement(text="Pipeline", action_id="open_pipeline", url=pipeline_url))

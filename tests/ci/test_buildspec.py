@@ -138,9 +138,31 @@ def pipeline_vars(repo: dict[str, object], card_ts: str, **extra: str) -> dict[s
             "SLACK_THREAD_TS": card_ts, "DEPLOY_PHASE": "build", **extra}
 
 
-def record_last_deploy(table: str, env: str, sha: str) -> None:
-    boto3.client("dynamodb").put_item(TableName=table, Item={
-        "pk": {"S": f"LASTDEPLOY#{env}"}, "sk": {"S": "COMMIT"}, "commit": {"S": sha}})
+def record_last_deploy(table: str, env: str, sha: str, services: tuple[str, ...] = SERVICES) -> None:
+    for service in services:
+        boto3.client("dynamodb").put_item(TableName=table, Item={
+            "pk": {"S": f"LASTDEPLOY#{env}"}, "sk": {"S": f"SERVICE#{service}"}, "commit": {"S": sha}})
+
+
+def test_a_change_waits_for_its_own_service_deploy_not_another_services(
+        repo: dict[str, object], moto, aws_resources: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Issue 17 item 8: one environment-wide "last deployed commit" let a deploy of employee alone mark
+    notification's change as deployed, and the next push skipped it: it never reached prod."""
+    from bot.ci import build_steps
+
+    path = Path(str(repo["path"]))
+    environ = {**moto.env(), "STATE_TABLE": aws_resources["table"], "ENVIRONMENT": "prod", "SERVICE": ""}
+    record_last_deploy(aws_resources["table"], "prod", str(repo["second"]))
+    both = commit(path, "employee and notification", {
+        "services/employee/src/main/java/App.java": "class App { int e; }\n",
+        "services/notification/src/main/java/App.java": "class App { int n; }\n"})
+    # `/erp deploy employee prod`: only employee goes out at this commit
+    build_steps.record_deploy(environ, "prod", both, build_steps.deployed_services(f"employee={both}"))
+    commit(path, "docs", {"README.md": "ERP, documented\n"})
+    assert build_steps.changed_services(environ, str(path)) == ["notification"]
+    # once notification is deployed too, a docs-only push builds nothing
+    build_steps.record_deploy(environ, "prod", both, ["notification"])
+    assert build_steps.changed_services(environ, str(path)) == []
 
 
 def docker_calls(build: dict[str, object]) -> list[list[str]]:
@@ -346,7 +368,8 @@ def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, objec
     controller = Controller(kube, namespace)
     controller.start()
     try:
-        first = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=",".join(f"{s}=v1" for s in SERVICES))
+        first = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=",".join(f"{s}=v1" for s in SERVICES),
+                    CODEBUILD_RESOLVED_SOURCE_VERSION=str(repo["first"]))
         assert first.succeeded, first.output
         sha = str(repo["second"])
         result = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=f"employee={sha},notification={sha}")
@@ -359,9 +382,11 @@ def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, objec
     tags = {s: v["image"]["tag"] for s, v in values["services"].items()}
     assert tags == {"employee": sha, "notification": sha, "approval-request": "v1", "approval-processing": "v1"}
     assert values["services"]["employee"]["replicas"] == 5  # prod's values file applied
-    item = boto3.client("dynamodb").get_item(TableName=aws_resources["table"], Key={
-        "pk": {"S": "LASTDEPLOY#prod"}, "sk": {"S": "COMMIT"}})["Item"]
-    assert item["commit"]["S"] == sha
+    recorded = {s: boto3.client("dynamodb").get_item(TableName=aws_resources["table"], Key={
+        "pk": {"S": "LASTDEPLOY#prod"}, "sk": {"S": f"SERVICE#{s}"}})["Item"]["commit"]["S"] for s in SERVICES}
+    # each service's last deploy, per service: the second deploy took only employee and notification
+    assert recorded == {"employee": sha, "notification": sha, "approval-request": str(repo["first"]),
+                        "approval-processing": str(repo["first"])}
     now = time.time()
     summaries = boto3.client("xray").get_trace_summaries(StartTime=now - 600, EndTime=now + 60)["TraceSummaries"]
     assert len(summaries) >= 2

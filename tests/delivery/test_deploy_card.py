@@ -110,10 +110,17 @@ def test_buttons_follow_the_phase(prod_events: list[PipelineEvent]):
     done = play(prod_events)
     assert card_phase(done) == "succeeded" and actions(done) == ["open_pipeline", "open_logs"]
     failed = play(prod_events[:upto_approval])
-    failed.status = "Failed"
-    assert ROLLBACK_ACTION in actions(failed)
+    failed.status = "Failed"  # before Deploy (the build, the scan gate): nothing reached prod
+    assert card_phase(failed) == "failed" and ROLLBACK_ACTION not in actions(failed)
     failed.approval.decision = "Rejected"  # refused at the gate: nothing reached prod, nothing to roll back
     assert card_phase(failed) == "rejected" and ROLLBACK_ACTION not in actions(failed)
+    deploy_failed = play([e for e in prod_events if not (e.kind == "pipeline" and e.state == "SUCCEEDED")])
+    deploy_failed.status, deploy_failed.failure = "Failed", {"stage": "Deploy", "summary": "rollout failed"}
+    # this execution changed the cluster: the button is offered (the click checks helm's history)
+    assert card_phase(deploy_failed) == "deploy_failed" and ROLLBACK_ACTION in actions(deploy_failed)
+    [button] = [el for b in render_card(deploy_failed)[1] if b["type"] == "actions" for el in b["elements"]
+                if el["action_id"] == ROLLBACK_ACTION]
+    assert button["value"] == f"employee prod {deploy_failed.execution_id}"
 
 
 def test_cards_stay_within_block_kit_limits(prod_events: list[PipelineEvent]):

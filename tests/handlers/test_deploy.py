@@ -201,7 +201,7 @@ def test_an_approval_nobody_answers_expires_after_seven_days(bot: BotProcess, sl
     assert "approval of employee in prod expired" in history
 
 
-def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, slack: SlackWorkspace,
+def test_build_failure_shows_where_and_why_and_offers_no_rollback(bot: BotProcess, slack: SlackWorkspace,
                                                                background_loop: BackgroundLoop,
                                                                pipeline: PipelineStandIn):
     pipeline.faults.fail_build.add("approval-processing")
@@ -210,7 +210,8 @@ def test_build_failure_shows_where_and_why_and_offers_rollback(bot: BotProcess, 
     card = wait_for_card(slack, "C0PROD", ":x: Build")  # events arrive in any order: the stage's may be last
     shown = card_text(card)
     assert ":x: Build" in shown and "Reason: exit status 1" in shown and "Build terminated with state" not in shown
-    assert ROLLBACK_ACTION in buttons(card) and APPROVE_ACTION not in buttons(card)
+    # nothing reached the cluster: there is nothing to roll back, and no button says otherwise
+    assert ROLLBACK_ACTION not in buttons(card) and APPROVE_ACTION not in buttons(card)
     # the failure note, with CodeBuild's phase context in it, or (when the note went out before the phase
     # change arrived) right after it in a note of its own
     note = wait_until(lambda: " ".join(m.text for m in slack.thread("C0PROD", card.ts)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from bot.cluster.helm import revision_description
+from bot.delivery.deploy_card import DeployCard
+from bot.slack.deploy_card_blocks import ROLLBACK_ACTION, render_card
 from handlers.rollback import CANCEL_ACTION, CONFIRM_ACTION
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import LocalKube
@@ -57,10 +61,14 @@ class Release:
             self.kube.set_rollout(self.namespaces[env], f"{s}-service")
 
 
-def install(helm: str, kube: LocalKube, namespace: str, env: str, tags: dict[str, str], first: bool = False) -> None:
-    """As the buildspec deploys: the environment's values first, then only the tags that changed."""
+def install(helm: str, kube: LocalKube, namespace: str, env: str, tags: dict[str, str], first: bool = False,
+            execution: str | None = None) -> None:
+    """As the buildspec deploys: the environment's values first, then only the tags that changed; a
+    pipeline's deploy writes its execution on the revision (`erp-chatops ci deploy`)."""
     args = [helm, "upgrade", "--install", "erp", str(CHART), "-n", namespace, "--kubeconfig", str(kube.kubeconfig)]
     args += ["-f", str(CHART / f"values-{env}.yaml")] if first else ["--reuse-values"]
+    if execution is not None:
+        args += ["--description", revision_description(execution)]
     for service, tag in tags.items():
         args += ["--set-string", f"services.{service}.image.tag={tag}"]
     subprocess.run(args, capture_output=True, text=True, check=True)
@@ -186,20 +194,115 @@ def test_whole_release_rollback_and_bad_revisions(release: Release, slack: Slack
 
 
 def test_helm_failure_is_surfaced_in_the_thread(release: Release, slack: SlackWorkspace,
-                                                background_loop: BackgroundLoop, tmp_path: Path):
+                                                background_loop: BackgroundLoop):
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+    plan = plan_message(slack, "C0DEV")
+    # helm renders fine but may not write: the namespace's quota allows no new Secret (helm's release record)
+    ns = release.namespaces["dev"]
+    release.kube.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {
+        "name": "no-more-secrets", "namespace": ns}, "spec": {"hard": {"count/secrets": "0"}}})
+    # what the quota controller would record (none runs here): the admission plugin enforces the status
+    status, body = release.kube.request("PATCH", f"/api/v1/namespaces/{ns}/resourcequotas/no-more-secrets/status",
+                                        {"status": {"hard": {"count/secrets": "0"}, "used": {"count/secrets": "3"}}},
+                                        content_type="application/merge-patch+json")
+    assert status == 200, body
+    background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+    wait_until(lambda: "helm failed" in shown(plan_message(slack, "C0DEV")), what="the failure")
+    note = wait_until(lambda: slack.thread("C0DEV", plan.ts), what="helm's message")[0].text
+    assert note.startswith("helm said:") and "quota" in note
+    assert release.tags("dev")["employee"] == "v1.2.0"
+
+
+def failed_deploy_card(slack: SlackWorkspace, service: str, env: str, execution: str) -> Message:
+    """A deploy card whose Deploy stage failed, as the bot renders it."""
+    card = DeployCard(execution_id=execution, pipeline="erp-dev-ChatOps", environment=env, service=service,
+                      channel="C0DEV", requested_by="U0DEV1", status="Failed",
+                      failure={"stage": "Deploy", "summary": "rollout did not complete"})
+    text, blocks = render_card(card)
+    posted = slack.m_chat_postMessage({"channel": "C0DEV", "text": text, "blocks": blocks})
+    return next(m for m in slack.channel_messages("C0DEV") if m.ts == posted["ts"])
+
+
+def test_the_cards_roll_back_button_goes_back_to_what_ran_before_its_execution_if_still_needed(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    """Issue 17 item 6: it proposed rolling forward to the failed image after the buildspec had rolled back."""
+    ns, helm, kube = release.namespaces["dev"], release.helm, release.kube
+
+    def click(card: Message) -> str:
+        before = len(slack.ephemerals("U0DEV1"))
+        background_loop.run(slack.click("U0DEV1", card, ROLLBACK_ACTION))
+        return wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1")[before:]], what="the answer")[-1]
+
+    def plans() -> list[Message]:
+        return [m for m in slack.channel_messages("C0DEV") if "Roll back" in shown(m) and "rollback_confirm" in shown(m)]
+
+    # a deploy that failed, and that the buildspec rolled back: revision 4 (bad), then 5 = "Rollback to 3"
+    rolled_back = str(uuid.uuid4())
+    install(helm, kube, ns, "dev", {"employee": "v2.0.0"}, execution=rolled_back)
+    subprocess.run([helm, "rollback", "erp", "3", "-n", ns, "--kubeconfig", str(kube.kubeconfig)], check=True,
+                   capture_output=True)
+    answer = click(failed_deploy_card(slack, "employee", "dev", rolled_back))
+    assert "automatic rollback already put back employee `v1.2.0`" in answer and "revision 5" in answer
+    assert plans() == []
+
+    # a deploy that failed and stayed: back to what ran before it (revision 5's v1.2.0), never forward
+    stayed = str(uuid.uuid4())
+    install(helm, kube, ns, "dev", {"employee": "v3.0.0"}, execution=stayed)
+    assert "confirm it there" in click(failed_deploy_card(slack, "employee", "dev", stayed))
+    [plan] = plans()
+    assert "`v3.0.0` -> `v1.2.0`" in shown(plan) and "Revision 6 -> 5" in shown(plan)
+
+    # a push that deployed two services: the whole release goes back, with helm's stored chart
+    pushed = str(uuid.uuid4())
+    install(helm, kube, ns, "dev", {"notification": "v4.0.0", "approval-request": "v4.0.0"}, execution=pushed)
+    assert "confirm it there" in click(failed_deploy_card(slack, "changed", "dev", pushed))
+    whole = plans()[-1]
+    assert "helm rollback" in shown(whole) and "Revision 7 -> 6" in shown(whole)
+    assert "*notification*: `v4.0.0` -> `v1.2.0`" in shown(whole)
+
+    # an execution that never reached the cluster (its build failed): nothing to roll back
+    assert "changed nothing in dev" in click(failed_deploy_card(slack, "employee", "dev", str(uuid.uuid4())))
+    assert release.tags("dev")["employee"] == "v3.0.0" and len(plans()) == 2
+
+
+def test_a_plan_confirmed_after_the_release_moved_on_is_refused_and_made_afresh(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    """Issue 17 item 7: a plan waits up to an hour; confirming it must not act on a release that changed."""
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+    plan = plan_message(slack, "C0DEV")
+    assert "`v1.2.0` -> `v1.1.0`" in shown(plan) and "Revision 3 -> 2" in shown(plan)
+    install(release.helm, release.kube, release.namespaces["dev"], "dev", {"employee": "v1.3.0"})  # revision 4
+    background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+    answer = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "Nothing was done" in m.text],
+                        what="the refusal")[-1]
+    assert "revision 4, not 3" in answer and "confirm it there" in answer
+    stale = next(m for m in slack.channel_messages("C0DEV") if m.ts == plan.ts)
+    assert "Not rolled back" in shown(stale) and CONFIRM_ACTION not in shown(stale)
+    fresh = plan_message(slack, "C0DEV")
+    assert fresh.ts != plan.ts and "`v1.3.0` -> `v1.2.0`" in shown(fresh) and "Revision 4 -> 3" in shown(fresh)
+    assert release.tags("dev")["employee"] == "v1.3.0"
+
+
+def test_a_service_rollback_that_would_rerender_other_services_is_refused(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop, tmp_path: Path):
+    """Issue 17 item 10: the per-service way renders the chart copy in the bot's image; if that differs from
+    the release's, the others would change too. It is refused for a whole-release rollback."""
+    newer = tmp_path / "erp-chart"
+    shutil.copytree(CHART, newer)
+    (newer / "Chart.yaml").write_text((CHART / "Chart.yaml").read_text().replace("version: 1.0.0", "version: 1.1.0"))
+    expected = {newer: ("would also change Deployment/approval-processing-service", "`/erp rollback dev 2`"),
+                tmp_path / "missing": ("helm could not render the rollback of employee in dev", "not found")}
     release.bot.stop()
-    broken = BotProcess({**release.env, "ERP_CHART": "/nonexistent/chart"}, tmp_path / "broken.log")
-    slack.bot_url = f"{broken.url}/slack/events"
-    try:
-        ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
-        plan = plan_message(slack, "C0DEV")
-        background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
-        wait_until(lambda: "helm failed" in shown(plan_message(slack, "C0DEV")), what="the failure")
-        note = wait_until(lambda: slack.thread("C0DEV", plan.ts), what="helm's message")[0].text
-        assert "/nonexistent/chart" in note and "not found" in note
-        assert release.tags("dev")["employee"] == "v1.2.0"
-    finally:
-        broken.stop()
+    for chart, words in expected.items():
+        bot = BotProcess({**release.env, "ERP_CHART": str(chart)}, tmp_path / f"{chart.name}.log")
+        slack.bot_url = f"{bot.url}/slack/events"
+        try:
+            answer = ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
+        finally:
+            bot.stop()
+        assert all(w in answer for w in words), answer
+    assert not [m for m in slack.channel_messages("C0DEV") if CONFIRM_ACTION in shown(m)]
+    assert release.tags("dev")["employee"] == "v1.2.0"
 
 
 def test_cancel_and_a_plan_cannot_run_twice(release: Release, slack: SlackWorkspace,
