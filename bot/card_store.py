@@ -19,7 +19,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.aws.state import StateStore
-from bot.delivery.deploy_card import DeployCard, ThreadNote, card_phase
+from bot.delivery.card_lifecycle import card_phase
+from bot.delivery.deploy_card import DeployCard, ThreadNote
 from bot.jsonlog import log_fields
 from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE, blocks_hash, render_card

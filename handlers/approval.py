@@ -23,6 +23,8 @@ from slack_sdk.models.views import View
 from bot.aws.clients import BotoCoreError, ClientError, error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.state import AuditRecord
+from bot.delivery.card_lifecycle import claim as claim_decision
+from bot.delivery.card_lifecycle import record_decision, release_claim
 from bot.delivery.deploy_card import DeployCard
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, REJECT_VIEW
@@ -89,12 +91,7 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
     now = datetime.now(UTC)
 
     def take(c: DeployCard) -> None:
-        claim["won"] = False
-        if c.awaiting_approval and (c.approval.decision is None or c.approval.claim_expired(now)):
-            c.approval.decision = "Approving" if status == "Approved" else "Rejecting"
-            c.approval.decided_by = user
-            c.approval.claimed_until = (now + CLAIM_LEASE).isoformat(timespec="seconds")
-            claim["won"] = True
+        claim["won"] = claim_decision(c, user, status, now, CLAIM_LEASE)
 
     result = await runtime.cards.mutate(execution_id, take)
     if result is None or not claim["won"]:
@@ -107,8 +104,7 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
     card = result[0]
 
     def release(c: DeployCard) -> None:
-        if c.approval.decided_by == user and c.approval.decision in ("Approving", "Rejecting"):
-            c.approval.decision, c.approval.decided_by, c.approval.claimed_until = None, None, None
+        release_claim(c, user)
 
     try:
         if not await _put_decision(runtime, card, user, status, reason, release):
@@ -122,11 +118,10 @@ async def decide(runtime: Runtime, execution_id: str, user: str, channel: str, s
         raise
 
     # CodePipeline has the decision; if what follows fails, the approval's own event still ends the claim
-    now_text = datetime.now(UTC).isoformat(timespec="seconds")
+    decided_at = datetime.now(UTC)
 
     def record(c: DeployCard) -> None:
-        c.approval.decision, c.approval.decided_by, c.approval.decided_at = status, user, now_text
-        c.approval.reason, c.approval.claimed_until = reason, None
+        record_decision(c, user, status, reason, decided_at)
 
     result = await runtime.cards.mutate(execution_id, record)
     await _audit(runtime, card, user, verb, "ok", reason)

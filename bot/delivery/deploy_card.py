@@ -2,30 +2,10 @@
 
 `DeployCard` is the card's state (stored in DynamoDB); `apply_event` moves it
 forward from a pipeline event, idempotently and safely out of order (a late
-STARTED never overwrites SUCCEEDED). The card's phases and the buttons each shows:
-
-    phase              when                                              buttons
-    starting           the card exists, the pipeline has not reported     -
-    running            a stage runs                                       -
-    awaiting_approval  the Approval action started, nobody decided        approve, reject
-    deciding           an approver's decision is being recorded           approve, reject (a claim is a
-                                                                          lease: another click is told who
-                                                                          is deciding until it runs out)
-    succeeded          the pipeline succeeded                             -
-    failed             Source or Build (the scan gate) failed: nothing    -
-                       reached the cluster, nothing to roll back
-    deploy_failed      the Deploy stage failed: this execution changed    rollback (the bot checks helm's
-                       the cluster                                        history when clicked: offered only
-                                                                          if the automatic rollback did not
-                                                                          restore what ran before)
-    rejected           an approver (or the console) rejected it           -
-    expired            nobody decided within the approval's 7 days        -
-    stopped            stopped from the console                            -
-    superseded         a newer execution took its place                   -
-
-`card_phase` names the phase, `PHASE_BUTTONS` holds the buttons; the Slack adapter
-(`bot/slack/deploy_card_blocks.py`) renders the card as Block Kit. Details that
-matter go to the card's thread as `ThreadNote`s, each posted once.
+STARTED never overwrites SUCCEEDED). The card's phases, the transitions events and
+clicks may make, and the buttons each phase shows are in `card_lifecycle`; the Slack adapter
+(`bot/slack/deploy_card_blocks.py`) renders the card as Block Kit. Details that matter go to the card's
+thread as `ThreadNote`s, each posted once.
 """
 
 from __future__ import annotations
@@ -194,6 +174,8 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
     """Apply one event to the card; returns the thread notes to post (each only once)."""
     when = _iso(event.time)
     notes: list[ThreadNote] = []
+    if event.kind != "pipeline" and card.status == "Starting":
+        card.status = "InProgress"  # a stage, action, build or scan event: the execution runs, whatever came first
     if event.kind == "pipeline":
         status = PIPELINE_STATUS.get(event.state)
         if status in TERMINAL_STATUS:
@@ -278,7 +260,7 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
         if event.state == "STARTED" and card.approval.requested_at is None:
             card.approval.requested_at = when
             card.approval.expires_at = _iso(event.time + APPROVAL_LIFETIME)
-            if card.approval.decision is None and not card.finished:  # a late STARTED pings nobody
+            if card.awaiting_approval:  # a late STARTED (the stage or the pipeline already ended) pings nobody
                 notes += card.note("approval", f":lock: Approval needed for this {card.environment} deploy"
                                                f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
             notes += _expiry(card)  # the FAILED came first: now its time can be judged
@@ -359,28 +341,6 @@ def severity_line(counts: dict[str, int]) -> str:
     order = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED")
     shown = [f"{counts.get(s, 0)} {s.lower()}" for s in order[:4]]
     return " · ".join(shown)
-
-
-def card_phase(card: DeployCard) -> str:
-    """The state that decides the buttons: starting, running, awaiting_approval, deciding, or a final one
-    (succeeded, failed, deploy_failed, rejected, expired, stopped, superseded)."""
-    if card.finished:
-        if card.status == "Failed" and card.approval.decision in ("Rejected", "Expired"):
-            return card.approval.decision.lower()  # nothing was deployed: there is nothing to roll back
-        if card.status == "Failed" and ((card.failure or {}).get("stage") == "Deploy"
-                                        or card.stage("Deploy").state == "FAILED"):
-            return "deploy_failed"
-        return card.status.lower()
-    if card.awaiting_approval:
-        return "deciding" if card.approval.decision in ("Approving", "Rejecting") else "awaiting_approval"
-    return "starting" if card.status == "Starting" else "running"
-
-
-PHASE_BUTTONS: dict[str, tuple[str, ...]] = {
-    "awaiting_approval": ("approve", "reject"),
-    "deciding": ("approve", "reject"),  # if the claimant's pod died, its lease runs out and a click takes over
-    "deploy_failed": ("rollback",),
-}
 
 
 def duration_text(start: str | None, end: str | None) -> str:

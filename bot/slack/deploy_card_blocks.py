@@ -21,13 +21,12 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.delivery.card_lifecycle import PHASE_BUTTONS, card_phase
 from bot.delivery.deploy_card import (
     APPROVAL_LIFETIME,
-    PHASE_BUTTONS,
     STAGE_RANK,
     STAGES,
     DeployCard,
-    card_phase,
     duration_text,
     failure_reason,
 )
@@ -56,13 +55,13 @@ def _status_line(card: DeployCard) -> str:
     total = duration_text(card.started, card.ended)
     if card.status == "Succeeded":
         return f":large_green_circle: *Succeeded*{f' in {total}' if total else ''}"
+    if card.approval.decision == "Expired":  # the pipeline's FAILED follows, if it has not come yet
+        return f":hourglass: *Expired*: nobody approved within {APPROVAL_LIFETIME.days} days"
+    if card.approval.decision == "Rejected":
+        return f":red_circle: *Rejected*{f' by <@{card.approval.decided_by}>' if card.approval.decided_by else ''}"
     if card.status == "Failed":
         f = card.failure or {}
         where = f" at {f['stage']}" if f.get("stage") else ""
-        if card.approval.decision == "Expired":
-            return f":hourglass: *Expired*: nobody approved within {APPROVAL_LIFETIME.days} days"
-        if card.approval.decision == "Rejected":
-            return f":red_circle: *Rejected*{f' by <@{card.approval.decided_by}>' if card.approval.decided_by else ''}"
         reason = failure_reason(f)
         return f":red_circle: *Failed*{where}" + (f": {reason[:300]}" if reason else "")
     if card.status in ("Stopped", "Superseded"):

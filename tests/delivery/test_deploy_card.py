@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.aws.clients import AwsClients
-from bot.delivery.deploy_card import DeployCard, apply_event, card_phase
+from bot.delivery.card_lifecycle import card_phase
+from bot.delivery.deploy_card import DeployCard, apply_event
 from bot.delivery.pipeline_events import MalformedEvent, PipelineEvent, parse_codebuild_time, parse_event
 from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION, render_card
 from sandbox.block_kit_limits import validate_blocks
@@ -20,8 +21,10 @@ from sandbox.codepipeline import PipelineStandIn
 from tests.support import BackgroundLoop
 
 
-def record_prod_execution(loop: BackgroundLoop, queue_url: str, approve: bool = True) -> list[PipelineEvent]:
+def record_prod_execution(loop: BackgroundLoop, queue_url: str, approve: bool = True,
+                          fail_deploy: bool = False) -> list[PipelineEvent]:
     stand_in = PipelineStandIn(AwsClients(), queue_url, step_seconds=0.01)
+    stand_in.faults.fail_deploy = fail_deploy
 
     async def run() -> list[dict]:
         execution = stand_in.start({"SERVICE": "employee", "ENVIRONMENT": "prod", "REQUESTED_BY": "U0DEV1",
