@@ -84,7 +84,7 @@ def queue_depth(aws: AwsClients, queue: str) -> int:
 
 async def baseline_loop(aws: AwsClients, queue: str, slack_url: str, n: int) -> float:
     """The bare minimum on the same parts: receive, one chat.update, delete. Returns events per second."""
-    client = make_web_client(TOKEN, slack_url)
+    client = make_web_client(TOKEN, slack_url, rate_scale=THROUGHPUT_RATE_SCALE)
     posted = await client.chat_postMessage(channel="C0DEV", text="baseline")
     done = 0
     started = time.perf_counter()
@@ -175,6 +175,7 @@ def main() -> int:
 
         # 3. a busy hour under Slack's rate limits
         result["busy_hour"] = run_busy_hour(servers, workspace, pipeline).summary(workspace, "C0DEV")
+        print(f"busy hour: {result['busy_hour']}", flush=True)
         pipeline.step = 0.0
 
         # 4. throughput through one replica: a backlog of push-triggered executions, then drain it. This

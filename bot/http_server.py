@@ -24,7 +24,7 @@ from bot.aws.clients import AWS_THREADS, error_code
 from bot.jsonlog import request_id
 from bot.readiness import Readiness
 from bot.runtime import Runtime
-from bot.slack.request_shape import payload_problem
+from bot.slack.request_shape import request_problem
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,16 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
         return response
 
     async def slack_events(request: web.Request) -> web.StreamResponse:
-        try:
-            problem = payload_problem(await request.text(), request.content_type)
-            bolt_request = None if problem else await to_bolt_request(request)  # malformed JSON raises here
-        except (ValueError, UnicodeDecodeError):
-            problem = "the body is not text"
+        # Anything may arrive here before Bolt checks the signature: whatever it is, a 4xx and one log line
+        # (aiohttp refuses a body over MAX_BODY with 413 before this runs).
+        problem = request_problem(await request.read(), request.content_type,
+                                  request.headers.get("X-Slack-Request-Timestamp"))
+        bolt_request = None
+        if problem is None:
+            try:
+                bolt_request = await to_bolt_request(request)  # Bolt parses the body here
+            except (ValueError, RecursionError, UnicodeDecodeError) as e:
+                problem = f"Bolt could not read it ({type(e).__name__})"
         if bolt_request is None:
             log.warning("refused a request that is not a Slack payload: %s", problem)
             return web.json_response({"error": "invalid payload"}, status=400)

@@ -217,3 +217,29 @@ def test_a_replayed_request_is_refused_by_every_replica(bot: BotProcess, bot_env
         assert status == 200
     finally:
         other.stop()
+
+
+HOSTILE = {
+    # name: (body, headers) as an attacker or a broken proxy could send them, before any signature check
+    "binary body": (b"\xff\xfe\x00\x80" * 64, {"Content-Type": "application/x-www-form-urlencoded"}),
+    "binary json": (b"\xff\xfe\x00\x80" * 64, {"Content-Type": "application/json"}),
+    "timestamp not a number": (b"command=%2Ferp&text=help&user_id=U1&channel_id=C1",
+                               {"Content-Type": "application/x-www-form-urlencoded",
+                                "X-Slack-Request-Timestamp": "yesterday", "X-Slack-Signature": "v0=00"}),
+    "deeply nested json": (b"[" * 100_000 + b"]" * 100_000, {"Content-Type": "application/json"}),
+    "deeply nested payload": (b"payload=" + b"%5B" * 50_000 + b"%5D" * 50_000,
+                              {"Content-Type": "application/x-www-form-urlencoded"}),
+    "too big": (b"text=" + b"a" * (2 * 1024 * 1024), {"Content-Type": "application/x-www-form-urlencoded"}),
+    "no content type": (b"\x00\x01", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_any_body_before_the_signature_check_gets_a_4xx_and_no_traceback(bot: BotProcess, case: str):
+    """Issue 18 item 7: a binary body, a timestamp that is not a number or deeply nested JSON made a 500."""
+    body, headers = HOSTILE[case]
+    status, text, _ = http("POST", f"{bot.url}/slack/events", body, headers)
+    assert 400 <= status < 500, (status, text[:200])
+    assert "Traceback" not in text and "internal error" not in text
+    errors = [line for line in bot.log_lines() if line.get("level") in ("error", "critical")]
+    assert errors == [], errors[:1]

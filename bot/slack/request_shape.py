@@ -15,16 +15,31 @@ INTERACTIONS = {"block_actions", "view_submission", "view_closed", "shortcut", "
                 "block_suggestion"}
 
 
+def request_problem(raw: bytes, content_type: str, timestamp: str | None) -> str | None:
+    """A short reason when the request cannot be from Slack, checked before anything parses it."""
+    if timestamp is not None and not timestamp.strip().isdigit():
+        return "X-Slack-Request-Timestamp is not a number"  # Bolt's signature check would fail on int()
+    try:
+        body = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the body is not UTF-8 text"
+    return payload_problem(body, content_type)
+
+
 def payload_problem(body: str, content_type: str) -> str | None:
     """A short reason when the body cannot be a Slack request; None when its shape is fine."""
-    if "application/json" in content_type:
-        return None  # Events API style bodies (url_verification, ssl_check): Bolt handles them
+    if "application/json" in content_type:  # Events API style bodies (url_verification, ssl_check)
+        try:
+            json.loads(body)
+        except (ValueError, RecursionError):
+            return "the body is not JSON (or nests too deep)"
+        return None
     form = parse_qs(body, keep_blank_values=True)
     if "payload" in form:
         try:
             payload: Any = json.loads(form["payload"][0])
-        except ValueError:
-            return "payload is not JSON"
+        except (ValueError, RecursionError):
+            return "payload is not JSON (or nests too deep)"
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
             return "payload has no type"
         if payload["type"] not in INTERACTIONS:
