@@ -8,6 +8,7 @@ from slack_bolt.async_app import AsyncRespond
 
 from bot.cluster.helm import HelmError, service_tags
 from bot.delivery.command_parser import ErpCommand
+from bot.delivery.escaping import escape_text
 from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
@@ -41,8 +42,8 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         target = f"{r.service} in {r.environment}" if r.service else r.environment
         if r.action == "deploy":
             target = f"{r.service} to {r.environment}" if r.service else f"to {r.environment}"
-        detail = f" ({r.detail[:80]})" if r.detail and r.outcome in ("refused", "failed") else ""
-        reason = f" ({r.detail[:120]})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""
+        detail = f" ({escape_text(r.detail[:80])})" if r.detail and r.outcome in ("refused", "failed") else ""
+        reason = f" ({escape_text(r.detail[:120])})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""
         if r.outcome == "expired":  # the pipeline's doing, not a person's
             lines.append(f":hourglass: {when} the approval of {target} expired ({r.detail or 'nobody decided'})")
             continue

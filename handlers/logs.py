@@ -18,6 +18,7 @@ from slack_sdk.errors import SlackApiError
 from bot.aws.logs_insights import run_query
 from bot.delivery.command_parser import ErpCommand
 from bot.delivery.error_chart import buckets_from_rows, render_chart, summary
+from bot.delivery.escaping import escape_text
 from bot.delivery.log_lines import as_file, fit_for_message, to_lines
 from bot.delivery.log_query import build_query
 from bot.runtime import Runtime
@@ -77,7 +78,7 @@ async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     if command.stats:
         await _stats(outcome.rows, scope, who, runtime, answer)
         return
-    what = f'lines matching "{command.filter}"' if command.filter else "errors and warnings"
+    what = f'lines matching "{escape_text(command.filter)}"' if command.filter else "errors and warnings"
     lines = to_lines(outcome.rows)
     if not lines:
         await answer(f"No {what} for {scope}. :white_check_mark:")

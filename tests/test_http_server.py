@@ -84,6 +84,10 @@ def test_badly_signed_requests_get_401_and_nothing_runs(bot: BotProcess, slack: 
     ("deploy employee prdo", "Unknown environment `prdo`: did you mean `prod`?"),
     ("deplyo employee prod", "Unknown command `deplyo`: did you mean `/erp deploy`?"),
     ("logs notification prod 15x", "Cannot read the time window `15x`"),
+    # what was typed is shown as text, never as a mention, a channel ping or a link (issue 18 item 8)
+    ("deploy <!channel> prod", "Unknown service `&lt;!channel&gt;`"),
+    ("<!here> now", "Unknown command `&lt;!here&gt;`"),
+    ("deploy <https://evil.example|prod>", "Unknown service or environment `&lt;https://evil.example|prod&gt;`"),
 ])
 def test_mistakes_get_a_one_line_ephemeral_answer(bot: BotProcess, slack: SlackWorkspace,
                                                   background_loop: BackgroundLoop, text: str, expected: str):
@@ -92,7 +96,7 @@ def test_mistakes_get_a_one_line_ephemeral_answer(bot: BotProcess, slack: SlackW
     answer = json.loads(reply)
     assert answer["response_type"] == "ephemeral"
     assert expected in answer["text"]
-    assert "\n" not in answer["text"]
+    assert "\n" not in answer["text"] and "<!" not in answer["text"] and "<https" not in answer["text"]
     assert "Traceback" not in reply
 
 

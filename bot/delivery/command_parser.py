@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot.config import Config
+from bot.delivery.escaping import escape_text
 from bot.delivery.image_tag import TAG
 
 
@@ -119,7 +120,7 @@ def _usage(verb: str) -> str:
 
 def _unknown(kind: str, word: str, choices: list[str], verb: str) -> UsageError:
     shown = word if len(word) <= 40 else word[:37] + "..."
-    shown = shown.replace("`", "'")
+    shown = escape_text(shown.replace("`", "'"))
     guess = closest(word, choices)
     hint = f"did you mean `{guess}`?" if guess else f"choose one of: {', '.join(f'`{c}`' for c in choices)}."
     return UsageError(f"Unknown {kind} `{shown}`: {hint} {_usage(verb)}")
@@ -169,7 +170,7 @@ class CommandParser:
         if verb not in VERBS:
             guess = closest(verb, list(VERBS))
             hint = f"did you mean `/erp {guess}`?" if guess else "type `/erp help` to see them."
-            shown = tokens[0][:30].replace("`", "'")
+            shown = escape_text(tokens[0][:30].replace("`", "'"))
             raise UsageError(f"Unknown command `{shown}`: {hint}")
         return getattr(self, f"_{verb}")(args)
 
@@ -225,7 +226,8 @@ class CommandParser:
                 raise UsageError(f"Say where to deploy `{word}`: `/erp deploy {word} <{envs}>`.")
             guess = closest(word, self.environments + self.services + ["all"])
             hint = f"did you mean `{guess}`?" if guess else "name a service and an environment."
-            raise UsageError(f"Unknown service or environment `{args[0][:40]}`: {hint} {_usage('deploy')}")
+            shown = escape_text(args[0][:40].replace("`", "'"))
+            raise UsageError(f"Unknown service or environment `{shown}`: {hint} {_usage('deploy')}")
         service = self._service(args[0], "deploy", allow_all=True)
         env = self._environment(args[1], "deploy")
         self._too_many(args, 2, "deploy")

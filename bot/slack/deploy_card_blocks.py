@@ -30,6 +30,7 @@ from bot.delivery.deploy_card import (
     duration_text,
     failure_reason,
 )
+from bot.delivery.escaping import escape_text
 
 REGION = "ap-northeast-2"  # the console links' region
 
@@ -62,8 +63,8 @@ def _status_line(card: DeployCard) -> str:
     if card.status == "Failed":
         f = card.failure or {}
         where = f" at {f['stage']}" if f.get("stage") else ""
-        reason = failure_reason(f)
-        return f":red_circle: *Failed*{where}" + (f": {reason[:300]}" if reason else "")
+        reason = escape_text(failure_reason(f)[:300])  # CodeBuild quotes commands, which may hold < and >
+        return f":red_circle: *Failed*{where}" + (f": {reason}" if reason else "")
     if card.status in ("Stopped", "Superseded"):
         return f":black_circle: *{card.status}*"
     phase = card_phase(card)
@@ -117,7 +118,8 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         ContextBlock(elements=[MarkdownTextObject(text="   ".join(chips))]),
     ]
     if card.approval.decision == "Rejected" and card.approval.reason:
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Reason:* {card.approval.reason[:500]}")))
+        reason = escape_text(card.approval.reason[:500])  # as the approver typed it, never live markup
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Reason:* {reason}")))
     buttons = []
     for name in PHASE_BUTTONS.get(card_phase(card), ()):
         if name == "approve":

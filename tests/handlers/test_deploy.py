@@ -123,11 +123,18 @@ def test_reject_asks_for_a_reason_that_reaches_the_card(bot: BotProcess, slack: 
                          what="the reason modal")
     status, reply = background_loop.run(slack.submit_view("U0ONCALL", view_id, {"reason": {"reason": " "}}))
     assert status == 200 and json.loads(reply)["errors"]["reason"].startswith("Say why")
-    background_loop.run(slack.submit_view("U0ONCALL", view_id,
-                                          {"reason": {"reason": "Kafka lag alarm is firing; wait for it to clear"}}))
+    # what the approver types is shown as typed: no channel ping, no mention, no link behind a label
+    hostile = "Kafka lag alarm is firing <!channel> <@U0DEV1> <https://evil.example|the runbook> & wait"
+    background_loop.run(slack.submit_view("U0ONCALL", view_id, {"reason": {"reason": hostile}}))
     card = wait_for_card(slack, "C0PROD", "Rejected")
     shown = card_text(card)
     assert "Kafka lag alarm is firing" in shown and "<@U0ONCALL>" in shown
+    escaped = "&lt;!channel&gt; &lt;@U0DEV1&gt; &lt;https://evil.example|the runbook&gt; &amp; wait"
+    assert escaped in shown and "<!channel>" not in shown and "<https://evil" not in shown
+    command(background_loop, slack, "U0DEV1", "C0DEV", "history notification prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    assert escaped[:60] in history and "<!channel>" not in history
     wait_until(lambda: next(iter(pipeline.executions.values())).status == "Failed", what="the pipeline to stop")
     assert ":white_check_mark: Deploy" not in card_text(the_card(slack, "C0PROD"))
 

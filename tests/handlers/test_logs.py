@@ -107,6 +107,9 @@ def test_hostile_filters_stay_string_literals(insights: InsightsStandIn, bot: Bo
     query = insights.last_query("/erp/prod/employee-service")
     assert query == ('fields @timestamp, @message, @logStream | filter @message like '
                      '"x\\" | stats count(*) by @logStream | filter \\"y" | sort @timestamp desc | limit 1000')
+    answer = ask(background_loop, slack, "logs employee prod 1h '<!channel> <@U0DEV1> <https://evil.example|x>'")
+    assert 'lines matching "&lt;!channel&gt; &lt;@U0DEV1&gt; &lt;https://evil.example|x&gt;"' in answer
+    assert "<!channel>" not in answer and "<https://evil" not in answer  # shown as typed, never live markup
     ask(background_loop, slack, "logs employee prod 1h /.*/ 'a\\b'")  # a regex and a backslash, as text
     assert insights.last_query("/erp/prod/employee-service").endswith('like "/.*/ a\\\\b" | sort @timestamp desc | limit 1000')
 
