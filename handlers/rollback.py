@@ -68,6 +68,8 @@ class RollbackPlan:
     requested_by: str
     channel: str = ""
     ts: str = ""
+    seen_revision: int = 0  # the release's latest revision (any status) when planned: any newer one makes it stale
+    execution_id: str | None = None  # a failed deploy card's plan: made again the same way if stale
 
     @property
     def what(self) -> str:
@@ -99,6 +101,7 @@ async def make_plan(runtime: Runtime, environment: str, service: str | None, rev
     env = runtime.config.environments[environment]
     history = await _history(runtime, environment)
     current = _current(history)
+    seen = history[-1].number
     numbers = [r.number for r in history]
     if revision is not None and revision not in numbers:
         raise RollbackRefused(f"Revision {revision} is not in `{env.release}`'s history in {environment}"
@@ -110,7 +113,7 @@ async def make_plan(runtime: Runtime, environment: str, service: str | None, rev
         assert revision is not None
         target_tags = service_tags(await runtime.helm.values(env.release, env.namespace, revision))
         return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, current.number,
-                            revision, current_tags, target_tags, requested_by)
+                            revision, current_tags, target_tags, requested_by, seen_revision=seen)
     target: Revision | None = None
     target_tag = None
     candidates = [r for r in history if r.number == revision] if revision else \
@@ -128,7 +131,7 @@ async def make_plan(runtime: Runtime, environment: str, service: str | None, rev
                               f" (revision {target.number}).")
     return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, service, current.number,
                         target.number, {service: current_tags.get(service, "?")}, {service: target_tag},
-                        requested_by)
+                        requested_by, seen_revision=seen)
 
 
 async def _history(runtime: Runtime, environment: str) -> list[Revision]:
@@ -153,51 +156,66 @@ async def plan_for_execution(runtime: Runtime, environment: str, service: str | 
     """The "Roll back" button of a deploy card whose Deploy failed: back to what ran before that execution.
 
     Read from helm's history, never from the card: the pipeline's deploy writes the execution on the
-    revisions it makes (`revision_description`). Refused when the execution made no revision (nothing
-    reached the cluster), when the buildspec's automatic rollback already put back what ran before, or
-    when someone changed the release since (then the person chooses with `/erp rollback`). The target is
-    the last revision before the execution that ran (deployed or superseded), never a failed or pending one.
+    revision it makes (`revision_description`). The target is the last revision before it that ran
+    (deployed or superseded), never a failed or pending one. Refused when helm is still at work (pending),
+    when the execution made no revision and the release is cleanly deployed (nothing reached the cluster),
+    when the buildspec's automatic rollback already put back what ran before, or when someone changed the
+    release since (then the person chooses). When helm's last change failed midway (its revision `failed`,
+    which also loses the description), what runs is unknown: the plan is a whole-release `helm rollback`,
+    which re-applies the target revision completely.
     """
     assert runtime.helm is not None
     env = runtime.config.environments[environment]
     history = await _history(runtime, environment)
-    short = execution_id[:8]
-    mine = [r for r in history if r.made_by(execution_id)]
-    if not mine:
-        raise RollbackRefused(f"Execution `{short}` changed nothing in {environment}: no revision of `{env.release}`"
-                              " came from it, so there is nothing to roll back.")
-    latest = history[-1]
+    short, latest = execution_id[:8], history[-1]
     if latest.status.startswith("pending-"):
         raise RollbackRefused(f"`{env.release}` in {environment} is `{latest.status}` (revision {latest.number}):"
                               f" helm is still at work or was stopped mid-way. See `/erp status {environment}`.")
-    later = [r for r in history if r.number > mine[-1].number and not r.description.startswith("Rollback to")]
-    if later:
-        again = f"`/erp rollback {service + ' ' if service in runtime.config.services else ''}{environment}`"
-        raise RollbackRefused(f"`{env.release}` in {environment} changed after execution `{short}` (revision"
-                              f" {later[-1].number}), so going back to before it would undo that too. Choose"
-                              f" what to go back to with {again}.")
-    before = [r for r in history if r.number < mine[0].number and r.status in ("deployed", "superseded")]
+    mine = [r for r in history if r.made_by(execution_id)]
+    if not mine and latest.status != "failed":
+        raise RollbackRefused(f"Execution `{short}` changed nothing in {environment}: no revision of `{env.release}`"
+                              " came from it, so there is nothing to roll back.")
+    first = mine[0].number if mine else latest.number
+    before = [r for r in history if r.number < first and r.status in ("deployed", "superseded")]
     if not before:
         raise RollbackRefused(f"Nothing ran in {environment} before execution `{short}`: there is no earlier"
                               f" revision of `{env.release}` to go back to.")
-    target, current = before[-1], _current(history)
+    target = before[-1]
+    last_mine = mine[-1].number if mine else latest.number
+
+    def automatic(r: Revision) -> bool:  # the buildspec's own rollback, right after its upgrade, to the target
+        return r.number == last_mine + 1 and (r.description == f"Rollback to {target.number}"
+                                              or (r.status == "failed" and r.description.startswith("Rollback ")))
+    later = [r for r in history if r.number > last_mine and not automatic(r)]
+    if later:
+        raise RollbackRefused(f"`{env.release}` in {environment} changed after execution `{short}` (revision"
+                              f" {later[-1].number}), so going back to before it would undo that too. Choose"
+                              f" what to go back to: `/erp history {environment}`, then `/erp rollback"
+                              f" {service + ' ' if service in runtime.config.services else ''}{environment}"
+                              f" <revision>`.")
     target_tags = service_tags(await runtime.helm.values(env.release, env.namespace, target.number))
-    current_tags = service_tags(await runtime.helm.values(env.release, env.namespace, current.number))
+    current_tags = service_tags(await runtime.helm.values(env.release, env.namespace, latest.number))
+    if latest.status == "failed":  # a failed upgrade or rollback: re-apply the target as a whole
+        return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, latest.number,
+                            target.number, current_tags, target_tags, requested_by, seen_revision=latest.number,
+                            execution_id=execution_id)
     if service in runtime.config.services:
         names = [service]
     else:  # "changed" or "all": the services whose tags the execution changed
-        made = service_tags(await runtime.helm.values(env.release, env.namespace, mine[-1].number))
+        made = service_tags(await runtime.helm.values(env.release, env.namespace, last_mine))
         names = sorted(n for n in set(made) | set(target_tags) if made.get(n) != target_tags.get(n))
     if all(current_tags.get(n) == target_tags.get(n) for n in names):
         back = ", ".join(f"{n} `{short_tag(target_tags.get(n, '?'))}`" for n in names) or "what ran before"
         raise RollbackRefused(f"The automatic rollback already put back {back} in {environment} (revision"
-                              f" {current.number}): nothing to roll back.")
+                              f" {latest.number}): nothing to roll back.")
     if service in runtime.config.services:
-        return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, service, current.number,
+        return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, service, latest.number,
                             target.number, {service: current_tags.get(service, "?")},
-                            {service: target_tags.get(service, "?")}, requested_by)
-    return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, current.number,
-                        target.number, current_tags, target_tags, requested_by)
+                            {service: target_tags.get(service, "?")}, requested_by, seen_revision=latest.number,
+                            execution_id=execution_id)
+    return RollbackPlan(uuid.uuid4().hex[:12], environment, env.namespace, env.release, None, latest.number,
+                        target.number, current_tags, target_tags, requested_by, seen_revision=latest.number,
+                        execution_id=execution_id)
 
 
 async def check_only_the_image_changes(runtime: Runtime, plan: RollbackPlan) -> None:
@@ -206,7 +224,7 @@ async def check_only_the_image_changes(runtime: Runtime, plan: RollbackPlan) -> 
     assert runtime.helm is not None and plan.service is not None
     deployment = runtime.config.services[plan.service].deployment
     try:
-        current = await runtime.helm.manifest(plan.release, plan.namespace)
+        current = await runtime.helm.manifest(plan.release, plan.namespace, plan.current_revision)
         planned = await runtime.helm.planned_service_tag(plan.release, plan.namespace, runtime.erp_chart,
                                                          plan.service, plan.target_tags[plan.service])
     except HelmError as e:
@@ -223,11 +241,12 @@ async def check_only_the_image_changes(runtime: Runtime, plan: RollbackPlan) -> 
 async def still_current(runtime: Runtime, plan: RollbackPlan) -> str | None:
     """None if the release is as the plan saw it; else what changed since (a plan can wait an hour)."""
     history = await _history(runtime, plan.environment)
-    latest, current = history[-1], _current(history)
+    latest = history[-1]
     if latest.status.startswith("pending-"):
         return f"`{plan.release}` is `{latest.status}` (revision {latest.number})"
-    if current.number != plan.current_revision:
-        return f"`{plan.release}` in {plan.environment} is at revision {current.number}, not {plan.current_revision},"
+    seen = plan.seen_revision or _current(history).number
+    if latest.number != seen:
+        return f"`{plan.release}` in {plan.environment} is at revision {latest.number}, not {seen},"
     return None
 
 
@@ -273,6 +292,9 @@ async def propose(runtime: Runtime, environment: str, service: str | None, revis
             await check_only_the_image_changes(runtime, plan)
     except RollbackRefused as e:
         return str(e)
+    except HelmError as e:
+        where = runtime.config.environments[environment]
+        return f"helm could not read the release `{where.release}` in `{where.namespace}`: {e}"
     env = runtime.config.environments[environment]
     waiting = ("Waiting for an approver to confirm." if env.approval else "Confirm to roll back, or cancel.")
     posted = await runtime.slack.chat_postMessage(
@@ -422,8 +444,9 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text=f"Rollback of {plan.what}: stale",
                                             blocks=plan_blocks(plan, runtime, f":warning: *Not rolled back*: {changed}"
                                                                " since this plan was made.", buttons=False))
-            fresh = await propose(runtime, plan.environment, plan.service,
-                                  plan.target_revision if plan.service is None else None, plan.requested_by)
+            # made again the same way: a card's plan from helm's history, a command's to the same target revision
+            fresh = await propose(runtime, plan.environment, plan.service, plan.target_revision, plan.requested_by,
+                                  execution_id=plan.execution_id)
             await _tell(runtime, channel, user, f"Nothing was done: {changed} since this plan was made. {fresh}")
             return
         await execute(runtime, plan, user)

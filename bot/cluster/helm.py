@@ -115,8 +115,9 @@ class Helm:
                               "--set-string", f"services.{service}.image.tag={tag}",
                               "--history-max", "20", "--timeout", f"{HELM_TIMEOUT}s", timeout=OUTER_TIMEOUT)
 
-    async def manifest(self, release: str, namespace: str) -> str:
-        return await self.run("get", "manifest", release, "-n", namespace, timeout=30)
+    async def manifest(self, release: str, namespace: str, revision: int) -> str:
+        """A revision's manifest: the one an upgrade diffs from is the deployed one, not always the latest."""
+        return await self.run("get", "manifest", release, "-n", namespace, "--revision", str(revision), timeout=30)
 
     async def planned_service_tag(self, release: str, namespace: str, chart: str, service: str, tag: str) -> str:
         """The manifest `set_service_tag` would apply, rendered by helm without changing anything."""
@@ -125,7 +126,10 @@ class Helm:
         out = await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
                              "--set-string", f"services.{service}.image.tag={tag}",
                              "--dry-run", "--hide-secret", "-o", "json", timeout=60)
-        return str(json.loads(out).get("manifest", ""))
+        try:
+            return str(json.loads(out).get("manifest", ""))
+        except (ValueError, AttributeError):
+            raise HelmError(f"helm's dry run printed no release: {_trim(out)}") from None
 
     async def rollback(self, release: str, namespace: str, revision: int) -> str:
         return await self.run("rollback", release, str(revision), "-n", namespace, "--history-max", "20",
