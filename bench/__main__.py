@@ -94,7 +94,9 @@ async def baseline_loop(aws: AwsClients, queue: str, slack_url: str, n: int) -> 
             await client.chat_update(channel="C0DEV", ts=posted["ts"], text=f"event {done}")
             await aws.call("sqs", "delete_message", QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
             done += 1
-    return n / (time.perf_counter() - started)
+    took = time.perf_counter() - started
+    await client.close()
+    return n / took
 
 
 def log_formatting(rows: int = 10_000) -> dict[str, float]:

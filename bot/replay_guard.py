@@ -11,9 +11,9 @@ signature was valid, and every change it asks for needs the table anyway.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections import OrderedDict
 from typing import Any
 
 from slack_bolt.request.async_request import AsyncBoltRequest
@@ -24,7 +24,10 @@ from bot.aws.state import StateStore
 
 log = logging.getLogger(__name__)
 
-WINDOW_SECONDS = 5 * 60 + 60  # Slack's 5 minutes, plus clock skew
+# Bolt accepts a timestamp up to 5 minutes from now, either way (abs(now - ts) <= 300): a signature stays
+# valid until its signed time plus 5 minutes, however early it arrives; we remember it that long, plus skew.
+VALID_SECONDS = 5 * 60
+SKEW_SECONDS = 60
 # The check runs before the ack, and Slack gives up on an ack after 3 seconds: a slow table gets this long,
 # then the request goes on on this replica's memory alone (as when the table is down).
 SHARED_CHECK_BUDGET = 0.5
@@ -42,27 +45,34 @@ def can_change(body: dict[str, Any]) -> bool:
 
 
 class ReplayGuard:
-    def __init__(self, state: StateStore, window: int = WINDOW_SECONDS) -> None:
+    def __init__(self, state: StateStore, valid_seconds: int = VALID_SECONDS, skew_seconds: int = SKEW_SECONDS,
+                 clock: Any = time.time) -> None:
         self.state = state
-        self.window = window
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.valid, self.skew, self.clock = valid_seconds, skew_seconds, clock
+        self._seen: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # a heap: (wall-clock expiry, signature)
 
-    def _seen_here(self, signature: str, now: float) -> bool:
-        while self._seen and (next(iter(self._seen.values())) < now or len(self._seen) > LOCAL_LIMIT):
-            self._seen.popitem(last=False)
+    def _seen_here(self, signature: str, now: float, until: float) -> bool:
+        while self._expiry and (self._expiry[0][0] < now or len(self._expiry) > LOCAL_LIMIT):
+            _, old = heapq.heappop(self._expiry)
+            self._seen.pop(old, None)
         if signature in self._seen:
             return True
-        self._seen[signature] = now + self.window
+        self._seen[signature] = until
+        heapq.heappush(self._expiry, (until, signature))
         return False
 
-    async def first_time(self, signature: str, *, across_replicas: bool = True) -> bool:
-        """True the first time a signature is presented (anywhere, or only here); False for a replay."""
-        if self._seen_here(signature, time.monotonic()):
+    async def first_time(self, signature: str, signed_at: int, *, across_replicas: bool = True) -> bool:
+        """True the first time a signature is presented (anywhere, or only here); False for a replay. It is
+        remembered until Slack's window counted from its signed timestamp has passed, not from its arrival."""
+        now = self.clock()
+        until = max(now, float(signed_at)) + self.valid + self.skew
+        if self._seen_here(signature, now, until):
             return False
         if not across_replicas:
             return True
         try:
-            return await asyncio.wait_for(self.state.put_marker("REPLAY", signature, self.window),
+            return await asyncio.wait_for(self.state.put_marker("REPLAY", signature, max(1, round(until - now))),
                                           SHARED_CHECK_BUDGET)
         except TimeoutError:
             log.warning("replay check on this replica only: the state table took over %.1fs", SHARED_CHECK_BUDGET)
@@ -75,7 +85,9 @@ class ReplayGuard:
         """Bolt global middleware: it runs after Bolt verified the signature and its age. Requests that can
         change something are checked across replicas; the rest (help, reading) only here, to keep the ack fast."""
         signature = (req.headers.get("x-slack-signature") or [""])[0]
-        if signature and not await self.first_time(signature, across_replicas=can_change(req.body)):
+        signed_at = (req.headers.get("x-slack-request-timestamp") or ["0"])[0]
+        if signature and not await self.first_time(signature, int(signed_at) if signed_at.isdigit() else 0,
+                                                   across_replicas=can_change(req.body)):
             log.warning("a replayed Slack request was refused")
             return BoltResponse(status=401, body="this request was already received")
         return await next()  # type: ignore[no-any-return]

@@ -247,3 +247,19 @@ def test_any_body_before_the_signature_check_gets_a_4xx_and_no_traceback(bot: Bo
     assert "Traceback" not in text and "internal error" not in text
     errors = [line for line in bot.log_lines() if line.get("level") in ("error", "critical")]
     assert errors == [], errors[:1]
+
+
+@pytest.mark.parametrize("response_url", ["https://evil.example/commands/T1/1/x",
+                                          "http://hooks.slack.com/commands/T1/1/x",
+                                          "https://hooks.slack.com.evil.example/commands/T1/1/x"])
+def test_a_response_url_that_is_not_slacks_is_refused(bot: BotProcess, slack: SlackWorkspace, response_url: str):
+    """Issue 18 item 10: the bot posts answers (log lines, a deploy's details) to the request's response_url;
+    only Slack's hooks host is allowed (and the local Slack's own host in the sandbox and the tests)."""
+    body = slash_command_body(text="logs notification prod", user_id="U0ONCALL", user_name="sam",
+                              channel_id="C0ONCALL", channel_name="oncall", response_url=response_url,
+                              trigger_id="1.3")
+    status, text = post_command(bot, body, signed_headers(SIGNING_SECRET, body))
+    assert status == 400 and "not Slack's" in text
+    time.sleep(0.5)
+    assert [c for c in slack.calls if c.method not in ("conversations.info", "auth.test")] == []
+    assert any("response_url is not Slack's" in str(line.get("message")) for line in bot.log_lines())

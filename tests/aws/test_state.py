@@ -7,6 +7,7 @@ import pytest
 
 from bot.aws.clients import AwsClients
 from bot.aws.state import UNPROCESSED_ATTEMPTS, AuditRecord, StateStore, Unprocessed
+from bot.replay_guard import ReplayGuard
 from sandbox.aws_fault_proxy import AwsFaultProxy
 from sandbox.aws_fault_proxy import Fault as AwsFault
 
@@ -91,3 +92,20 @@ async def test_every_card_expires_and_the_audit_listing_reads_with_a_limit(aws_r
                                          service="employee", at=f"2026-11-26T01:{n:02d}:00+00:00"))
     assert [r.at for r in await s.list_audit(["dev"], limit=3)] == [
         "2026-11-26T01:29:00+00:00", "2026-11-26T01:28:00+00:00", "2026-11-26T01:27:00+00:00"]
+
+
+async def test_a_signature_is_remembered_until_its_signed_time_plus_the_window_not_its_arrival(
+        aws_resources: dict[str, str]):
+    """Issue 18 item 10: Bolt accepts a timestamp up to 5 minutes ahead of now, so a signature stays valid
+    until its signed time plus 5 minutes; remembered from arrival, it could be replayed in between.
+    (A 3-second window here stands for Slack's 5 minutes.)"""
+    signed_at = int(time.time()) + 3  # as Bolt would accept it, a little ahead of this clock
+    table = store(aws_resources)
+    here = ReplayGuard(table, valid_seconds=3, skew_seconds=0)
+    assert await here.first_time("v0=abc", signed_at)
+    await asyncio.sleep(4.5)  # past arrival + 3 s, inside signed time + 3 s
+    assert not await here.first_time("v0=abc", signed_at)  # this replica remembers
+    elsewhere = ReplayGuard(table, valid_seconds=3, skew_seconds=0)
+    assert not await elsewhere.first_time("v0=abc", signed_at)  # and so does the shared table
+    await asyncio.sleep(2.5)  # past signed time + 3 s: Bolt itself refuses it now; the memory may go
+    assert await ReplayGuard(table, valid_seconds=3, skew_seconds=0).first_time("v0=abc", signed_at)
