@@ -49,10 +49,14 @@ class _Lane:
         self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.per_second)
         self.at = now
 
+    def held_for(self) -> float:
+        """Seconds left of a hold after a 429 (0 if none)."""
+        return max(0.0, self.at - time.monotonic())
+
     async def acquire(self, priority: int) -> None:
         """Wait for a token."""
         self._refill()
-        if not self.waiters and self.tokens >= 1:
+        if not self.waiters and self.tokens >= 1 and not self.held_for():
             self.tokens -= 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -63,7 +67,7 @@ class _Lane:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # granted just as we were cancelled: give it back
-                self.tokens += 1
+                self.tokens = min(self.capacity, self.tokens + 1)
             raise
 
     def hold(self, seconds: float) -> None:
@@ -76,8 +80,8 @@ class _Lane:
     async def _dispatch(self) -> None:
         while self.waiters:
             self._refill()
-            if self.tokens < 1:
-                await asyncio.sleep(max(0.0, self.at - time.monotonic()) + (1 - self.tokens) / self.per_second)
+            if self.tokens < 1 or self.held_for():
+                await asyncio.sleep(self.held_for() + max(0.0, 1 - self.tokens) / self.per_second)
                 continue
             _, _, future = heapq.heappop(self.waiters)
             if not future.done():  # a waiter that was cancelled gives its turn away
@@ -125,6 +129,15 @@ class SlackPacer:
         lane = self._lane(method, channel)
         if lane is not None:
             lane.hold(seconds)
+
+    async def wait_out_hold(self, method: str, channel: str = "") -> None:
+        """Right before a call goes out: a 429 heard since its token was taken holds it too."""
+        lane = self._lane(method, channel)
+        for _ in range(10):  # a hold may be extended by another 429 while we wait; then wait again
+            wait = lane.held_for() if lane is not None else 0.0
+            if not wait:
+                return
+            await asyncio.sleep(wait)
 
     async def slot(self, method: str, channel: str = "", priority: int = PROGRESS) -> None:
         lane = self._lane(method, channel)

@@ -57,7 +57,7 @@ class PacedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
                 seconds = float(retry_after[0] if isinstance(retry_after, list) else retry_after)
             except ValueError:
                 seconds = 1.0
-            self.pacer.hold(*lane, seconds=min(max(seconds, 1.0), 60.0))
+            self.pacer.hold(*lane, seconds=min(max(seconds, 1.0), 600.0))  # as long as slack_sdk will wait
         await super().prepare_for_next_attempt_async(state=state, request=request, response=response, error=error)
 
 
@@ -74,7 +74,14 @@ class InstrumentedWebClient(AsyncWebClient):
         channel = str(args.get("channel") or "")
         if not already_paced.get():
             await self.pacer.slot(api_method, channel, NOTE if args.get("thread_ts") else PROGRESS)
-        calling.set((api_method, channel))  # this task's own context: the 429 handler reads it
+        await self.pacer.wait_out_hold(api_method, channel)
+        lane = calling.set((api_method, channel))  # for the 429 handler, which runs inside this call
+        try:
+            return await self._call(api_method, **kwargs)
+        finally:
+            calling.reset(lane)
+
+    async def _call(self, api_method: str, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self.session is None or self.session.closed or self._session_loop is not loop:
             # made on first use: a session belongs to the event loop it was made in
