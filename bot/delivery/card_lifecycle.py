@@ -67,7 +67,16 @@ TRANSITIONS: tuple[Transition, ...] = (
     _t("Approval FAILED seven days after it started", ACTIVE | {"failed", "rejected"}, "expired"),
     _t("pipeline STOPPED or CANCELED", ACTIVE, "stopped"),
     _t("pipeline SUPERSEDED", ACTIVE, "superseded"),
-    _t("pipeline RESUMED: Retry failed stage", {"failed", "deploy_failed"}, "running"),
+    # "Retry failed stage" in the console: the execution runs again; a refused approval is asked again
+    _t("pipeline RESUMED: Retry failed stage", {"failed", "deploy_failed", "rejected", "expired"}, "running"),
+    _t("pipeline RESUMED, its retried Approval STARTED already read", {"failed", "deploy_failed", "rejected",
+                                                                      "expired"}, "awaiting_approval"),
+    # a retried execution's later events read before its RESUMED (events come in any order)
+    *(_t("a retried execution's end, read before its RESUMED", {"failed", "deploy_failed", "rejected", "expired"},
+         dest) for dest in ("succeeded", "failed", "deploy_failed", "stopped", "superseded")),
+    _t("a retried execution's Deploy failure, read before its RESUMED", {"failed"}, "deploy_failed"),
+    _t("a retried Approval STARTED, read before its RESUMED", {"rejected", "expired"}, "awaiting_approval"),
+    _t("a retried stage's STARTED, read before its RESUMED", {"deploy_failed", "rejected", "expired"}, "failed"),
 )
 
 
@@ -77,6 +86,8 @@ def allowed(source: str, dest: str) -> bool:
 
 def card_phase(card: DeployCard) -> str:
     """The card's phase, from its state (which events and clicks set)."""
+    if card.status == "Succeeded":
+        return "succeeded"  # whatever an earlier attempt's approval said
     if card.approval.decision in ("Rejected", "Expired"):
         return card.approval.decision.lower()  # the pipeline fails with it; nothing was deployed
     if card.finished:

@@ -51,6 +51,10 @@ class Approval:
     decided_at: str | None = None
     reason: str | None = None
     claimed_until: str | None = None  # while Approving/Rejecting: the claim's lease; expired, it is open again
+    attempt: int = 1  # "Retry failed stage" on a refused approval asks again: its notes are the attempt's own
+
+    def note_key(self, name: str) -> str:
+        return name if self.attempt == 1 else f"{name}#{self.attempt}"
 
     def claim_expired(self, now: datetime) -> bool:
         return self.decision in ("Approving", "Rejecting") and \
@@ -178,7 +182,9 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
         card.status = "InProgress"  # a stage, action, build or scan event: the execution runs, whatever came first
     if event.kind == "pipeline":
         status = PIPELINE_STATUS.get(event.state)
-        if status in TERMINAL_STATUS:
+        if status in TERMINAL_STATUS and card.approval.attempt > 1 and when < (card.approval.requested_at or ""):
+            pass  # the end of the attempt before "Retry failed stage", read after the retry's approval request
+        elif status in TERMINAL_STATUS:
             if not card.finished or (card.status_at or "") < when:
                 card.status, card.status_at, card.ended = status, when, when
                 if status in ("Stopped", "Superseded"):  # what was running stops with the pipeline
@@ -191,6 +197,7 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
             card.status, card.status_at, card.ended, card.failure = "InProgress", when, None, None
             card.notes = [k for k in card.notes if not k.startswith(("failed:", "context:"))]
             notes += card.note(f"resumed:{when}", ":repeat: The failed stage is being retried.")
+            notes += _ask_approvers(card, approvers)  # the retried approval's STARTED may have come first
         elif status is not None and not card.finished:
             card.status = status
             card.status_at = card.status_at if (card.status_at or "") > when else when
@@ -257,13 +264,18 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
         card.links.setdefault(event.stage.lower(), str(url))
     if event.stage == "Approval":
         card.needs_approval = True
-        if event.state == "STARTED" and card.approval.requested_at is None:
-            card.approval.requested_at = when
-            card.approval.expires_at = _iso(event.time + APPROVAL_LIFETIME)
-            if card.awaiting_approval:  # a late STARTED (the stage or the pipeline already ended) pings nobody
-                notes += card.note("approval", f":lock: Approval needed for this {card.environment} deploy"
-                                               f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
+        a = card.approval
+        if event.state in ("STARTED", "SUCCEEDED", "FAILED") and a.decision in ("Rejected", "Expired") \
+                and a.decided_at and when > a.decided_at:  # "Retry failed stage" on a refused approval: a new request
+            card.approval = a = Approval(attempt=a.attempt + 1)
+        if event.state == "STARTED" and a.requested_at is None:
+            a.requested_at = when
+            a.expires_at = _iso(event.time + APPROVAL_LIFETIME)
+            notes += _ask_approvers(card, approvers)
             notes += _expiry(card)  # the FAILED came first: now its time can be judged
+        elif event.state in ("SUCCEEDED", "FAILED") and a.requested_at and when < a.requested_at \
+                and a.decision not in ("Rejected", "Expired"):
+            pass  # the end of an earlier attempt, delivered late: this attempt's own end decides
         elif event.state in ("SUCCEEDED", "FAILED") and card.approval.decision not in DECIDED:
             outcome = "Approved" if event.state == "SUCCEEDED" else "Rejected"
             claimed = {"Approving": "Approved", "Rejecting": "Rejected"}.get(card.approval.decision or "")
@@ -286,6 +298,15 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
     return notes
 
 
+def _ask_approvers(card: DeployCard, approvers: str) -> list[ThreadNote]:
+    """Ping the approvers once per request, and only while it really waits for them (a late STARTED, after
+    the stage or the pipeline ended, pings nobody)."""
+    if not card.awaiting_approval:
+        return []
+    return card.note(card.approval.note_key("approval"), f":lock: Approval needed for this {card.environment} deploy"
+                                 f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
+
+
 def _failure_note(card: DeployCard, stage: str, action: str, reason: str | None, url: object) -> str:
     log = card.links.get(f"{stage.lower()}_log")
     detail = f"\n>{reason[:1500]}" if reason else ""
@@ -306,9 +327,9 @@ def _expiry(card: DeployCard) -> list[ThreadNote]:
     a.decision = "Expired"
     service = card.service if card.service not in ("changed",) else ""
     again = f"`/erp deploy {service + ' ' if service else ''}{card.environment}`"
-    return card.note("approval-expired", f":hourglass: This {card.environment} deploy's approval expired: nobody"
-                                         f" approved or rejected it within {APPROVAL_LIFETIME.days} days, so"
-                                         f" nothing was deployed. To try again: {again}")
+    text = (f":hourglass: This {card.environment} deploy's approval expired: nobody approved or rejected it"
+            f" within {APPROVAL_LIFETIME.days} days, so nothing was deployed. To try again: {again}")
+    return card.note(a.note_key("approval-expired"), text)
 
 
 # --- phases, and the text both the card and the thread use ---------------------------

@@ -7,6 +7,7 @@ it is true."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -30,13 +31,36 @@ from bot.delivery.deploy_card import apply_event
 from bot.delivery.pipeline_events import PipelineEvent
 from bot.slack.deploy_card_blocks import APPROVE_ACTION, REJECT_ACTION, ROLLBACK_ACTION, render_card
 from sandbox.seed import create_events_queue
-from tests.delivery.test_deploy_card import new_card, record_prod_execution
+from tests.delivery.test_deploy_card import _event, new_card, record_prod_execution
 from tests.support import BackgroundLoop
 
 BUTTON_ACTIONS = {"approve": APPROVE_ACTION, "reject": REJECT_ACTION, "rollback": ROLLBACK_ACTION}
 LEASE = timedelta(seconds=60)
 RUNS = {"approved": ("succeeded", "Approved"), "rejected": ("rejected", "Rejected"),
-        "deploy_failed": ("deploy_failed", "Approved")}
+        "deploy_failed": ("deploy_failed", "Approved"), "rejected_then_retried": ("succeeded", None)}
+
+
+def rejected_then_retried() -> list[PipelineEvent]:
+    """Rejected in the console, then "Retry failed stage" (RESUMED) and approved: AWS's event shapes, as
+    tests/delivery/test_deploy_card.py builds them (the stand-in does not retry stages)."""
+    action = "CodePipeline Action Execution State Change"
+    stage, pipeline = "CodePipeline Stage Execution State Change", "CodePipeline Pipeline Execution State Change"
+    t = "2026-01-01T00:{:02d}:00Z".format
+    return [_event(pipeline, {"state": "STARTED"}, t(0)),
+            _event(stage, {"stage": "Approval", "state": "STARTED"}, t(1)),
+            _event(action, {"stage": "Approval", "action": "Approval", "state": "STARTED"}, t(1)),
+            _event(action, {"stage": "Approval", "action": "Approval", "state": "FAILED",
+                            "execution-result": {"external-execution-summary": "not now"}}, t(2)),
+            _event(stage, {"stage": "Approval", "state": "FAILED"}, t(2)),
+            _event(pipeline, {"state": "FAILED"}, t(3)),
+            _event(pipeline, {"state": "RESUMED"}, t(5)),
+            _event(stage, {"stage": "Approval", "state": "STARTED"}, t(6)),
+            _event(action, {"stage": "Approval", "action": "Approval", "state": "STARTED"}, t(6)),
+            _event(action, {"stage": "Approval", "action": "Approval", "state": "SUCCEEDED"}, t(7)),
+            _event(stage, {"stage": "Approval", "state": "SUCCEEDED"}, t(7)),
+            _event(stage, {"stage": "Deploy", "state": "STARTED"}, t(8)),
+            _event(stage, {"stage": "Deploy", "state": "SUCCEEDED"}, t(9)),
+            _event(pipeline, {"state": "SUCCEEDED"}, t(10))]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +69,8 @@ def executions(background_loop: BackgroundLoop, moto) -> dict[str, list[Pipeline
     queue, _ = create_events_queue(AwsClients(), f"lifecycle-{suffix}", f"lifecycle-dlq-{suffix}")
     return {"approved": record_prod_execution(background_loop, queue),
             "rejected": record_prod_execution(background_loop, queue, approve=False),
-            "deploy_failed": record_prod_execution(background_loop, queue, fail_deploy=True)}
+            "deploy_failed": record_prod_execution(background_loop, queue, fail_deploy=True),
+            "rejected_then_retried": rejected_then_retried()}
 
 
 def test_the_table_names_only_known_phases_and_every_phase_can_be_reached():
@@ -71,8 +96,9 @@ def test_any_order_of_events_and_clicks_moves_the_card_only_as_the_table_says(
     # every event at least once, some twice, in any order; clicks in between
     steps: list[object] = list(data.draw(st.permutations(events)))
     steps += data.draw(st.lists(st.sampled_from(events), max_size=8))
-    clicks = data.draw(st.lists(st.tuples(st.sampled_from(["U0APPR1", "U0APPR2"]),
-                                          st.sampled_from(["recorded", "released", "pod died"]),
+    # a click recorded means CodePipeline took it: only in runs whose events say what it decided
+    outcomes = ["recorded", "released", "pod died"] if decision else ["released", "pod died"]
+    clicks = data.draw(st.lists(st.tuples(st.sampled_from(["U0APPR1", "U0APPR2"]), st.sampled_from(outcomes),
                                           st.integers(0, 120)), max_size=6))
     for click in clicks:
         steps.insert(data.draw(st.integers(0, len(steps))), click)
@@ -83,7 +109,7 @@ def test_any_order_of_events_and_clicks_moves_the_card_only_as_the_table_says(
     sent: list[str] = []
     asked_while_open = False
     for step in steps:
-        before = card_phase(card)
+        before, attempt = card_phase(card), card.approval.attempt
         notes = []
         if isinstance(step, PipelineEvent):
             if step.kind == "action" and step.stage == "Approval" and step.state == "STARTED" and \
@@ -95,9 +121,9 @@ def test_any_order_of_events_and_clicks_moves_the_card_only_as_the_table_says(
         else:
             user, outcome, seconds = step  # type: ignore[misc]
             now += timedelta(seconds=seconds)
-            won = claim(card, user, decision, now, LEASE)
+            won = claim(card, user, decision or "Approved", now, LEASE)
             assert not won or before in ("awaiting_approval", "deciding"), (before, step)
-            if won and outcome == "recorded":  # CodePipeline took it: its own event follows in `steps`
+            if won and outcome == "recorded" and decision:  # CodePipeline took it: its event follows in `steps`
                 record_decision(card, user, decision, None, now)
             elif won and outcome == "released":
                 release_claim(card, user)
@@ -105,15 +131,19 @@ def test_any_order_of_events_and_clicks_moves_the_card_only_as_the_table_says(
         after = card_phase(card)
         assert allowed(before, after), f"{before} -> {after} on {step}"
         assert buttons_shown(card) == {BUTTON_ACTIONS[b] for b in PHASE_BUTTONS.get(after, ())}, after
-        if before in FINAL:
-            assert after in FINAL, "a finished card never runs again without a RESUMED"
+        if before in FINAL and after not in FINAL:  # a finished card runs again only when retried
+            assert isinstance(step, PipelineEvent) and (step.state == "RESUMED" or card.approval.attempt > attempt), \
+                (before, after, step)
         for note in notes:
             assert note.key not in sent, f"note {note.key!r} sent twice"
             sent.append(note.key)
-            if note.key == "approval":  # the approvers are pinged only while it really waits for them
+            if note.key.split("#")[0] == "approval":  # the approvers are pinged only while it waits for them
                 assert after == "awaiting_approval"
 
     assert card_phase(card) == final_phase
+    if run == "rejected_then_retried":  # whatever came first, the card ends with the retry's approval
+        assert card.approval.decision == "Approved" and "Rejected" not in json.dumps(render_card(card)[1])
+        return
     assert ("approval" in sent) == asked_while_open
     failures = [k for k in sent if k.startswith("failed:")]
     assert failures == (["failed:Deploy"] if run == "deploy_failed" else [])
