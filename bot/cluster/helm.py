@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,18 @@ from bot.delivery.image_tag import TAG
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR = 600
+MAX_ERROR = 300
+# helm gets only what it needs to reach the cluster: never the Slack token or signing secret, never AWS keys.
+# In the pod it uses the service account (KUBERNETES_SERVICE_*); elsewhere a kubeconfig, whose exec plugin
+# (aws eks get-token) may read an IRSA token file or a profile, named here, never the keys themselves.
+HELM_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
+                    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN",
+                    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "HELM_DRIVER", "HELM_CACHE_HOME",
+                    "HELM_CONFIG_HOME", "HELM_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
+
+
+def helm_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: environ[k] for k in HELM_ENVIRONMENT if k in environ}
 HELM_TIMEOUT = 300  # helm's own --timeout for changes, in seconds
 OUTER_TIMEOUT = HELM_TIMEOUT + 60  # ours is longer: helm gets to time out and record the failure itself
 STOP_GRACE = 10.0  # after SIGTERM, before SIGKILL
@@ -63,8 +76,12 @@ class Revision:
 
 
 def _trim(text: str) -> str:
-    text = text.strip().replace("```", "'''")
-    return text if len(text) <= MAX_ERROR else text[: MAX_ERROR - 3] + "..."
+    """helm's own words, summarised for Slack: its last `Error:` line (what went wrong), not its whole
+    stderr (warnings, debug output, rendered manifests). The whole of it goes to the bot's log."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:")]
+    summary = (errors or lines or [""])[-1].replace("```", "'''")
+    return summary if len(summary) <= MAX_ERROR else summary[: MAX_ERROR - 3] + "..."
 
 
 class Helm:
@@ -81,7 +98,8 @@ class Helm:
         if self.kubeconfig:
             argv += ["--kubeconfig", self.kubeconfig]
         proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE)
+                                                    stderr=asyncio.subprocess.PIPE,
+                                                    env=helm_environment(os.environ))
         limit = timeout or self.timeout
         try:
             out, err = await asyncio.wait_for(proc.communicate(), limit)
@@ -92,7 +110,9 @@ class Helm:
             await asyncio.shield(_stop(proc))
             raise
         if proc.returncode != 0:
-            raise HelmError(_trim(err.decode(errors="replace") or out.decode(errors="replace")))
+            said = err.decode(errors="replace") or out.decode(errors="replace")
+            log.warning("helm %s failed (exit %s): %s", args[0] if args else "", proc.returncode, said[-2000:])
+            raise HelmError(_trim(said))
         return out.decode(errors="replace")
 
     async def history(self, release: str, namespace: str, limit: int = 20) -> list[Revision]:

@@ -6,7 +6,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from bot.cluster.helm import Helm
+from bot.cluster.helm import Helm, HelmError
 from sandbox.local_kube import LocalKube
 
 CHART = """apiVersion: v2
@@ -64,3 +64,30 @@ async def test_a_cancelled_helm_is_stopped_and_a_release_it_left_pending_is_repo
     history = await adapter.history("blocker", namespace)
     # helm recorded the interruption itself (failed), or the adapter reports the pending-* release
     assert history and (history[-1].status == "failed" or (stuck is not None and stuck.number == history[-1].number))
+
+
+async def test_helm_gets_no_secret_from_the_bots_environment(monkeypatch):  # type: ignore[no-untyped-def]
+    """Issue 18 item 12: helm ran with the bot's whole environment, Slack token and AWS keys included.
+    `printenv` in helm's place shows exactly what a child the adapter starts receives."""
+    secrets = {"SLACK_BOT_TOKEN": "xoxb-not-for-helm", "SLACK_SIGNING_SECRET": "signing-not-for-helm",
+               "AWS_ACCESS_KEY_ID": "AKIANOTFORHELM", "AWS_SECRET_ACCESS_KEY": "secret-not-for-helm",
+               "AWS_SESSION_TOKEN": "session-not-for-helm"}
+    for name, value in {**secrets, "KUBECONFIG": "/etc/erp/kubeconfig", "AWS_REGION": "ap-northeast-2"}.items():
+        monkeypatch.setenv(name, value)
+    seen = await Helm("/usr/bin/printenv").run()
+    assert not [value for value in secrets.values() if value in seen], seen
+    assert "KUBECONFIG=/etc/erp/kubeconfig" in seen and "AWS_REGION=ap-northeast-2" in seen
+
+
+async def test_helms_error_reaches_slack_as_its_one_error_line(helm: str, tmp_path: Path):
+    unreachable = tmp_path / "kubeconfig"
+    unreachable.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n"
+                           "contexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n"
+                           "users: [{name: u, user: {token: t}}]\n")
+    try:
+        await Helm(helm, kubeconfig=str(unreachable)).history("erp", "erp-dev")
+    except HelmError as e:
+        said = str(e)
+    else:
+        raise AssertionError("helm reached a cluster that is not there")
+    assert said.startswith("Error:") and "\n" not in said and len(said) <= 300 and "127.0.0.1:9" in said
