@@ -54,6 +54,14 @@ class Config:
     services: dict[str, Service]
     oncall_channels: tuple[str, ...] = field(default=())
 
+    def execution_environment(self, variables: dict[str, str]) -> str:
+        """The environment a pipeline execution deploys to, from its own ENVIRONMENT variable (a push sets
+        none: dev)."""
+        env = (variables.get("ENVIRONMENT") or "").strip() or "dev"
+        if env not in self.environments:
+            env = "dev" if "dev" in self.environments else next(iter(self.environments))
+        return env
+
     def channel_environment(self, channel_id: str) -> str | None:
         """The environment whose deploy channel this is, if any."""
         for env in self.environments.values():

@@ -21,7 +21,7 @@ from slack_sdk.models.blocks import InputBlock, PlainTextInputElement, SectionBl
 from slack_sdk.models.views import View
 
 from bot.aws.clients import BotoCoreError, ClientError, error_code
-from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
+from bot.aws.codepipeline import APPROVAL_STAGE, approval_token, execution_facts
 from bot.aws.state import AuditRecord
 from bot.delivery.card_lifecycle import claim as claim_decision
 from bot.delivery.card_lifecycle import record_decision, release_claim
@@ -64,7 +64,22 @@ async def _decidable(runtime: Runtime, execution_id: str, user: str, verb: str) 
         if card.finished:
             return card.channel, f"This deploy has already ended ({card.status})."
         return card.channel, "This deploy is not waiting for approval."
-    decision = await runtime.policy.can_approve(user, card.environment, card.requested_by)
+    # who asked and where it goes decide who may approve: taken from the execution as CodePipeline keeps it,
+    # never from the stored card, which anyone who can write the table could rewrite
+    try:
+        facts = await execution_facts(runtime.aws, runtime.config.pipeline, execution_id)
+    except (ClientError, BotoCoreError) as e:
+        log.warning("could not read execution %s to check the approver: %s", execution_id, error_code(e))
+        return card.channel, "I could not check this deploy with CodePipeline, so nothing was decided. Try again."
+    variables = facts["variables_by_name"] if facts else {}
+    environment = runtime.config.execution_environment(variables)
+    requester = (variables.get("REQUESTED_BY") or "").strip() or None
+    if facts is None or (environment, requester) != (card.environment, card.requested_by):
+        log.warning("card %s does not match its execution (stored %s/%s, CodePipeline %s/%s): refused",
+                    execution_id, card.environment, card.requested_by, environment, requester)
+        await _audit(runtime, card, user, verb, "refused", "the stored card does not match its execution")
+        return card.channel, ":no_entry: This card does not match its pipeline execution, so nothing was decided."
+    decision = await runtime.policy.can_approve(user, environment, requester)
     if not decision:
         await _audit(runtime, card, user, verb, "refused", decision.reason)
         return card.channel, f":no_entry: {decision.reason}"

@@ -16,7 +16,7 @@ from typing import Any
 from slack_sdk.errors import SlackApiError
 
 from bot.aws.clients import BotoCoreError, ClientError, error_code
-from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
+from bot.aws.codepipeline import APPROVAL_STAGE, approval_token, execution_facts
 from bot.aws.ecr_scans import fetch_scan_report
 from bot.aws.state import AuditRecord
 from bot.delivery.access_policy import mention_list
@@ -64,19 +64,12 @@ async def ensure_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, 
 async def _create_card(runtime: Runtime, execution_id: str) -> tuple[DeployCard, dict[str, Any]] | None:
     """A card from the execution's own variables (a push has none of Slack's); None if the pipeline has no such
     execution."""
-    try:
-        resp = await runtime.aws.call("codepipeline", "get_pipeline_execution",
-                                      pipelineName=runtime.config.pipeline, pipelineExecutionId=execution_id)
-    except ClientError as e:
-        if error_code(e) in ("PipelineExecutionNotFoundException", "PipelineNotFoundException"):
-            log.info("event for an execution the pipeline does not know: %s", execution_id)
-            return None
-        raise
-    execution = resp["pipelineExecution"]
-    variables = {v["name"]: v.get("resolvedValue", "") for v in execution.get("variables", [])}
-    env = _blank(variables.get("ENVIRONMENT")) or "dev"
-    if env not in runtime.config.environments:
-        env = "dev" if "dev" in runtime.config.environments else next(iter(runtime.config.environments))
+    execution = await execution_facts(runtime.aws, runtime.config.pipeline, execution_id)
+    if execution is None:
+        log.info("event for an execution the pipeline does not know: %s", execution_id)
+        return None
+    variables = execution["variables_by_name"]
+    env = runtime.config.execution_environment(variables)
     environment = runtime.config.environments[env]
     ts = _blank(variables.get("SLACK_THREAD_TS"))
     card = DeployCard(

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.aws.clients import AwsClients
+from bot.aws.clients import AwsClients, ClientError, error_code
 
 APPROVAL_STAGE = "Approval"  # the stage and its manual-approval action (infra/pipeline.json)
+
+
+async def execution_facts(aws: AwsClients, pipeline: str, execution_id: str) -> dict[str, Any] | None:
+    """GetPipelineExecution: the execution as CodePipeline keeps it (its variables by name, its revisions);
+    None if the pipeline has no such execution. What the bot stored about it is checked against this."""
+    try:
+        resp = await aws.call("codepipeline", "get_pipeline_execution", pipelineName=pipeline,
+                              pipelineExecutionId=execution_id)
+    except ClientError as e:
+        if error_code(e) in ("PipelineExecutionNotFoundException", "PipelineNotFoundException"):
+            return None
+        raise
+    execution = dict(resp["pipelineExecution"])
+    execution["variables_by_name"] = {str(v["name"]): str(v.get("resolvedValue", ""))
+                                      for v in execution.get("variables", [])}
+    return execution
 
 
 async def approval_token(aws: AwsClients, pipeline: str, execution_id: str) -> str | None:

@@ -479,3 +479,26 @@ def test_an_approval_never_sticks_in_recording_the_decision(bot: BotProcess, sla
     wait_for_card(slack, "C0PROD", "Succeeded")
     assert execution.actions[("Approval", "Approval")].status == "Succeeded"
     assert "<@U0APPR1>" in card_text(the_card(slack, "C0PROD"))
+
+
+def test_a_rewritten_card_cannot_make_a_requester_their_own_approver(bot: BotProcess, slack: SlackWorkspace,
+                                                                     background_loop: BackgroundLoop,
+                                                                     pipeline: PipelineStandIn,
+                                                                     aws_resources: dict[str, str]):
+    """Issue 18 item 3: who asked was read from the stored card; rewritten, a requester approved their own."""
+    command(background_loop, slack, "U0APPR1", "C0PROD", "deploy employee prod")  # Ari may deploy and approve
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    [execution] = pipeline.executions.values()
+    cards = CardStore(StateStore(AwsClients(), aws_resources["table"]), slack=None)  # type: ignore[arg-type]
+
+    def planted(c: DeployCard) -> None:  # someone with write access to the table names another requester
+        c.requested_by = "U0DEV1"
+    background_loop.run(cards.mutate(execution.id, planted))
+    background_loop.run(slack.click("U0APPR1", card, APPROVE_ACTION))
+    wait_until(lambda: [m for m in slack.ephemerals("U0APPR1") if "does not match its pipeline execution" in m.text],
+               what="the refusal")
+    assert execution.actions[("Approval", "Approval")].status == "InProgress"
+    command(background_loop, slack, "U0ONCALL", "C0PROD", "history employee prod")
+    history = wait_until(lambda: [m.text for m in slack.ephemerals("U0ONCALL") if "Recent activity" in m.text],
+                         what="the history")[-1]
+    assert "<@U0APPR1> tried to approve employee in prod: refused (the stored card does not match" in history
