@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import logging
 import os
 import shutil
@@ -79,6 +81,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
         logger=logging.getLogger("slack_bolt"),
     )
     runtime = Runtime.build(config, client, aws, metrics)
+    runtime.state_key = hmac.new(creds.signing_secret.encode(), b"erp-chatops stored state", hashlib.sha256).digest()
     bolt.use(ReplayGuard(runtime.state).middleware)  # after Bolt's own signature check: a replay is refused
     bolt.use(ResponseUrlPolicy(environ.get("SLACK_API_URL")).middleware)  # answers go only to Slack
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))

@@ -48,6 +48,9 @@ class Runtime:
     cluster: Cluster | None = None
     erp_chart: str = str(Path(__file__).resolve().parents[1] / "charts" / "erp")
     rollout_timeout: float = 300.0
+    # signs what the bot stores and later acts on (rollback plans), so a planted or edited item is refused:
+    # derived from the signing secret, which only the bot's role can read
+    state_key: bytes = b""
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:

@@ -12,6 +12,8 @@ card leads here.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import time
@@ -88,6 +90,11 @@ class RollbackPlan:
 
 def _plan_key(plan_id: str) -> tuple[str, str]:
     return f"ROLLBACK#{plan_id}", "PLAN"
+
+
+def _seal(runtime: Runtime, plan_json: str) -> str:
+    """An HMAC of the stored plan: whoever can write the table but not read the bot's secret cannot plant one."""
+    return hmac.new(runtime.state_key, plan_json.encode(), hashlib.sha256).hexdigest()
 
 
 def _deployments(runtime: Runtime, plan: RollbackPlan) -> list[str]:
@@ -301,8 +308,9 @@ async def propose(runtime: Runtime, environment: str, service: str | None, revis
         channel=env.channel, text=f"Roll back {plan.what}? (revision {plan.current_revision} ->"
                                   f" {plan.target_revision})", blocks=plan_blocks(plan, runtime, waiting, buttons=True))
     plan.channel, plan.ts = env.channel, str(posted["ts"])
+    stored = json.dumps(asdict(plan), sort_keys=True)
     await runtime.state.put_marker(*_plan_key(plan.id), PLAN_TTL, only_if_absent=False, status="pending",
-                                   plan=json.dumps(asdict(plan)))
+                                   plan=stored, seal=_seal(runtime, stored))
     return f"The rollback plan for {plan.what} is in <#{env.channel}>: " + \
         ("an approver must confirm it." if env.approval else "confirm it there.")
 
@@ -401,6 +409,9 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         marker = await runtime.state.get_marker(*_plan_key(plan_id))
         if marker is None:
             return None
+        if not hmac.compare_digest(str(marker.get("seal", "")), _seal(runtime, str(marker["plan"]))):
+            log.warning("rollback plan %s is not one this bot stored (its seal does not match): refused", plan_id)
+            return None
         plan = RollbackPlan(**json.loads(marker["plan"]))
         # stored state decides nothing: where it runs comes from the config, what it sets must be a tag
         env = runtime.config.environments.get(plan.environment)
@@ -415,7 +426,8 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         user, channel = body["user"]["id"], body.get("channel", {}).get("id", "")
         loaded = await load(body["actions"][0]["value"])
         if loaded is None:
-            await _tell(runtime, channel, user, "This rollback plan has expired. Ask again with `/erp rollback`.")
+            await _tell(runtime, channel, user, "This rollback plan has expired or is not one I made: nothing"
+                                                " was done. Ask again with `/erp rollback`.")
             return
         plan, status = loaded
         if status != "pending":

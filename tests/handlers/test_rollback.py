@@ -431,3 +431,27 @@ def test_an_unreachable_cluster_is_said_plainly(release: Release, slack: SlackWo
         assert "Traceback" not in text + answer
     finally:
         cut_off.stop()
+
+
+def test_a_plan_planted_in_the_table_runs_nothing(release: Release, slack: SlackWorkspace,
+                                                  background_loop: BackgroundLoop, aws_resources: dict[str, str]):
+    """Issue 18 item 3: a plan written into the state table by anyone but the bot (CI, a leaked role) decided
+    what helm ran. The bot seals the plans it stores; anything else is refused."""
+    from bot.aws.clients import AwsClients
+    from bot.aws.state import StateStore
+
+    plan = {"id": "planted0001", "environment": "dev", "namespace": release.namespaces["dev"], "release": "erp",
+            "service": "employee", "current_revision": 3, "target_revision": 1,
+            "current_tags": {"employee": "v1.2.0"}, "target_tags": {"employee": "v1.0.0"},
+            "requested_by": "U0DEV1", "channel": "C0DEV", "ts": ""}
+    background_loop.run(StateStore(AwsClients(), aws_resources["table"]).put_marker(
+        "ROLLBACK#planted0001", "PLAN", 3600, only_if_absent=False, status="pending", plan=json.dumps(plan),
+        seal="0" * 64))
+    posted = slack.m_chat_postMessage({"channel": "C0DEV", "text": "Roll back employee in dev?", "blocks": [
+        {"type": "actions", "elements": [{"type": "button", "action_id": CONFIRM_ACTION, "value": "planted0001",
+                                          "text": {"type": "plain_text", "text": "Confirm rollback"}}]}]})
+    message = next(m for m in slack.channel_messages("C0DEV") if m.ts == posted["ts"])
+    background_loop.run(slack.click("U0DEV1", message, CONFIRM_ACTION))
+    wait_until(lambda: [m for m in slack.ephemerals("U0DEV1") if "not one I made" in m.text], what="the refusal")
+    time.sleep(1)
+    assert release.tags("dev")["employee"] == "v1.2.0"
