@@ -88,6 +88,9 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.unready_after = float(environ.get("UNREADY_AFTER_FAILING_SECONDS", "60"))
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
     runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
+    runtime.user_limits = {"changes": int(environ.get("USER_CHANGES_PER_WINDOW", "6")),
+                           "log queries": int(environ.get("USER_LOG_QUERIES_PER_WINDOW", "10"))}
+    runtime.user_limit_window = int(environ.get("USER_LIMIT_WINDOW_SECONDS", "60"))
     _attach_cluster(runtime, environ)
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),

@@ -51,6 +51,9 @@ class Runtime:
     # signs what the bot stores and later acts on (rollback plans), so a planted or edited item is refused:
     # derived from the signing secret, which only the bot's role can read
     state_key: bytes = b""
+    # per person, in a window shared by every replica: commands that change something, and log queries
+    user_limits: dict[str, int] = field(default_factory=lambda: {"changes": 6, "log queries": 10})
+    user_limit_window: int = 60
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:

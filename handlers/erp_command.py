@@ -45,6 +45,7 @@ class Invocation:
         )
 
 
+LIMITED = {"deploy": "changes", "rollback": "changes", "logs": "log queries"}  # verb -> per-person limit
 VerbHandler = Callable[[ErpCommand, Invocation, Runtime, AsyncRespond], Awaitable[None]]
 
 
@@ -77,6 +78,17 @@ def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> 
             return  # already answered in the ack
         who = Invocation.from_payload(command)
         try:
+            kind = LIMITED.get(parsed.verb)
+            if kind is not None:
+                wait = await runtime.state.count_use(f"{who.user_id}#{kind}", runtime.user_limits[kind],
+                                                     runtime.user_limit_window)
+                if wait is not None:
+                    log.warning("/erp %s refused: %s is over the per-person limit", parsed.verb, who.user_id,
+                                extra=log_fields(verb=parsed.verb, user=who.user_id, reason="user_limit"))
+                    await respond(response_type="ephemeral", replace_original=True,
+                                  text=f":hourglass: That is {runtime.user_limits[kind]} {kind} from you in"
+                                       f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+                    return
             await verbs[parsed.verb](parsed, who, runtime, respond)
         except (ClientError, BotoCoreError) as e:  # botocore's retries gave up: say so, in words
             log.warning("/erp %s stopped: %s", parsed.verb, error_code(e),

@@ -151,6 +151,25 @@ class StateStore:
                 return False
             raise
 
+    async def count_use(self, key: str, limit: int, window_seconds: int) -> int | None:
+        """Count one use of `key` in the current window (shared by every replica): None if it is within
+        `limit`; else the seconds until the window ends. Windows are fixed, and expire with the table's TTL."""
+        now = int(time.time())
+        start = now - now % window_seconds
+        try:
+            await self.aws.call("dynamodb", "update_item", TableName=self.table,
+                                Key=_to_item({"pk": f"QUOTA#{key}", "sk": str(start)}),
+                                UpdateExpression="ADD #n :one SET #ttl = :ttl",
+                                ConditionExpression="attribute_not_exists(#n) OR #n < :limit",
+                                ExpressionAttributeNames={"#n": "uses", "#ttl": "ttl"},
+                                ExpressionAttributeValues=_to_item({":one": 1, ":limit": limit,
+                                                                    ":ttl": start + 2 * window_seconds}))
+            return None
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return max(1, start + window_seconds - now)
+            raise
+
     async def get_marker(self, pk: str, sk: str) -> dict[str, Any] | None:
         resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
                                    Key=_to_item({"pk": pk, "sk": sk}))

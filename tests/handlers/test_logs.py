@@ -146,6 +146,28 @@ def test_a_query_past_its_budget_is_stopped(bot_env: dict[str, str], slack: Slac
         process.stop()
 
 
+def test_a_person_past_the_query_limit_gets_one_line_and_no_query(insights: InsightsStandIn,
+                                                                  bot_env: dict[str, str], slack: SlackWorkspace,
+                                                                  tmp_path: Path, background_loop: BackgroundLoop):
+    """Issue 18 item 9: a per-person limit on log queries (and on deploys and rollbacks), shared by replicas."""
+    env = {**bot_env, "USER_LOG_QUERIES_PER_WINDOW": "2", "USER_LIMIT_WINDOW_SECONDS": "3600"}
+    replicas = [BotProcess(env, tmp_path / f"bot-{n}.log") for n in range(2)]
+    try:
+        answers = []
+        for n in range(3):  # each to another replica: the count is shared
+            slack.bot_url = f"{replicas[n % 2].url}/slack/events"
+            answers.append(ask(background_loop, slack, "logs employee prod 1h"))
+        assert all("the most I take" not in a for a in answers[:2])
+        assert "That is 2 log queries from you in 3600s, the most I take; try again in" in answers[2]
+        assert "\n" not in answers[2]
+        assert len(insights.runs) == 2  # the third never reached Logs Insights
+        slack.bot_url = f"{replicas[0].url}/slack/events"
+        assert "recorded yet" in ask(background_loop, slack, "history employee prod")  # reading is not limited
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 # --- formatting, on the shapes Insights returns -------------------------------------------
 
 def test_spring_lines_are_compact_and_traces_folded():
