@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from pathlib import Path
 
+from bot.cluster.helm import HELM_DRIVER
 from sandbox.local_kube import LocalKube
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ class SandboxCluster:
 
     async def _helm(self, *args: str) -> None:
         proc = await asyncio.create_subprocess_exec(self.helm, *args, "--kubeconfig", str(self.kube.kubeconfig),
-                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    env={**os.environ, "HELM_DRIVER": HELM_DRIVER})  # as the bot
         _, err = await proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(err.decode(errors="replace").strip()[:500])

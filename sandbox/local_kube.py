@@ -165,8 +165,9 @@ class LocalKube:
     def apply(self, manifest: dict[str, Any]) -> None:
         """Create an object as the admin (enough for fixtures: namespaces, CRDs, service accounts)."""
         api = "/api/v1" if manifest["apiVersion"] == "v1" else f"/apis/{manifest['apiVersion']}"
-        plural = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts",
-                  "CustomResourceDefinition": "customresourcedefinitions", "ResourceQuota": "resourcequotas"}[manifest["kind"]]
+        plural = {"Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "Secret": "secrets",
+                  "CustomResourceDefinition": "customresourcedefinitions",
+                  "ResourceQuota": "resourcequotas"}[manifest["kind"]]
         ns = manifest["metadata"].get("namespace")
         path = f"{api}/namespaces/{ns}/{plural}" if ns else f"{api}/{plural}"
         status, body = self.request("POST", path, manifest)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.aws.clients import AwsClients
+from bot.cluster.helm import HELM_DRIVER
 from sandbox.aws_fault_proxy import AwsFaultProxy
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.ecr_images import create_repositories
@@ -30,6 +31,10 @@ from tests.support import (
     tools_bin,
     write_config,
 )
+
+# helm run by the tests themselves (installing the releases the bot then reads) keeps its records where the
+# bot's helm and the buildspec's look for them
+os.environ["HELM_DRIVER"] = HELM_DRIVER
 
 
 @pytest.hookimpl(hookwrapper=True)

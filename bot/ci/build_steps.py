@@ -31,7 +31,7 @@ from botocore.exceptions import ClientError
 
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
-from bot.cluster.helm import revision_description
+from bot.cluster.helm import HELM_DRIVER, revision_description
 from bot.delivery.scan_report import FINISHED, ScanReport, finding_line, scan_failed, severity_counts
 
 DEFAULT_CHART = "charts/erp"
@@ -181,7 +181,7 @@ class DeployResult:
 
 def _helm(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([os.environ.get("HELM_BIN", "helm"), *args], capture_output=True, text=True,  # noqa: S603
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "HELM_DRIVER": HELM_DRIVER})  # as the bot's helm
 
 
 def _history(release: str, namespace: str) -> list[dict[str, object]]:

@@ -26,12 +26,17 @@ MAX_ERROR = 300
 # (aws eks get-token) may read an IRSA token file or a profile, named here, never the keys themselves.
 HELM_ENVIRONMENT = ("PATH", "HOME", "TMPDIR", "KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT",
                     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN",
-                    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "HELM_DRIVER", "HELM_CACHE_HOME",
+                    "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_STS_REGIONAL_ENDPOINTS", "HELM_CACHE_HOME",
                     "HELM_CONFIG_HOME", "HELM_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME")
 
 
+# Helm keeps its release records in ConfigMaps, not Secrets (the same in the buildspec): the bot's Role then
+# needs no access to Secrets in the ERP's namespaces, where db-secret lives (charts/erp-chatops rbac.yaml).
+HELM_DRIVER = "configmap"
+
+
 def helm_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    return {k: environ[k] for k in HELM_ENVIRONMENT if k in environ}
+    return {**{k: environ[k] for k in HELM_ENVIRONMENT if k in environ}, "HELM_DRIVER": HELM_DRIVER}
 HELM_TIMEOUT = 300  # helm's own --timeout for changes, in seconds
 OUTER_TIMEOUT = HELM_TIMEOUT + 60  # ours is longer: helm gets to time out and record the failure itself
 STOP_GRACE = 10.0  # after SIGTERM, before SIGKILL

@@ -347,6 +347,12 @@ def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack
     assert kube.request("GET", "/api/v1/namespaces/erp-chatops/secrets", token=token)[0] == 403
     assert kube.request("GET", f"/apis/apps/v1/namespaces/{release.namespaces['dev']}/deployments",
                         token=token)[0] == 200
+    # nor the ERP's own Secrets: helm's release records are ConfigMaps (issue 18 item 4)
+    for ns in release.namespaces.values():
+        kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db-secret", "namespace": ns},
+                    "stringData": {"password": "not-for-the-bot"}})
+        assert kube.request("GET", f"/api/v1/namespaces/{ns}/secrets/db-secret", token=token)[0] == 403
+        assert kube.request("GET", f"/api/v1/namespaces/{ns}/secrets", token=token)[0] == 403
     release.bot.stop()
     bot = BotProcess({**release.env, "KUBECONFIG": str(kube.write_kubeconfig(token, "bot"))}, tmp_path / "bot-sa.log")
     slack.bot_url = f"{bot.url}/slack/events"
