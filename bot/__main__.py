@@ -24,7 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("bot").error("cannot start: %s", e)
         return 2
     port = int(os.environ.get("PORT", "3000"))
-    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background))
+    metrics_port = int(os.environ.get("METRICS_PORT", "9102"))
+    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background, metrics_port=metrics_port))
     return bot.runtime.exit_code
 
 

@@ -3,6 +3,7 @@
   POST /slack/events  slash commands and interactivity, verified by Bolt
   GET  /healthz       the process is alive
   GET  /readyz        it can do its job (see readiness.py)
+and on a port of its own (METRICS_PORT), so the network policy can open the Slack port alone to the world:
   GET  /metrics       Prometheus text
 """
 
@@ -78,13 +79,18 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
         ready, details = await readiness.check()
         return web.json_response(details, status=200 if ready else 503)
 
-    async def metrics_page(_: web.Request) -> web.StreamResponse:
-        return web.Response(body=metrics.render(), headers={"Content-Type": metrics.content_type})
-
     app = web.Application(middlewares=[observe], client_max_size=MAX_BODY)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    return app
+
+
+def build_metrics_app(runtime: Runtime) -> web.Application:
+    async def metrics_page(_: web.Request) -> web.StreamResponse:
+        return web.Response(body=runtime.metrics.render(), headers={"Content-Type": runtime.metrics.content_type})
+
+    app = web.Application(client_max_size=1024)
     app.router.add_get("/metrics", metrics_page)
     return app
 
@@ -136,7 +142,7 @@ async def _watchdog(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
-                background: Sequence[Callable[[], Awaitable[None]]] = ()) -> None:
+                background: Sequence[Callable[[], Awaitable[None]]] = (), metrics_port: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: no new work, finish what is in flight, exit."""
     # boto3 calls run in the default executor: room for a burst of commands and the consumer at once
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=AWS_THREADS,
@@ -145,7 +151,11 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    log.info("listening on %s:%d", host, port)
+    metrics_runner = web.AppRunner(build_metrics_app(runtime), access_log=None, handle_signals=False)
+    await metrics_runner.setup()
+    metrics_port = port + 1 if metrics_port is None else metrics_port
+    await web.TCPSite(metrics_runner, host, metrics_port).start()
+    log.info("listening on %s:%d (metrics on :%d)", host, port, metrics_port)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,6 +173,7 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     await runtime.work.drain(SHUTDOWN_BUDGET - 4.0)
     await site.stop()
     await runner.cleanup()
+    await metrics_runner.cleanup()
     close_slack = getattr(runtime.slack, "close", None)  # its one HTTP session
     if close_slack is not None:
         await close_slack()

@@ -90,7 +90,7 @@ async def _main(host: str, port: int) -> int:
         background: list[Callable[[], Awaitable[None]]] = list(bot.background)  # as in production
         if cluster is not None:
             background.append(cluster.play_controllers)
-        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=background)
+        await serve(bot.http, bot.runtime, "127.0.0.1", bot_port, background=background, metrics_port=free_port())
         await runner.cleanup()
         await pipeline_runner.cleanup()
         return 0

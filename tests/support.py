@@ -80,11 +80,13 @@ class BotProcess:
     """`python -m bot serve` as its own process, exactly as it runs in the cluster."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+        self.port, self.metrics_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"  # a port of its own, as in the pod
         self.log_path = log_path
         self._log = log_path.open("w")
-        full_env = {**os.environ, **env, "PORT": str(self.port), "PYTHONUNBUFFERED": "1"}
+        full_env = {**os.environ, **env, "PORT": str(self.port), "METRICS_PORT": str(self.metrics_port),
+                    "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"],
                                      env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for_http(f"{self.url}/healthz", proc=self.proc)

@@ -166,3 +166,24 @@ def render_with(helm: str, *args: str) -> list[dict[str, Any]]:
     out = subprocess.run([helm, "template", "erp", str(ERP), "-n", "erp-dev", "-f", str(ERP / "values-dev.yaml"),
                           *args], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_the_bot_takes_traffic_on_the_slack_port_only_and_calls_out_to_dns_and_https_only(helm: str):
+    """Issue 18 item 11: no NetworkPolicy let anything reach the bot and the bot reach anything."""
+    docs = render(helm, BOT, namespace="erp-chatops")
+    [policy] = kinds(docs, "NetworkPolicy")
+    [deployment] = kinds(docs, "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    open_to_all = [rule for rule in spec["ingress"] if "from" not in rule]
+    assert [p["port"] for rule in open_to_all for p in rule["ports"]] == ["http"]  # Slack's requests, probes
+    [monitoring] = [rule for rule in spec["ingress"] if "from" in rule]
+    assert [p["port"] for p in monitoring["ports"]] == ["metrics"]
+    assert monitoring["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    out = sorted((p["port"], p["protocol"]) for rule in spec["egress"] for p in rule["ports"])
+    assert out == [(53, "TCP"), (53, "UDP"), (443, "TCP")]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["PORT"] == str(ports["http"]) and env["METRICS_PORT"] == str(ports["metrics"]) != env["PORT"]

@@ -119,5 +119,5 @@ def test_foreign_events_are_deleted_quietly_and_ours_malformed_dead_lettered(
     quiet = [line for line in lines if "not ours" in line.get("message", "")]
     assert len(quiet) == len(FOREIGN) and all(line["level"] == "debug" for line in quiet)
     assert any(line.get("reason") == "`detail.execution-id` is missing" for line in lines)
-    metrics = http("GET", f"{bot.url}/metrics")[1]
+    metrics = http("GET", bot.metrics_url)[1]
     assert f'erp_chatops_events_processed_total{{type="not_ours"}} {float(len(FOREIGN))}' in metrics

@@ -76,7 +76,7 @@ def test_badly_signed_requests_get_401_and_nothing_runs(bot: BotProcess, slack: 
     assert "not available" not in text and "deploy" not in text
     time.sleep(0.3)
     assert [c for c in slack.calls if c.method != "conversations.info"] == []  # only the start-up channel check
-    assert "erp_chatops_command_seconds_count" not in http("GET", f"{bot.url}/metrics")[1]
+    assert "erp_chatops_command_seconds_count" not in http("GET", bot.metrics_url)[1]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -122,7 +122,8 @@ def test_health_readiness_and_metrics(bot: BotProcess, slack: SlackWorkspace, ba
     background_loop.run(slack.send_command("U0DEV1", "C0DEV", "help"))
     background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employe prod"))
     post_command(bot, "x=1", {"Content-Type": "application/x-www-form-urlencoded"})
-    status, text, headers = http("GET", f"{bot.url}/metrics")
+    assert http("GET", f"{bot.url}/metrics")[0] == 404  # its own port, not the one open to Slack
+    status, text, headers = http("GET", bot.metrics_url)
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert 'erp_chatops_http_requests_total{route="/slack/events",status="200"} 2.0' in text
     assert 'erp_chatops_http_requests_total{route="/slack/events",status="401"} 1.0' in text
@@ -153,7 +154,7 @@ def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorksp
         assert details["slack"] == "failed: SlackApiError"
         assert "metrics" not in body and "xoxb" not in body
         assert 'erp_chatops_aws_api_errors_total{code="ResourceNotFoundException",operation="DescribeTable"' \
-               in http("GET", f"{process.url}/metrics")[1]
+               in http("GET", process.metrics_url)[1]
     finally:
         process.stop()
 

@@ -173,7 +173,7 @@ def test_secrets_appear_nowhere(bot: BotProcess, slack: SlackWorkspace, backgrou
     background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy employee prod"))
     background_loop.run(slack.send_command("U0DEV1", "C0PROD", "deploy nope prod"))
     wait_until(lambda: "Failed" in card_of(slack, "C0PROD"), timeout=60, what="the failure")
-    metrics = http("GET", f"{bot.url}/metrics")[1]
+    metrics = http("GET", bot.metrics_url)[1]
     log = bot.log_path.read_text()
     everything = [log, metrics, json.dumps([c.args for c in slack.calls]),
                   json.dumps([(m.text, m.blocks) for m in slack.messages])]
@@ -208,7 +208,7 @@ def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str
         assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
         assert aws_faults.count("dynamodb") >= 10 and aws_faults.count("sqs") >= 6  # the faults did happen
         assert {kind for _, _, kind in aws_faults.injected} == {"throttle", "internal", "unavailable", "reset"}
-        metrics = http("GET", f"{bot.url}/metrics")[1]
+        metrics = http("GET", bot.metrics_url)[1]
         assert 'code="ThrottlingException"' in metrics  # retried calls are still counted, per code
         dead = boto3.client("sqs").get_queue_attributes(QueueUrl=aws_resources["dlq_url"],
                                                         AttributeNames=["ApproximateNumberOfMessages"])

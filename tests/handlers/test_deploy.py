@@ -331,7 +331,7 @@ def test_two_replicas_make_one_card_per_execution(bot: BotProcess, bot_env: dict
                    timeout=40, what="four finished cards")
         assert len(slack.channel_messages("C0DEV")) == 4
         for replica in (bot, second):  # both competed for the queue's events
-            metrics = http("GET", f"{replica.url}/metrics")[1]
+            metrics = http("GET", replica.metrics_url)[1]
             handled = [line for line in metrics.splitlines() if line.startswith("erp_chatops_events_processed_total")]
             assert sum(float(line.rsplit(" ", 1)[1]) for line in handled) > 0
     finally:
@@ -403,7 +403,7 @@ def test_a_deploy_where_the_bot_was_not_invited_says_so_and_works_right_after_th
         # the start-up log and /metrics name the channel; /readyz stays ready (an invite is for a person)
         wait_until(lambda: any("#erp-prod" in str(line.get("message", "")) and "invite" in str(line.get("message"))
                                for line in process.log_lines()), what="the start-up warning")
-        _, metrics, _ = http("GET", f"{process.url}/metrics")
+        _, metrics, _ = http("GET", process.metrics_url)
         assert 'erp_chatops_slack_channel_member{channel_id="C0PROD",environment="prod"} 0.0' in metrics
         assert 'erp_chatops_slack_channel_member{channel_id="C0DEV",environment="dev"} 1.0' in metrics
         assert http("GET", f"{process.url}/readyz")[0] == 200
@@ -439,7 +439,7 @@ def test_a_push_card_the_bot_cannot_post_waits_for_the_invite_and_is_not_dead_le
         sqs = boto3.client("sqs")
         dead = sqs.receive_message(QueueUrl=aws_resources["dlq_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1)
         assert dead.get("Messages", []) == [] and slack.channel_messages("C0DEV") == []
-        _, metrics, _ = http("GET", f"{bot.url}/metrics")
+        _, metrics, _ = http("GET", bot.metrics_url)
         assert 'erp_chatops_slack_channel_member{channel_id="C0DEV",environment="dev"} 0.0' in metrics
         # the invite: the execution sends no more events, yet its card appears, in its final state
         slack.invite_bot("C0DEV")
