@@ -86,7 +86,41 @@ def test_the_wheel_and_the_image_ship_no_sandbox_tests_or_benchmarks(tmp_path: P
     # the image copies only the package, its metadata and the ERP chart (for per-service rollbacks)
     copied = re.findall(r"^COPY (?!--from)(.+?) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
     sources = {s for line in copied for s in line.split()}
-    assert sources == {"pyproject.toml", "README.md", "bot", "handlers", "charts/erp"}, sources
+    assert sources == {"requirements.lock", "pyproject.toml", "README.md", "bot", "handlers", "charts/erp"}, sources
+
+
+def test_the_image_is_built_from_pinned_bases_and_hash_locked_packages_only(tmp_path: Path):
+    """Issue 18 item 13: base images by digest; the Dockerfile's own pip commands, run here in a fresh venv,
+    install every package from requirements.lock with its hashes (wheels only) and fetch nothing else."""
+    text = (ROOT / "Dockerfile").read_text()
+    bases = re.findall(r"^FROM (\S+)", text, re.M)
+    assert bases and all(re.search(r"@sha256:[0-9a-f]{64}$", b) for b in bases), bases
+    lock = (ROOT / "requirements.lock").read_text()
+    pinned = re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\\n((?:\s+--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)", lock, re.M)
+    names = {name.lower().replace("_", "-") for name, _ in pinned}
+    assert len(pinned) == len(re.findall(r"^[A-Za-z0-9]", lock, re.M))  # every package line carries hashes
+    import tomllib
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {re.split(r"[<>=\[ ;]", d)[0].lower() for d in wanted} <= names  # the lock covers what we ask for
+    # the build stage's pip commands, as written, against a copy of the build context
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("requirements.lock", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    for name in ("bot", "handlers"):
+        shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    commands = re.findall(r"^RUN (/opt/venv/bin/pip install .+)$", text, re.M)
+    assert len(commands) == 2 and all("--require-hashes" in c or "--no-index" in c for c in commands), commands
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")} | {"PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    for command in commands:
+        argv = command.replace("/opt/venv", str(venv)).split()
+        result = subprocess.run(argv, cwd=context, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, command + "\n" + result.stdout[-2000:] + result.stderr[-2000:]
+    check = subprocess.run([str(venv / "bin" / "python"), "-c", "import bot.app, handlers; print('ok')"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    assert check.stdout.strip() == "ok", check.stderr[-2000:]
 
 
 def test_the_sandbox_command_explains_itself_outside_a_checkout(tmp_path: Path):
