@@ -31,6 +31,7 @@ class Environment:
     approval: bool
     approvers: tuple[str, ...] = ()
     deployers: tuple[str, ...] | None = None  # None: anyone may deploy
+    readers: tuple[str, ...] | None = None  # who may read its logs; None: the default (see Config.readers_of)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,17 @@ class Config:
     environments: dict[str, Environment]
     services: dict[str, Service]
     oncall_channels: tuple[str, ...] = field(default=())
+    oncall_readers: tuple[str, ...] = field(default=())  # the on-call group: reads every environment
+
+    def readers_of(self, env: str) -> tuple[str, ...] | None:
+        """Who may read an environment's logs: its `readers` if set; else its deployers, approvers and the
+        on-call readers; None (anyone) only where anyone may deploy."""
+        e = self.environments[env]
+        if e.readers is not None:
+            return e.readers + self.oncall_readers
+        if e.deployers is None:
+            return None
+        return tuple(dict.fromkeys(e.deployers + e.approvers + self.oncall_readers))
 
     def execution_environment(self, variables: dict[str, str]) -> str:
         """The environment a pipeline execution deploys to, from its own ENVIRONMENT variable (a push sets
@@ -153,7 +165,7 @@ def parse_config(data: Any, source: str) -> Config:
     top = r.mapping(
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
-        optional={"oncall_channels"},
+        optional={"oncall_channels", "oncall_readers"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -163,7 +175,7 @@ def parse_config(data: Any, source: str) -> Config:
         key = f"environments.{name}"
         r.string(name, key, NAME, "a lower-case environment name")
         e = r.mapping(raw, key, required={"namespace", "release", "channel", "approval"},
-                      optional={"approvers", "deployers"})
+                      optional={"approvers", "deployers", "readers"})
         approval = r.boolean(e["approval"], f"{key}.approval")
         approvers = r.id_list(e.get("approvers", []), f"{key}.approvers", SLACK_PRINCIPAL,
                               "Slack user or user-group IDs (U..., W..., S...)")
@@ -173,6 +185,10 @@ def parse_config(data: Any, source: str) -> Config:
         if "deployers" in e:
             deployers = r.id_list(e["deployers"], f"{key}.deployers", SLACK_PRINCIPAL,
                                   "Slack user or user-group IDs (U..., W..., S...)")
+        readers = None
+        if "readers" in e:
+            readers = r.id_list(e["readers"], f"{key}.readers", SLACK_PRINCIPAL,
+                                "Slack user or user-group IDs (U..., W..., S...)")
         environments[name] = Environment(
             name=name,
             namespace=r.string(e["namespace"], f"{key}.namespace", NAME, "a Kubernetes namespace"),
@@ -181,6 +197,7 @@ def parse_config(data: Any, source: str) -> Config:
             approval=approval,
             approvers=approvers,
             deployers=deployers,
+            readers=readers,
         )
     svcs_raw = top["services"]
     if not isinstance(svcs_raw, dict) or not svcs_raw:
@@ -207,6 +224,8 @@ def parse_config(data: Any, source: str) -> Config:
         environments=environments,
         services=services,
         oncall_channels=oncall,
+        oncall_readers=r.id_list(top.get("oncall_readers", []), "oncall_readers", SLACK_PRINCIPAL,
+                                 "Slack user or user-group IDs (U..., W..., S...)"),
     )
 
 

@@ -41,6 +41,13 @@ def environment_for(command: ErpCommand, who: Invocation, runtime: Runtime) -> s
     return "prod" if "prod" in runtime.config.environments else next(iter(runtime.config.environments))
 
 
+def file_channels(runtime: Runtime, env: str) -> tuple[str, ...]:
+    """Where a full log file of `env` may be shared: an environment that needs approval keeps its logs in
+    its own channel and the on-call channels; empty: anywhere the command was typed."""
+    environment = runtime.config.environments[env]
+    return (environment.channel, *runtime.config.oncall_channels) if environment.approval else ()
+
+
 async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
     assert command.service is not None
     env = environment_for(command, who, runtime)
@@ -53,6 +60,12 @@ async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
 
     async def answer(text: str) -> None:
         await respond(response_type="ephemeral", replace_original=True, text=text)
+
+    allowed = await runtime.policy.can_read(who.user_id, env)
+    if not allowed:
+        log.info("/erp logs refused for %s in %s", who.user_id, env)
+        await answer(f":no_entry: {allowed.reason}")
+        return
 
     outcome = await run_query(runtime.aws, group, start, end, query, budget=runtime.log_query_budget)
     if outcome.error == "ResourceNotFoundException":
@@ -87,6 +100,12 @@ async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     head = f"*{len(lines)} {what}* for {scope}, newest first"
     if shown == len(lines):
         await answer(f"{head}:\n{text}")
+        return
+    sharing = file_channels(runtime, env)
+    if sharing and who.channel_id not in sharing:  # a protected environment's logs stay where they belong
+        where = " or ".join(f"<#{c}>" for c in sharing)
+        await answer(f"{head} (showing {shown}, {len(lines) - shown} more; the full result is shared only in"
+                     f" {where}: ask there):\n{text}")
         return
     try:
         await runtime.slack.files_upload_v2(

@@ -35,6 +35,7 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE) -> dict[str, Any]:
         },
         "services": declared["services"],
         "oncall_channels": ["C0ONCALL"],
+        "oncall_readers": ["S0ONCALL"],
     }
 
 

@@ -137,8 +137,9 @@ DEFAULT_PEOPLE = [
     Person("U0DEV1", "dana", "Dana Developer", "Backend developer"),
     Person("U0APPR1", "ari", "Ari Approver", "Release manager"),
     Person("U0ONCALL", "oli", "Oli On-call", "SRE, on call"),
+    Person("U0GUEST", "gus", "Gus Guest", "Contractor (guest account)"),
 ]
-DEFAULT_CHANNELS = {"C0DEV": "erp-dev", "C0PROD": "erp-prod", "C0ONCALL": "erp-oncall"}
+DEFAULT_CHANNELS = {"C0DEV": "erp-dev", "C0PROD": "erp-prod", "C0ONCALL": "erp-oncall", "C0GENERAL": "general"}
 DEFAULT_GROUPS = {"S0APPROVERS": ["U0APPR1"], "S0ONCALL": ["U0ONCALL", "U0APPR1"], "S0DEVS": ["U0DEV1"]}
 
 

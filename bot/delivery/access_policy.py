@@ -79,6 +79,12 @@ class AccessPolicy:
             return ALLOWED
         return await self._check(user_id, deployers, f"You can't roll back {env}: only")
 
+    async def can_read(self, user_id: str, env: str) -> Decision:
+        readers = self.config.readers_of(env)
+        if readers is None:
+            return ALLOWED
+        return await self._check(user_id, readers, f"You can't read {env}'s logs: only")
+
     async def can_approve(self, user_id: str, env: str, requested_by: str | None) -> Decision:
         environment = self.config.environments[env]
         if requested_by and user_id == requested_by:

@@ -168,6 +168,26 @@ def test_a_person_past_the_query_limit_gets_one_line_and_no_query(insights: Insi
             replica.stop()
 
 
+def test_prod_logs_are_for_its_people_and_its_files_stay_in_its_channels(insights: InsightsStandIn, bot: BotProcess,
+                                                                         slack: SlackWorkspace,
+                                                                         background_loop: BackgroundLoop):
+    """Issue 18 item 5: any member of any channel, a guest included, read prod's logs and got the whole
+    result as a file in whatever channel they typed in."""
+    def ask_as(user: str, channel: str, text: str) -> str:
+        before = len(slack.ephemerals(user))
+        assert background_loop.run(slack.send_command(user, channel, text))[0] == 200
+        return wait_until(lambda: [m.text for m in slack.ephemerals(user)[before:]], what="the answer")[-1]
+
+    refused = ask_as("U0GUEST", "C0GENERAL", "logs notification prod 3h")
+    assert refused.startswith(":no_entry: You can't read prod's logs: only") and "\n" not in refused
+    assert "<!subteam^S0ONCALL>" in refused and not insights.runs  # nothing was queried
+    assert not ask_as("U0GUEST", "C0GENERAL", "logs employee dev 3h").startswith(":no_entry:")  # dev: anyone
+    # a prod deployer asking in #general reads the lines, but the whole result is not shared there
+    answer = ask_as("U0DEV1", "C0GENERAL", "logs notification prod 3h")
+    assert "showing" in answer and "shared only in <#C0PROD> or <#C0ONCALL>" in answer
+    assert not [m for m in slack.channel_messages("C0GENERAL") if m.files]
+
+
 # --- formatting, on the shapes Insights returns -------------------------------------------
 
 def test_spring_lines_are_compact_and_traces_folded():
