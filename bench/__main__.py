@@ -29,7 +29,7 @@ from bot.delivery.log_lines import as_file, fit_for_message, to_lines
 from bot.slack.web_client import make_web_client
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.local_aws import LocalAws
-from sandbox.seed import create_events_queue, create_state_table, sandbox_config
+from sandbox.seed import create_events_queue, create_state_tables, sandbox_config
 from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_signing import signed_headers, slash_command_body
 from sandbox.slack_workspace import SlackWorkspace
@@ -128,7 +128,7 @@ def main() -> int:
         aws = AwsClients()
         suffix = uuid.uuid4().hex[:6]
         table = f"bench-state-{suffix}"
-        create_state_table(aws, table)
+        create_state_tables(aws, table)
         queue, _ = create_events_queue(aws, f"bench-events-{suffix}", f"bench-dlq-{suffix}")
         config = tmp / "config.yaml"
         config.write_text(yaml.safe_dump(sandbox_config(queue, table), sort_keys=False))

@@ -82,6 +82,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     )
     runtime = Runtime.build(config, client, aws, metrics)
     runtime.state_key = hmac.new(creds.signing_secret.encode(), b"erp-chatops stored state", hashlib.sha256).digest()
+    runtime.state.seal_key = runtime.state_key  # audit records are sealed with it too
     bolt.use(ReplayGuard(runtime.state).middleware)  # after Bolt's own signature check: a replay is refused
     bolt.use(ResponseUrlPolicy(environ.get("SLACK_API_URL")).middleware)  # answers go only to Slack
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))

@@ -51,6 +51,7 @@ class Config:
     pipeline: str
     events_queue_url: str
     state_table: str
+    audit_table: str  # append-only (README "Security"); the state table if the config names none
     environments: dict[str, Environment]
     services: dict[str, Service]
     oncall_channels: tuple[str, ...] = field(default=())
@@ -73,6 +74,12 @@ class Config:
         if env not in self.environments:
             env = "dev" if "dev" in self.environments else next(iter(self.environments))
         return env
+
+    def file_channels(self, env: str) -> tuple[str, ...]:
+        """Where files of an environment's logs or audit trail may be shared: an environment that needs
+        approval keeps them in its own channel and the on-call channels; empty: wherever asked."""
+        e = self.environments[env]
+        return (e.channel, *self.oncall_channels) if e.approval else ()
 
     def channel_environment(self, channel_id: str) -> str | None:
         """The environment whose deploy channel this is, if any."""
@@ -165,7 +172,7 @@ def parse_config(data: Any, source: str) -> Config:
     top = r.mapping(
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
-        optional={"oncall_channels", "oncall_readers"},
+        optional={"oncall_channels", "oncall_readers", "audit_table"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -221,6 +228,7 @@ def parse_config(data: Any, source: str) -> Config:
         pipeline=r.string(top["pipeline"], "pipeline"),
         events_queue_url=r.string(top["events_queue_url"], "events_queue_url"),
         state_table=r.string(top["state_table"], "state_table"),
+        audit_table=r.string(top.get("audit_table", top["state_table"]), "audit_table"),
         environments=environments,
         services=services,
         oncall_channels=oncall,

@@ -57,7 +57,7 @@ class Runtime:
 
     @classmethod
     def build(cls, config: Config, slack: AsyncWebClient, aws: AwsClients, metrics: Metrics) -> Runtime:
-        state = StateStore(aws, config.state_table)
+        state = StateStore(aws, config.state_table, config.audit_table)
         cards = CardStore(state, slack)
         return cls(
             config=config, slack=slack, aws=aws, metrics=metrics, state=state,

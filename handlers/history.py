@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import csv
+import io
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 
 from slack_bolt.async_app import AsyncRespond
+from slack_sdk.errors import SlackApiError
 
 from bot.cluster.helm import HelmError, service_tags
 from bot.delivery.command_parser import ErpCommand
@@ -27,9 +31,62 @@ def describe(action: str, outcome: str, target: str) -> str:
     return f"tried to {TRY.get(action, action)} {target}: {outcome}"
 
 
+CSV_FIELDS = ("at", "actor", "action", "environment", "service", "outcome", "detail", "execution_id", "altered")
+EXPORT_LIMIT = 10_000
+
+
+async def export(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    """`/erp history <env> [service] [since] csv`: the period's audit records as a CSV file."""
+    assert command.environment is not None
+    env = command.environment
+
+    async def answer(text: str) -> None:
+        await respond(response_type="ephemeral", replace_original=True, text=text)
+
+    allowed = await runtime.policy.can_read(who.user_id, env)
+    if not allowed:
+        await answer(f":no_entry: {allowed.reason.replace(' logs', ' audit trail')}")
+        return
+    sharing = runtime.config.file_channels(env)
+    if sharing and who.channel_id not in sharing:
+        await answer(f"{env}'s audit trail is shared only in {' or '.join(f'<#{c}>' for c in sharing)}: ask there.")
+        return
+    now = datetime.now(UTC)
+    start = command.since.start_time(now) if command.since else now - timedelta(days=30)
+    records = await runtime.state.list_audit([env], service=command.service, limit=EXPORT_LIMIT,
+                                             since=start.isoformat(timespec="seconds"))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_FIELDS)
+    for r in reversed(records):  # oldest first, as a spreadsheet reads
+        row = asdict(r)
+        # a cell a spreadsheet would run as a formula is kept as text (OWASP "CSV injection")
+        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in "=+-@\t\r" else v
+                         for v in (row.get(f) for f in CSV_FIELDS)])
+    scope = f"{command.service + ' in ' if command.service else ''}{env}"
+    name = f"erp-audit-{env}{'-' + command.service if command.service else ''}-{start:%Y%m%d}-{now:%Y%m%d}.csv"
+    try:
+        await runtime.slack.files_upload_v2(channel=who.channel_id, content=out.getvalue(), filename=name,
+                                            title=f"Audit trail, {scope}",
+                                            initial_comment=f"<@{who.user_id}> exported the audit trail of {scope}"
+                                                            f" since {start:%Y-%m-%d %H:%M} UTC: {len(records)}"
+                                                            " records.")
+    except SlackApiError as e:
+        await answer(f":warning: I could not post the file ({e.response.get('error')}).")
+        return
+    altered = sum(r.altered for r in records)
+    await answer(f"{len(records)} records of {scope} since {start:%Y-%m-%d %H:%M} UTC are in `{name}` in this channel"
+                 + (f"; :warning: {altered} of them do not carry my seal (written or changed outside the bot)."
+                    if altered else "."))
+
+
 async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    if command.export:
+        await export(command, who, runtime, respond)
+        return
     envs = [command.environment] if command.environment else list(runtime.config.environments)
-    records = await runtime.state.list_audit(envs, service=command.service, limit=15)
+    since = command.since.start_time(datetime.now(UTC)).isoformat(timespec="seconds") if command.since else None
+    records = await runtime.state.list_audit(envs, service=command.service, limit=15, since=since)
     scope = " ".join(x for x in (command.service, command.environment) if x) or "all services and environments"
     if not records and not (command.environment and runtime.helm is not None):
         await respond(response_type="ephemeral", replace_original=True,
@@ -48,7 +105,8 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
             lines.append(f":hourglass: {when} the approval of {target} expired ({r.detail or 'nobody decided'})")
             continue
         what = describe(r.action, r.outcome, target)
-        lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} <@{r.actor}> {what}{detail}{reason}")
+        altered = " :warning: _not sealed by the bot: written or changed outside it_" if r.altered else ""
+        lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} <@{r.actor}> {what}{detail}{reason}{altered}")
     text = f"*Recent activity, {scope}* (newest first)\n" + "\n".join(lines)
     if command.environment and runtime.helm is not None:
         text += "\n\n" + await release_history(runtime, command.environment, command.service)

@@ -41,13 +41,6 @@ def environment_for(command: ErpCommand, who: Invocation, runtime: Runtime) -> s
     return "prod" if "prod" in runtime.config.environments else next(iter(runtime.config.environments))
 
 
-def file_channels(runtime: Runtime, env: str) -> tuple[str, ...]:
-    """Where a full log file of `env` may be shared: an environment that needs approval keeps its logs in
-    its own channel and the on-call channels; empty: anywhere the command was typed."""
-    environment = runtime.config.environments[env]
-    return (environment.channel, *runtime.config.oncall_channels) if environment.approval else ()
-
-
 async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
     assert command.service is not None
     env = environment_for(command, who, runtime)
@@ -101,7 +94,7 @@ async def logs(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     if shown == len(lines):
         await answer(f"{head}:\n{text}")
         return
-    sharing = file_channels(runtime, env)
+    sharing = runtime.config.file_channels(env)
     if sharing and who.channel_id not in sharing:  # a protected environment's logs stay where they belong
         where = " or ".join(f"<#{c}>" for c in sharing)
         await answer(f"{head} (showing {shown}, {len(lines) - shown} more; the full result is shared only in"

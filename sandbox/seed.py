@@ -28,6 +28,7 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE) -> dict[str, Any]:
         "pipeline": declared["pipeline"],
         "events_queue_url": queue_url,
         "state_table": table,
+        "audit_table": audit_table_of(table),
         "environments": {
             "dev": {"namespace": "erp-dev", "release": "erp", "channel": "C0DEV", "approval": False},
             "prod": {"namespace": "erp-prod", "release": "erp", "channel": "C0PROD", "approval": True,
@@ -39,14 +40,20 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE) -> dict[str, Any]:
     }
 
 
-def create_state_table(aws: AwsClients, table: str) -> None:
+def audit_table_of(table: str) -> str:
+    return f"{table}-audit"
+
+
+def create_state_tables(aws: AwsClients, table: str) -> None:
+    """The state table and its append-only audit table (`<table>-audit`), as the Terraform module makes them."""
     ddb = aws.client("dynamodb")
-    ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
-                     AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
-                                           {"AttributeName": "sk", "AttributeType": "S"}],
-                     KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
-                                {"AttributeName": "sk", "KeyType": "RANGE"}])
-    ddb.update_time_to_live(TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
+    for name in (table, audit_table_of(table)):
+        ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "sk", "AttributeType": "S"}],
+                         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                    {"AttributeName": "sk", "KeyType": "RANGE"}])
+        ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
 
 
 def create_events_queue(aws: AwsClients, name: str, dlq_name: str,
@@ -85,7 +92,7 @@ def seed_images(aws: AwsClients) -> None:
 
 
 def seed_all(aws: AwsClients, bot_token: str, signing_secret: str) -> dict[str, str]:
-    create_state_table(aws, STATE_TABLE)
+    create_state_tables(aws, STATE_TABLE)
     queue, dlq = create_events_queue(aws, EVENTS_QUEUE, EVENTS_DLQ)
     seed_parameters_and_secrets(aws, bot_token, signing_secret)
     seed_images(aws)

@@ -17,7 +17,7 @@ from sandbox.ecr_pages import EcrPager
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import KubeUnavailable, LocalKube
 from sandbox.logs_insights import InsightsStandIn
-from sandbox.seed import create_events_queue, create_state_table
+from sandbox.seed import create_events_queue, create_state_tables
 from sandbox.service_logs import seed_service_logs
 from sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
@@ -67,7 +67,7 @@ def aws_resources(moto: MotoServer) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:8]
     table = f"erp-chatops-state-{suffix}"
     aws = AwsClients()
-    create_state_table(aws, table)
+    create_state_tables(aws, table)
     queue, dlq = create_events_queue(aws, f"erp-chatops-events-{suffix}", f"erp-chatops-events-dlq-{suffix}")
     return {"table": table, "queue_url": queue, "dlq_url": dlq}
 

@@ -201,7 +201,8 @@ ON_ITS_BEHALF = {"kms:Decrypt", "kms:GenerateDataKey"}
 
 
 def test_bot_policy_grants_exactly_what_the_code_calls():
-    policy = TF["data.aws_iam_policy_document.bot"]["statement"]
+    statements = TF["data.aws_iam_policy_document.bot"]["statement"]
+    policy = [s for s in statements if s.get("effect", "Allow") == "Allow"]
     granted = {a for s in policy for a in s["actions"]} - ON_ITS_BEHALF
     called = calls_in_code()
     assert called, "found no AWS calls: the derivation is broken"
@@ -214,6 +215,29 @@ def test_bot_policy_grants_exactly_what_the_code_calls():
             assert all("*" not in r or r.endswith("/erp/*") for r in resources), statement["sid"]
     kms = [s for s in policy if set(s["actions"]) & ON_ITS_BEHALF]
     assert kms and all(s["resources"] == ["${aws_kms_key.chatops.arn}"] for s in kms)
+
+
+def test_no_role_can_change_or_delete_the_audit_trail():
+    """Issue 18 item 6: the bot and CI could update or delete audit records. Now the bot may only add and
+    read (a conditional put in the code), and both roles are denied every rewrite explicitly."""
+    audit = "${aws_dynamodb_table.audit.arn}"
+    rewrites = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PartiQLUpdate",
+                "dynamodb:PartiQLDelete"}
+    for role in ("bot", "codebuild"):
+        statements = TF[f"data.aws_iam_policy_document.{role}"]["statement"]
+        allowed = {a for s in statements if s.get("effect", "Allow") == "Allow" and audit in s["resources"]
+                   for a in s["actions"]}
+        denied = {a for s in statements if s.get("effect") == "Deny" and audit in s["resources"] for a in s["actions"]}
+        assert not allowed & rewrites and (rewrites <= denied or "dynamodb:*" in denied), role
+        assert not [s for s in statements if s.get("effect", "Allow") == "Allow"
+                    and any("*" in r and "dynamodb" in r for r in s["resources"])], role
+    bot_allowed = {a for s in TF["data.aws_iam_policy_document.bot"]["statement"]
+                   if s.get("effect", "Allow") == "Allow" and audit in s["resources"] for a in s["actions"]}
+    assert bot_allowed == {"dynamodb:PutItem", "dynamodb:Query"}
+    assert TF["resource.aws_dynamodb_table.audit"]["deletion_protection_enabled"] is True
+    code = (ROOT / "bot" / "aws" / "state.py").read_text()
+    record = code[code.index("async def record_audit"):code.index("async def list_audit")]
+    assert 'ConditionExpression="attribute_not_exists(pk)"' in record and "self.audit_table" in record
 
 
 def test_bot_role_is_for_its_service_account_only():

@@ -14,10 +14,13 @@ same execution or event get one winner and one clear "already done".
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import random
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -77,12 +80,24 @@ class AuditRecord:
     detail: str | None = None
     execution_id: str | None = None
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    altered: bool = False  # read back with a seal that does not match: written or changed by someone else
+
+    def sealed_fields(self) -> str:
+        return json.dumps({k: v for k, v in asdict(self).items() if k != "altered"}, sort_keys=True)
 
 
 class StateStore:
-    def __init__(self, aws: AwsClients, table: str) -> None:
+    def __init__(self, aws: AwsClients, table: str, audit_table: str | None = None, seal_key: bytes = b"") -> None:
         self.aws = aws
         self.table = table
+        # The audit trail is append-only: a table of its own where no role may update or delete (the
+        # Terraform module denies it), each record written only if new, and sealed with an HMAC only the
+        # bot can make, so a record put by anyone else, or over another, reads as altered.
+        self.audit_table = audit_table or table
+        self.seal_key = seal_key
+
+    def _seal(self, record: AuditRecord) -> str:
+        return hmac.new(self.seal_key, record.sealed_fields().encode(), hashlib.sha256).hexdigest()
 
     async def ping(self) -> None:
         """Raises unless the table is reachable with our credentials (for /readyz)."""
@@ -304,30 +319,36 @@ class StateStore:
     # --- audit trail ------------------------------------------------------------
 
     async def record_audit(self, record: AuditRecord) -> None:
-        item = {"pk": f"AUDIT#{record.environment}", "sk": f"{record.at}#{uuid.uuid4().hex[:8]}",
-                "ttl": int(time.time()) + AUDIT_TTL_SECONDS, **asdict(record)}
-        await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item(item))
+        fields = {k: v for k, v in asdict(record).items() if k != "altered"}
+        item = {"pk": f"AUDIT#{record.environment}", "sk": f"{record.at}#{uuid.uuid4().hex[:12]}",
+                "ttl": int(time.time()) + AUDIT_TTL_SECONDS, "seal": self._seal(record), **fields}
+        await self.aws.call("dynamodb", "put_item", TableName=self.audit_table, Item=_to_item(item),
+                            ConditionExpression="attribute_not_exists(pk)")  # never over another record
 
     async def list_audit(self, environments: list[str], service: str | None = None,
-                         limit: int = 10) -> list[AuditRecord]:
-        """Newest first, across the given environments."""
+                         limit: int = 10, since: str | None = None) -> list[AuditRecord]:
+        """Newest first, across the given environments (from `since`, an ISO time, if given)."""
         records: list[AuditRecord] = []
         for env in environments:
-            params: dict[str, Any] = {
-                "TableName": self.table, "ScanIndexForward": False, "Limit": limit,
-                "KeyConditionExpression": "pk = :pk",
-                "ExpressionAttributeValues": _to_item({":pk": f"AUDIT#{env}"}),
-            }
+            values: dict[str, Any] = {":pk": f"AUDIT#{env}"}
+            key = "pk = :pk"
+            if since:
+                key, values[":since"] = "pk = :pk AND sk >= :since", since
+            params: dict[str, Any] = {"TableName": self.audit_table, "ScanIndexForward": False,
+                                      "Limit": min(limit, 1000), "KeyConditionExpression": key}
             if service:
                 params["FilterExpression"] = "service = :svc"
-                params["ExpressionAttributeValues"] = _to_item({":pk": f"AUDIT#{env}", ":svc": service})
+                values[":svc"] = service
+            params["ExpressionAttributeValues"] = _to_item(values)
             found = 0
             while found < limit:
                 resp = await self.aws.call("dynamodb", "query", **params)
                 for raw in resp.get("Items", []):
                     item = _from_item(raw)
-                    fields = {k: item[k] for k in AuditRecord.__dataclass_fields__ if k in item}
-                    records.append(AuditRecord(**fields))
+                    fields = {k: item[k] for k in AuditRecord.__dataclass_fields__ if k in item and k != "altered"}
+                    record = AuditRecord(**fields)
+                    sealed = hmac.compare_digest(str(item.get("seal", "")), self._seal(record))
+                    records.append(record if sealed else replace(record, altered=True))
                     found += 1
                 if "LastEvaluatedKey" not in resp:
                     break

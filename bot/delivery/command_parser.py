@@ -55,9 +55,9 @@ VERBS: dict[str, VerbHelp] = {
         ("/erp status", "/erp status prod"),
     ),
     "history": VerbHelp(
-        "/erp history [service] [env]",
-        "Recent deploys, approvals and rollbacks, newest first.",
-        ("/erp history", "/erp history employee prod"),
+        "/erp history [service] [env] [since] [csv]",
+        "Recent deploys, approvals and rollbacks, newest first; `csv`: the whole period as a file.",
+        ("/erp history", "/erp history employee prod", "/erp history prod 30d csv"),
     ),
     "help": VerbHelp(
         "/erp help [verb]",
@@ -107,6 +107,7 @@ class ErpCommand:
     filter: str | None = None
     stats: bool = False
     topic: str | None = None  # help <topic>
+    export: bool = False  # history ... csv: the period as a CSV file
 
 
 def closest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
@@ -291,14 +292,23 @@ class CommandParser:
         return ErpCommand(verb="status", environment=env)
 
     def _history(self, args: list[str]) -> ErpCommand:
-        self._too_many(args, 2, "history")
+        self._too_many(args, 4, "history")
         service = env = None
+        since: TimeWindow | None = None
+        export = False
         for token in args:
             word = token.lower()
             if word in self.services and service is None:
                 service = word
             elif word in self.environments and env is None:
                 env = word
+            elif word == "csv" and not export:
+                export = True
+            elif since is None and (_DURATION.match(word) or word[:1].isdigit()):
+                since = parse_since(word)
             else:
                 raise _unknown("service or environment", token, self.services + self.environments, "history")
-        return ErpCommand(verb="history", service=service, environment=env)
+        if export and env is None:
+            raise UsageError(f"Say which environment to export: `/erp history {service + ' ' if service else ''}"
+                             f"<{'|'.join(self.environments)}> 30d csv`.")
+        return ErpCommand(verb="history", service=service, environment=env, since=since, export=export)

@@ -109,3 +109,31 @@ async def test_a_signature_is_remembered_until_its_signed_time_plus_the_window_n
     assert not await elsewhere.first_time("v0=abc", signed_at)  # and so does the shared table
     await asyncio.sleep(2.5)  # past signed time + 3 s: Bolt itself refuses it now; the memory may go
     assert await ReplayGuard(table, valid_seconds=3, skew_seconds=0).first_time("v0=abc", signed_at)
+
+
+async def test_the_audit_trail_takes_only_new_sealed_records_and_shows_the_rest_as_altered(
+        aws_resources: dict[str, str]):
+    """Issue 18 item 6: records anyone could rewrite. In the audit table the bot adds only (a put that fails
+    over an existing record) and seals each; a record written or changed by anyone else reads as altered."""
+    import boto3
+
+    from sandbox.seed import audit_table_of
+
+    audit = audit_table_of(aws_resources["table"])
+    s = StateStore(AwsClients(), aws_resources["table"], audit, seal_key=b"k" * 32)
+    await s.record_audit(AuditRecord(actor="U0DEV1", action="deploy", environment="prod", outcome="started",
+                                     service="employee", at="2026-12-01T10:00:00+00:00"))
+    [real] = boto3.client("dynamodb").scan(TableName=audit)["Items"]
+    assert "seal" in real and not boto3.client("dynamodb").scan(TableName=aws_resources["table"])["Items"]
+    # someone with write access plants an approval, and rewrites who started the deploy
+    ddb = boto3.client("dynamodb")
+    ddb.put_item(TableName=audit, Item={"pk": {"S": "AUDIT#prod"}, "sk": {"S": "2026-12-01T10:05:00+00:00#x"},
+                                        "actor": {"S": "U0APPR1"}, "action": {"S": "approve"},
+                                        "environment": {"S": "prod"}, "outcome": {"S": "ok"},
+                                        "at": {"S": "2026-12-01T10:05:00+00:00"}})
+    ddb.update_item(TableName=audit, Key={"pk": real["pk"], "sk": real["sk"]}, UpdateExpression="SET actor = :a",
+                    ExpressionAttributeValues={":a": {"S": "U0ONCALL"}})
+    records = await s.list_audit(["prod"])
+    assert [(r.action, r.altered) for r in records] == [("approve", True), ("deploy", True)]
+    await s.record_audit(AuditRecord(actor="U0DEV1", action="deploy", environment="prod", outcome="ok"))
+    assert (await s.list_audit(["prod"], limit=1))[0].altered is False

@@ -502,3 +502,36 @@ def test_a_rewritten_card_cannot_make_a_requester_their_own_approver(bot: BotPro
     history = wait_until(lambda: [m.text for m in slack.ephemerals("U0ONCALL") if "Recent activity" in m.text],
                          what="the history")[-1]
     assert "<@U0APPR1> tried to approve employee in prod: refused (the stored card does not match" in history
+
+
+def test_history_exports_a_period_as_csv_where_its_environment_lives(bot: BotProcess, slack: SlackWorkspace,
+                                                                      background_loop: BackgroundLoop,
+                                                                      aws_resources: dict[str, str]):
+    """Issue 18 item 6: `/erp history <env> <since> csv` gives the audit trail of a period as a file; a record
+    not sealed by the bot is marked, and no cell can run as a spreadsheet formula."""
+    import csv
+    import io
+
+    import boto3
+
+    from sandbox.seed import audit_table_of
+
+    command(background_loop, slack, "U0GUEST", "C0GENERAL", "deploy employee prod")  # refused, and audited
+    wait_until(lambda: [m for m in slack.ephemerals("U0GUEST") if "can't deploy" in m.text], what="the refusal")
+    boto3.client("dynamodb").put_item(TableName=audit_table_of(aws_resources["table"]), Item={
+        "pk": {"S": "AUDIT#prod"}, "sk": {"S": "2026-12-01T23:00:00+00:00#planted"}, "actor": {"S": "U0APPR1"},
+        "action": {"S": "approve"}, "environment": {"S": "prod"}, "outcome": {"S": "ok"},
+        "detail": {"S": "=HYPERLINK(\"https://evil.example\",\"ok\")"}, "at": {"S": "2026-12-01T23:00:00+00:00"}})
+    command(background_loop, slack, "U0DEV1", "C0DEV", "history prod 30d csv")  # not prod's channel
+    assert wait_until(lambda: [m.text for m in slack.ephemerals("U0DEV1") if "shared only in" in m.text],
+                      what="the pointer")
+    command(background_loop, slack, "U0ONCALL", "C0ONCALL", "history prod 30d csv")
+    answer = wait_until(lambda: [m.text for m in slack.ephemerals("U0ONCALL") if "records of prod" in m.text],
+                        what="the export")[-1]
+    assert "1 of them do not carry my seal" in answer
+    [upload] = [m for m in slack.channel_messages("C0ONCALL") if m.files]
+    rows = list(csv.DictReader(io.StringIO(slack.files[upload.files[0]["id"]]["content"].decode())))
+    refused = [r for r in rows if r["actor"] == "U0GUEST"]
+    assert refused and refused[0]["outcome"] == "refused" and refused[0]["altered"] == "False"
+    [planted] = [r for r in rows if r["action"] == "approve"]
+    assert planted["altered"] == "True" and planted["detail"].startswith("'=HYPERLINK")

@@ -44,6 +44,19 @@ data "aws_iam_policy_document" "bot" {
     resources = [aws_dynamodb_table.state.arn]
   }
   statement {
+    sid       = "AppendToTheAuditTrail"
+    actions   = ["dynamodb:PutItem", "dynamodb:Query"]
+    resources = [aws_dynamodb_table.audit.arn]
+  }
+  statement {
+    sid       = "TheAuditTrailIsAppendOnly" # an explicit deny: no later allow can grant it back
+    effect    = "Deny"
+    # every way to change or remove an item (PartiQL's included), or the table
+    actions = ["dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PartiQLUpdate",
+    "dynamodb:PartiQLDelete", "dynamodb:DeleteTable", "dynamodb:UpdateTable", "dynamodb:UpdateTimeToLive"]
+    resources = [aws_dynamodb_table.audit.arn]
+  }
+  statement {
     sid       = "ScanSummaries"
     actions   = ["ecr:DescribeImageScanFindings", "ecr:DescribeImages"]
     resources = [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]
@@ -124,6 +137,12 @@ data "aws_iam_policy_document" "codebuild" {
     sid       = "FindTheDeployThread"
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
     resources = [aws_dynamodb_table.state.arn]
+  }
+  statement {
+    sid       = "TheAuditTrailIsNotCIs"
+    effect    = "Deny"
+    actions   = ["dynamodb:*"]
+    resources = [aws_dynamodb_table.audit.arn]
   }
   statement {
     sid       = "KubeconfigForHelm"

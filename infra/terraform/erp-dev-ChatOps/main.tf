@@ -49,6 +49,36 @@ resource "aws_kms_alias" "chatops" {
 
 # --- state and events ---------------------------------------------------------------------
 
+# The audit trail, append-only: no role may update or delete in it (iam.tf denies it to the bot and to
+# CodeBuild), the bot writes each record only if new and seals it (README "Security").
+resource "aws_dynamodb_table" "audit" {
+  name                        = "erp-chatops-state-audit"
+  billing_mode                = "PAY_PER_REQUEST"
+  hash_key                    = "pk"
+  range_key                   = "sk"
+  deletion_protection_enabled = true
+
+  attribute {
+    name = "pk"
+    type = "S"
+  }
+  attribute {
+    name = "sk"
+    type = "S"
+  }
+  ttl {
+    attribute_name = "ttl"
+    enabled        = true
+  }
+  point_in_time_recovery {
+    enabled = true
+  }
+  server_side_encryption {
+    enabled     = true
+    kms_key_arn = aws_kms_key.chatops.arn
+  }
+}
+
 resource "aws_dynamodb_table" "state" {
   name         = "erp-chatops-state"
   billing_mode = "PAY_PER_REQUEST"

@@ -8,6 +8,10 @@ output "events_queue_url" {
   value       = aws_sqs_queue.events.url
 }
 
+output "audit_table" {
+  value = aws_dynamodb_table.audit.name
+}
+
 output "state_table" {
   value = aws_dynamodb_table.state.name
 }
