@@ -207,7 +207,7 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
     if result is None:
         return None
     card, notes = result
-    if any(n.key == "approval-expired" for n in notes):  # nobody decided: the trail says so, not "rejected"
+    if any(n.key.split("#")[0] == "approval-expired" for n in notes):  # nobody decided: not "rejected"
         await runtime.state.record_audit(AuditRecord(
             actor="pipeline", action="approve", environment=card.environment, service=card.service,
             outcome="expired", detail="nobody decided within 7 days", execution_id=card.execution_id))

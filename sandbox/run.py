@@ -72,8 +72,8 @@ async def _main(host: str, port: int) -> int:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         workspace.base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104
-        pipeline.notify_environ = {"SLACK_BOT_TOKEN": bot_token, "STATE_TABLE": seeded["table"],
-                                   "SLACK_API_URL": f"{workspace.base_url}/api/"}
+        # the buildspec's progress lines go to the bot's queue, as in CodeBuild: CI holds no Slack credential
+        pipeline.notify_environ = {"EVENTS_QUEUE_URL": seeded["queue_url"]}
 
         bot_port = free_port()
         environ = {"BOT_CONFIG": str(config_path), "SLACK_SECRET_ID": SLACK_SECRET_ID,

@@ -12,7 +12,7 @@ from typing import Any
 import hcl2
 import yaml
 
-from bot.delivery.pipeline_events import KNOWN
+from bot.delivery.pipeline_events import KNOWN, PROGRESS
 from bot.event_consumer import RECEIVES_BEFORE_DEAD_LETTER, backoff
 from sandbox.seed import EVENTS_QUEUE, SLACK_SECRET_ID, STATE_TABLE
 from tests.support import ROOT
@@ -78,7 +78,9 @@ def test_codebuild_gets_secrets_and_parameters_by_reference():
     for name in ("build", "deploy"):
         env = TF[f"resource.aws_codebuild_project.{name}"]["environment"][0]["environment_variable"]
         types = {v["name"]: v["type"] for v in env}
-        assert types["SLACK_BOT_TOKEN"] == "SECRETS_MANAGER" and types["EKS_CLUSTER_NAME"] == "PARAMETER_STORE"
+        # no Slack credential in CI (issue 18 item 2): progress goes to the bot's queue
+        assert "SECRETS_MANAGER" not in types.values() and types["EKS_CLUSTER_NAME"] == "PARAMETER_STORE"
+        assert types["EVENTS_QUEUE_URL"] == "PLAINTEXT"
         for v in env:
             if v["type"] == "PLAINTEXT":
                 assert not re.search(r"(?i)token|secret|password", v["name"])
@@ -117,7 +119,7 @@ def test_event_rules_cover_every_event_the_bot_reads():
     patterns = [TF[f"resource.aws_cloudwatch_event_rule.{r}"]["event_pattern"] for r in ("codepipeline", "codebuild",
                                                                                          "scans")]
     text = " ".join(patterns)
-    for detail_type in KNOWN:
+    for detail_type in set(KNOWN) - {PROGRESS}:  # the buildspec's progress is sent to the queue directly
         assert detail_type in text, detail_type
     targets = TF["resource.aws_cloudwatch_event_target.to_queue"]
     assert "aws_sqs_queue.events.arn" in targets["arn"]
@@ -244,6 +246,24 @@ def test_bot_role_is_for_its_service_account_only():
     trust = TF["data.aws_iam_policy_document.bot_trust"]["statement"][0]
     subjects = [c for c in trust["condition"] if c["variable"].endswith(":sub")]
     assert subjects and subjects[0]["values"] == ["system:serviceaccount:${var.bot_namespace}:${var.bot_service_account}"]
+
+
+def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
+    """Issue 18 item 2: CodeBuild read the whole Slack secret (so it could sign an "Approve" click) and could
+    write any item of the bot's table. Now it may send progress to the queue and keep the last deployed
+    commits, nothing else of the bot's."""
+    statements = TF["data.aws_iam_policy_document.codebuild"]["statement"]
+    allowed = [s for s in statements if s.get("effect", "Allow") == "Allow"]
+    assert not [s for s in allowed if any(a.startswith("secretsmanager:") for a in s["actions"])]
+    table = [s for s in allowed if "${aws_dynamodb_table.state.arn}" in s["resources"]]
+    assert len(table) == 1 and set(table[0]["actions"]) == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    [condition] = table[0]["condition"]
+    assert (condition["test"], condition["variable"], condition["values"]) == \
+        ("ForAllValues:StringLike", "dynamodb:LeadingKeys", ["LASTDEPLOY#*"])
+    queue = [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]]
+    assert [s["actions"] for s in queue] == [["sqs:SendMessage"]]
+    code = (ROOT / "bot" / "ci" / "build_steps.py").read_text()
+    assert set(re.findall(r'"pk": \{"S": f"([A-Z]+)#', code)) == {"LASTDEPLOY"}  # the only key space CI writes
 
 
 def test_codebuild_role_allows_what_the_build_steps_call():

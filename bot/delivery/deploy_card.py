@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from bot.delivery.escaping import escape_text
 from bot.delivery.pipeline_events import PipelineEvent
 from bot.delivery.scan_report import scan_failed
 
@@ -231,6 +232,8 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
                     notes += card.note(f"context:{stage}", f":mag: *{stage} failed in {card.failure['phase']}*:"
                                                            f"\n>{context[:1500]}"
                                                            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else ""))
+    elif event.kind == "progress":  # the buildspec's line: text as CI wrote it, never markup
+        notes += card.note(f"progress:{event.event_id}", escape_text(str(event.detail.get("text", ""))))
     elif event.kind == "scan":
         repo = str(event.detail.get("repository-name"))
         counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()

@@ -22,8 +22,10 @@ BUILD = "CodeBuild Build State Change"
 BUILD_PHASE = "CodeBuild Build Phase Change"
 ECR_SCAN = "ECR Image Scan"
 INSPECTOR_SCAN = "Inspector2 Scan"
+PROGRESS = "ERP Deploy Progress"  # the buildspec's own progress lines (bot/ci/notify.py), for the card's thread
 KNOWN = {PIPELINE: "pipeline", STAGE: "stage", ACTION: "action", BUILD: "build", BUILD_PHASE: "build_phase",
-         ECR_SCAN: "scan", INSPECTOR_SCAN: "scan"}
+         ECR_SCAN: "scan", INSPECTOR_SCAN: "scan", PROGRESS: "progress"}
+MAX_PROGRESS_TEXT = 3000
 MAX_BODY = 256 * 1024  # SQS's own limit; anything bigger is not ours
 
 
@@ -81,7 +83,7 @@ class EventScope:
 @dataclass(frozen=True)
 class PipelineEvent:
     event_id: str
-    kind: str  # pipeline | stage | action | build | build_phase | scan
+    kind: str  # pipeline | stage | action | build | build_phase | scan | progress
     time: datetime
     state: str  # STARTED, SUCCEEDED, FAILED, IN_PROGRESS, COMPLETE ...
     execution_id: str | None = None
@@ -157,6 +159,12 @@ def parse_event(body: str, scope: EventScope | None = None) -> PipelineEvent | N
             stage=_require(detail, "stage") if kind != "pipeline" else None,
             action=_require(detail, "action") if kind == "action" else None,
             detail=detail)
+    if kind == "progress":
+        text = _require(detail, "text")
+        if len(text) > MAX_PROGRESS_TEXT:
+            raise MalformedEvent(f"a progress line of {len(text)} characters")
+        return PipelineEvent(event_id=event_id, kind=kind, time=when, state="NOTE",
+                             execution_id=_require(detail, "execution-id"), detail={"text": text})
     if kind in ("build", "build_phase"):
         _require(detail, "build-id")
         event = PipelineEvent(event_id=event_id, kind=kind, time=when,

@@ -23,7 +23,7 @@ from sandbox.erp_services import SERVICES
 from sandbox.local_kube import LocalKube
 from sandbox.seed import SLACK_SECRET_ID, seed_parameters_and_secrets
 from sandbox.slack_workspace import SlackWorkspace
-from tests.ci.buildspec_runner import BuildResult, BuildspecInvalid, BuildspecRunner, validate
+from tests.ci.buildspec_runner import BuildResult, BuildspecInvalid, BuildspecRunner, resolve_env, validate
 from tests.support import BOT_TOKEN, ROOT, free_port
 
 pytestmark = pytest.mark.usefixtures("erp_images")
@@ -127,9 +127,10 @@ def build(tmp_path: Path, moto, slack: SlackWorkspace, aws_resources: dict[str, 
                "PATH": stock_image_path(tmp_path / "bin"), "HOME": str(tmp_path / "home"),
                "TOOLS_CACHE": ci_tools["cache"],  # CodeBuild's local cache: the same across builds
                "DOCKER_LOG": str(tmp_path / "docker.log"),
-               "SLACK_API_URL": f"{slack.base_url}/api/", "STATE_TABLE": aws_resources["table"]}
+               "EVENTS_QUEUE_URL": aws_resources["queue_url"], "STATE_TABLE": aws_resources["table"]}
     card = slack.m_chat_postMessage({"channel": "C0PROD", "text": "Deploy employee to prod"})
-    yield {"environ": environ, "card_ts": card["ts"], "docker_log": tmp_path / "docker.log"}
+    yield {"environ": environ, "card_ts": card["ts"], "docker_log": tmp_path / "docker.log",
+           "queue": aws_resources["queue_url"]}
 
 
 def pipeline_vars(repo: dict[str, object], card_ts: str, **extra: str) -> dict[str, str]:
@@ -170,8 +171,21 @@ def docker_calls(build: dict[str, object]) -> list[list[str]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def thread(slack: SlackWorkspace, ts: str) -> list[str]:
-    return [m.text for m in slack.thread("C0PROD", ts)]
+def progress(build: dict[str, object], execution: str = "exec-1") -> list[str]:
+    """The progress lines the build handed to the bot (its events queue), in the order they were sent;
+    the bot posts them in the deploy's thread (handlers/test_deploy.py)."""
+    seen = build.setdefault("progress", [])
+    assert isinstance(seen, list)
+    sqs = boto3.client("sqs")
+    while True:
+        got = sqs.receive_message(QueueUrl=str(build["queue"]), MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return [text for ex, text in seen if ex == execution]
+        for message in got:
+            event = json.loads(message["Body"])
+            if event.get("detail-type") == "ERP Deploy Progress":
+                seen.append((event["detail"]["execution-id"], event["detail"]["text"]))
+            sqs.delete_message(QueueUrl=str(build["queue"]), ReceiptHandle=message["ReceiptHandle"])
 
 
 def run(repo: dict[str, object], build: dict[str, object], **variables: str) -> BuildResult:
@@ -192,7 +206,7 @@ def test_only_changed_services_are_built_and_progress_reaches_the_thread(
     assert [c for c in docker_calls(build) if c[0] == "push"] == [
         ["push", f"806332783810.dkr.ecr.ap-northeast-2.amazonaws.com/erp/employee-service:{head}"]]
     assert result.exported["IMAGE_TAGS"] == f"employee={head}"
-    messages = thread(slack, str(build["card_ts"]))
+    messages = progress(build)
     expected_order = ["Build started for prod", "Building: employee", "Built and pushed employee-service",
                       "Scan of `erp/employee-service", "Build :white_check_mark: succeeded"]
     positions = [next(i for i, m in enumerate(messages) if want in m) for want in expected_order]
@@ -229,7 +243,7 @@ def test_a_scan_that_cannot_run_fails_the_gate_at_once_with_the_reason(
     assert f"the scan of erp/employee-service:{str(repo['second'])[:7]} {status}" in result.output
     assert description in result.output
     assert took < 60, f"the gate waited {took:.0f}s for a scan that had already failed"  # fail fast, not at 120 s
-    messages = thread(slack, str(build["card_ts"]))
+    messages = progress(build)
     assert any(m.startswith(":x: scan-gate:") and status in m for m in messages)
     assert not any("passed" in m for m in messages if "Scan of" in m)
 
@@ -239,7 +253,7 @@ def test_enhanced_scanning_reports_active_and_passes_the_gate(repo: dict[str, ob
     build["environ"]["SCAN_STATUSES"] = "employee=ACTIVE"  # type: ignore[index]
     result = run(repo, build, SERVICE="employee", SCAN_WAIT_SECONDS="60")
     assert result.succeeded, result.output
-    verdict = next(m for m in thread(slack, str(build["card_ts"])) if "Scan of `erp/employee-service" in m)
+    verdict = next(m for m in progress(build) if "Scan of `erp/employee-service" in m)
     assert "passed" in verdict and "2 high" in verdict
 
 
@@ -249,7 +263,7 @@ def test_critical_finding_stops_the_build_with_the_findings(repo: dict[str, obje
     result = run(repo, build, SERVICE="approval-request")
     assert result.phases["build"] == "FAILED" and result.phases["post_build"] == "SUCCEEDED"
     assert "CRITICAL findings, not deploying: erp/approval-request-service" in result.output
-    messages = thread(slack, str(build["card_ts"]))
+    messages = progress(build)
     verdict = next(m for m in messages if "Scan of `erp/approval-request-service" in m)
     assert "1 critical" in verdict and "BLOCKED" in verdict and "*Critical*" in verdict and "CVE-" in verdict
     assert any(m.startswith(":x: scan-gate: CRITICAL findings") for m in messages)
@@ -261,27 +275,30 @@ def test_a_broken_build_fails_and_says_so(repo: dict[str, object], build: dict[s
     result = run(repo, build, SERVICE="employee")
     assert result.phases["build"] == "FAILED"
     assert not [c for c in docker_calls(build) if c[0] == "push"]
-    assert any("Build :x: failed" in m for m in thread(slack, str(build["card_ts"])))
+    assert any("Build :x: failed" in m for m in progress(build))
 
 
-def test_slack_down_never_fails_the_build(repo: dict[str, object], build: dict[str, object]):
-    build["environ"]["SLACK_API_URL"] = f"http://127.0.0.1:{free_port()}/api/"  # type: ignore[index]
+def test_an_unreachable_queue_never_fails_the_build(repo: dict[str, object], build: dict[str, object]):
+    build["environ"]["EVENTS_QUEUE_URL"] = f"http://127.0.0.1:{free_port()}/000000000000/gone"  # type: ignore[index]
     started = time.monotonic()
     result = run(repo, build, SERVICE="employee")
     assert result.succeeded, result.output
-    assert "notify: cannot reach Slack" in result.output
-    assert time.monotonic() - started < 120
+    assert "notify: cannot queue the progress line" in result.output
+    assert time.monotonic() - started < 180
 
 
-def test_a_push_triggered_build_finds_the_card_by_execution_id(repo: dict[str, object], build: dict[str, object],
-                                                               slack: SlackWorkspace, aws_resources: dict[str, str]):
-    card = slack.m_chat_postMessage({"channel": "C0DEV", "text": "Deploy changed services to dev"})
-    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={
-        "pk": {"S": "EXEC#push-42"}, "sk": {"S": "CARD"}, "channel": {"S": "C0DEV"}, "ts": {"S": card["ts"]}})
+def test_a_build_holds_no_slack_credential_and_reports_by_its_execution(repo: dict[str, object],
+                                                                         build: dict[str, object]):
+    """Issue 18 item 2: CodeBuild read the bot token (and could read the signing secret). Now its progress
+    goes to the bot's queue by execution id, push-triggered or not, and nothing in its environment is Slack's."""
     result = run(repo, build, SERVICE="employee", ENVIRONMENT="dev", SLACK_CHANNEL=" ", SLACK_THREAD_TS=" ",
                  PIPELINE_EXECUTION_ID="push-42")
     assert result.succeeded
-    assert any("Built and pushed employee-service" in m.text for m in slack.thread("C0DEV", card["ts"]))
+    assert any("Built and pushed employee-service" in text for text in progress(build, "push-42"))
+    resolved = resolve_env(yaml.safe_load(BUILDSPEC.read_text()))  # what the buildspec brings into the build
+    assert not [name for name in resolved if name.startswith("SLACK_")], sorted(resolved)
+    main = (ROOT / "infra" / "terraform" / "erp-dev-ChatOps" / "main.tf").read_text()
+    assert "SECRETS_MANAGER" not in main.split('resource "aws_codebuild_project" "build"')[1]
 
 
 def test_the_stock_image_brings_neither_tool_and_a_tampered_download_stops_the_build(
@@ -297,7 +314,7 @@ def test_the_stock_image_brings_neither_tool_and_a_tampered_download_stops_the_b
         ssm.put_parameter(Name="/erp/dev/tools/erp-chatops/sha256", Value=good, Type="String", Overwrite=True)
     assert result.phases["install"] == "FAILED" and result.phases["build"] == "skipped", result.phases
     assert "FAILED" in result.output and "sha256sum" in result.output  # the checksum refused it
-    assert docker_calls(build) == [] and thread(slack, str(build["card_ts"])) == []  # nothing ran, nothing posted
+    assert docker_calls(build) == [] and progress(build) == []  # nothing ran, nothing posted
 
 
 def test_the_tools_the_buildspec_reads_are_the_ones_published_and_cached():
@@ -316,7 +333,7 @@ def test_the_tools_the_buildspec_reads_are_the_ones_published_and_cached():
 def test_buildspec_format_and_its_shell(tmp_path: Path):
     spec = yaml.safe_load(BUILDSPEC.read_text())
     validate(spec)
-    assert spec["env"]["secrets-manager"]["SLACK_BOT_TOKEN"].startswith(SLACK_SECRET_ID + ":")
+    assert "secrets-manager" not in spec["env"] and SLACK_SECRET_ID not in BUILDSPEC.read_text()
     assert all(v.startswith("/erp/") for v in spec["env"]["parameter-store"].values())
     assert not re.search(r"xox[bp]-|password\s*[:=]", BUILDSPEC.read_text())
     for bad in ({"version": 0.2, "phases": {"compile": {"commands": ["make"]}}},
@@ -328,7 +345,7 @@ def test_buildspec_format_and_its_shell(tmp_path: Path):
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
     declared = set(spec["env"]["variables"]) | set(spec["env"]["parameter-store"]) | \
-        set(spec["env"]["secrets-manager"])
+        set(spec["env"].get("secrets-manager") or {})
     for phase, body in spec["phases"].items():
         for i, command in enumerate(body.get("commands", []) + body.get("finally", [])):
             script = tmp_path / f"{phase}-{i}.sh"
@@ -390,6 +407,6 @@ def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, objec
     now = time.time()
     summaries = boto3.client("xray").get_trace_summaries(StartTime=now - 600, EndTime=now + 60)["TraceSummaries"]
     assert len(summaries) >= 2
-    messages = [m for m in thread(slack, str(build["card_ts"]))]
+    messages = [m for m in progress(build)]
     assert any("helm upgrade erp in erp-prod: employee" in m for m in messages)
     assert any(m.startswith(":white_check_mark: Deployed to prod") and "rollout complete" in m for m in messages)

@@ -535,3 +535,26 @@ def test_history_exports_a_period_as_csv_where_its_environment_lives(bot: BotPro
     assert refused and refused[0]["outcome"] == "refused" and refused[0]["altered"] == "False"
     [planted] = [r for r in rows if r["action"] == "approve"]
     assert planted["altered"] == "True" and planted["detail"].startswith("'=HYPERLINK")
+
+
+def test_the_builds_progress_reaches_the_thread_through_the_bot(bot: BotProcess, slack: SlackWorkspace,
+                                                                  background_loop: BackgroundLoop,
+                                                                  pipeline: PipelineStandIn,
+                                                                  aws_resources: dict[str, str]):
+    """Issue 18 item 2: the buildspec's `erp-chatops notify` hands its lines to the bot's queue (CI holds no
+    Slack credential); the bot posts them in the deploy's thread, as text."""
+    from bot.ci.notify import Notifier
+
+    pipeline.notify_environ = {"EVENTS_QUEUE_URL": aws_resources["queue_url"]}  # as CodeBuild's project sets it
+    command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
+    card = wait_for_card(slack, "C0DEV", "Succeeded")
+    [execution] = pipeline.executions.values()
+    assert Notifier({"EVENTS_QUEUE_URL": aws_resources["queue_url"], "PIPELINE_EXECUTION_ID": execution.id}).post(
+        "step said <!channel> see <https://evil.example|the log>")
+
+    def lines() -> list[str]:
+        return [m.text for m in slack.thread("C0DEV", card.ts)]
+    wait_until(lambda: any("Build started for dev" in t for t in lines())
+               and any("&lt;!channel&gt;" in t for t in lines()), timeout=30, what="the progress lines")
+    assert not [t for t in lines() if "<!channel>" in t or "<https://evil" in t]
+    assert len([t for t in lines() if "Build started for dev" in t]) == 1  # each line once

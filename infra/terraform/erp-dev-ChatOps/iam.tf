@@ -129,14 +129,19 @@ data "aws_iam_policy_document" "codebuild" {
     resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/*"]
   }
   statement {
-    sid       = "SlackTokenForProgress"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.slack.arn]
+    sid       = "ProgressToTheBot" # no Slack credential in CI: the bot posts what arrives here
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.events.arn]
   }
   statement {
-    sid       = "FindTheDeployThread"
+    sid       = "LastDeployedCommitsOnly" # the one key space CI reads and writes in the bot's table
     actions   = ["dynamodb:GetItem", "dynamodb:PutItem"]
     resources = [aws_dynamodb_table.state.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["LASTDEPLOY#*"]
+    }
   }
   statement {
     sid       = "TheAuditTrailIsNotCIs"

@@ -322,10 +322,10 @@ resource "aws_codebuild_project" "build" {
       value = "/erp/${var.environment}/helm/version"
       type  = "PARAMETER_STORE"
     }
-    environment_variable {
-      name  = "SLACK_BOT_TOKEN"
-      value = "${aws_secretsmanager_secret.slack.name}:SLACK_BOT_TOKEN"
-      type  = "SECRETS_MANAGER"
+    environment_variable { # progress lines go to the bot's queue: CI holds no Slack credential
+      name  = "EVENTS_QUEUE_URL"
+      value = aws_sqs_queue.events.url
+      type  = "PLAINTEXT"
     }
     environment_variable {
       name  = "STATE_TABLE"
@@ -373,10 +373,10 @@ resource "aws_codebuild_project" "deploy" {
       value = "/erp/${var.environment}/helm/version"
       type  = "PARAMETER_STORE"
     }
-    environment_variable {
-      name  = "SLACK_BOT_TOKEN"
-      value = "${aws_secretsmanager_secret.slack.name}:SLACK_BOT_TOKEN"
-      type  = "SECRETS_MANAGER"
+    environment_variable { # progress lines go to the bot's queue: CI holds no Slack credential
+      name  = "EVENTS_QUEUE_URL"
+      value = aws_sqs_queue.events.url
+      type  = "PLAINTEXT"
     }
     environment_variable {
       name  = "STATE_TABLE"
