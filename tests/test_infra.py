@@ -225,7 +225,7 @@ def test_no_role_can_change_or_delete_the_audit_trail():
     audit = "${aws_dynamodb_table.audit.arn}"
     rewrites = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PartiQLUpdate",
                 "dynamodb:PartiQLDelete"}
-    for role in ("bot", "codebuild"):
+    for role in ("bot", "build", "deploy"):
         statements = TF[f"data.aws_iam_policy_document.{role}"]["statement"]
         allowed = {a for s in statements if s.get("effect", "Allow") == "Allow" and audit in s["resources"]
                    for a in s["actions"]}
@@ -252,25 +252,44 @@ def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
     """Issue 18 item 2: CodeBuild read the whole Slack secret (so it could sign an "Approve" click) and could
     write any item of the bot's table. Now it may send progress to the queue and keep the last deployed
     commits, nothing else of the bot's."""
-    statements = TF["data.aws_iam_policy_document.codebuild"]["statement"]
-    allowed = [s for s in statements if s.get("effect", "Allow") == "Allow"]
-    assert not [s for s in allowed if any(a.startswith("secretsmanager:") for a in s["actions"])]
-    table = [s for s in allowed if "${aws_dynamodb_table.state.arn}" in s["resources"]]
-    assert len(table) == 1 and set(table[0]["actions"]) == {"dynamodb:GetItem", "dynamodb:PutItem"}
-    [condition] = table[0]["condition"]
-    assert (condition["test"], condition["variable"], condition["values"]) == \
-        ("ForAllValues:StringLike", "dynamodb:LeadingKeys", ["LASTDEPLOY#*"])
-    queue = [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]]
-    assert [s["actions"] for s in queue] == [["sqs:SendMessage"]]
+    for role, table_actions in (("build", {"dynamodb:GetItem"}), ("deploy", {"dynamodb:GetItem", "dynamodb:PutItem"})):
+        statements = TF[f"data.aws_iam_policy_document.{role}"]["statement"]
+        allowed = [s for s in statements if s.get("effect", "Allow") == "Allow"]
+        assert not [s for s in allowed if any(a.startswith("secretsmanager:") for a in s["actions"])], role
+        table = [s for s in allowed if "${aws_dynamodb_table.state.arn}" in s["resources"]]
+        assert len(table) == 1 and set(table[0]["actions"]) == table_actions, role
+        [condition] = table[0]["condition"]
+        assert (condition["test"], condition["variable"], condition["values"]) == \
+            ("ForAllValues:StringLike", "dynamodb:LeadingKeys", ["LASTDEPLOY#*"])
+        queue = [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]]
+        assert [s["actions"] for s in queue] == [["sqs:SendMessage"]], role
     code = (ROOT / "bot" / "ci" / "build_steps.py").read_text()
     assert set(re.findall(r'"pk": \{"S": f"([A-Z]+)#', code)) == {"LASTDEPLOY"}  # the only key space CI writes
 
 
-def test_codebuild_role_allows_what_the_build_steps_call():
-    granted = {a for s in TF["data.aws_iam_policy_document.codebuild"]["statement"] for a in s["actions"]}
+def allowed_actions(role: str) -> set[str]:
+    return {a for s in TF[f"data.aws_iam_policy_document.{role}"]["statement"] if s.get("effect", "Allow") == "Allow"
+            for a in s["actions"]}
+
+
+def test_codebuild_roles_allow_what_the_build_steps_call():
+    granted = allowed_actions("build") | allowed_actions("deploy")
     called = calls_in([*CODEBUILD_SIDE.glob("*.py"), ROOT / "bot" / "aws" / "ecr_scans.py"])
-    assert {"ecr:DescribeImageScanFindings", "xray:PutTraceSegments", "dynamodb:GetItem"} <= called
-    assert called <= granted, f"the buildspec's steps call {called - granted}, which its role does not allow"
+    assert {"ecr:DescribeImageScanFindings", "xray:PutTraceSegments", "dynamodb:GetItem", "sqs:SendMessage"} <= called
+    assert called <= granted, f"the buildspec's steps call {called - granted}, which no CodeBuild role allows"
+
+
+def test_the_build_that_runs_the_repositorys_code_cannot_act_past_the_approval():
+    """Issue 18 item 1: Build and Deploy shared one role, so Build (the repository's own code, privileged, on
+    every push) could do whatever Deploy can: write to erp-prod. Now each project has its own role; Build's
+    reaches neither the cluster nor the bot's state beyond reading the last deployed commits."""
+    build, deploy = allowed_actions("build"), allowed_actions("deploy")
+    assert TF["resource.aws_codebuild_project.build"]["service_role"] == "${aws_iam_role.build.arn}"
+    assert TF["resource.aws_codebuild_project.deploy"]["service_role"] == "${aws_iam_role.deploy.arn}"
+    assert not [a for a in build if a.startswith(("eks:", "xray:", "secretsmanager:", "sts:"))], build
+    assert build & {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "s3:PutObject"} == set()
+    assert not [a for a in deploy if a.startswith("ecr:") or a.startswith("secretsmanager:")], deploy
+    assert "eks:DescribeCluster" in deploy and "ecr:PutImage" in build
 
 
 # --- infra/pipeline.json (what the sandbox runs) and the Terraform module describe one pipeline -------------
@@ -360,8 +379,9 @@ def test_each_codebuild_project_logs_to_its_own_group():
         project = TF[f"resource.aws_codebuild_project.{name}"]
         group = project["logs_config"][0]["cloudwatch_logs"][0]["group_name"]
         assert group == f"/aws/codebuild/{project['name']}", name
-    writes = [s for s in TF["data.aws_iam_policy_document.codebuild"]["statement"] if "logs:PutLogEvents" in s["actions"]]
-    assert writes and all(r.endswith(":log-group:/aws/codebuild/erp-*") for s in writes for r in s["resources"])
+    for role in ("build", "deploy"):  # each role writes its own project's group only
+        writes = [s for s in TF[f"data.aws_iam_policy_document.{role}"]["statement"] if "logs:PutLogEvents" in s["actions"]]
+        assert writes and all(r.endswith(f":log-group:/aws/codebuild/erp-{role}*") for s in writes for r in s["resources"])
 
 
 def test_the_tools_the_buildspec_downloads_never_expire():

@@ -106,11 +106,16 @@ data "aws_iam_policy_document" "codebuild_trust" {
   }
 }
 
-data "aws_iam_policy_document" "codebuild" {
+# Build and Deploy run as two roles. Build runs the repository's own code on every push, privileged (docker):
+# whatever its role may do, anyone who can push may do. So Build may push and scan images and read the last
+# deployed commits, and nothing of the cluster, the bot's state or prod; Deploy may reach the cluster and
+# record what it deployed, and push no image. Neither holds a Slack credential: progress goes to the queue.
+
+data "aws_iam_policy_document" "build" {
   statement {
     sid       = "BuildLogs"
     actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-*"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-build*"]
   }
   statement {
     sid       = "EcrLogin"
@@ -130,6 +135,55 @@ data "aws_iam_policy_document" "codebuild" {
   }
   statement {
     sid       = "ProgressToTheBot" # no Slack credential in CI: the bot posts what arrives here
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.events.arn]
+  }
+  statement {
+    sid       = "ReadTheLastDeployedCommits" # what changed since: the one key space it reads, and only reads
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.state.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["LASTDEPLOY#*"]
+    }
+  }
+  statement {
+    sid       = "TheAuditTrailIsNotCIs"
+    effect    = "Deny"
+    actions   = ["dynamodb:*"]
+    resources = [aws_dynamodb_table.audit.arn]
+  }
+  statement {
+    sid       = "PipelineArtifacts" # the source, and the tools it installs
+    actions   = ["s3:GetObject", "s3:GetBucketLocation"]
+    resources = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
+  }
+  statement {
+    sid       = "SourceConnection" # the source is a clone reference (git history for the diff)
+    actions   = ["codeconnections:UseConnection", "codestar-connections:UseConnection"]
+    resources = [var.github_connection_arn]
+  }
+  statement {
+    sid       = "ArtifactsKey"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.chatops.arn]
+  }
+}
+
+data "aws_iam_policy_document" "deploy" {
+  statement {
+    sid       = "DeployLogs"
+    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-deploy*"]
+  }
+  statement {
+    sid       = "Parameters"
+    actions   = ["ssm:GetParameters"]
+    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/*"]
+  }
+  statement {
+    sid       = "ProgressToTheBot"
     actions   = ["sqs:SendMessage"]
     resources = [aws_sqs_queue.events.arn]
   }
@@ -161,7 +215,7 @@ data "aws_iam_policy_document" "codebuild" {
   }
   statement {
     sid       = "PipelineArtifacts"
-    actions   = ["s3:GetObject", "s3:PutObject", "s3:GetBucketLocation"]
+    actions   = ["s3:GetObject", "s3:GetBucketLocation"]
     resources = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
   }
   statement {
@@ -170,21 +224,32 @@ data "aws_iam_policy_document" "codebuild" {
     resources = [var.github_connection_arn]
   }
   statement {
-    sid       = "ArtifactsAndSecretKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    sid       = "ArtifactsKey"
+    actions   = ["kms:Decrypt"]
     resources = [aws_kms_key.chatops.arn]
   }
 }
 
-resource "aws_iam_role" "codebuild" {
-  name               = "${local.name}-codebuild"
+resource "aws_iam_role" "build" {
+  name               = "${local.name}-build"
   assume_role_policy = data.aws_iam_policy_document.codebuild_trust.json
 }
 
-resource "aws_iam_role_policy" "codebuild" {
+resource "aws_iam_role_policy" "build" {
   name   = "erp-build"
-  role   = aws_iam_role.codebuild.id
-  policy = data.aws_iam_policy_document.codebuild.json
+  role   = aws_iam_role.build.id
+  policy = data.aws_iam_policy_document.build.json
+}
+
+resource "aws_iam_role" "deploy" {
+  name               = "${local.name}-deploy"
+  assume_role_policy = data.aws_iam_policy_document.codebuild_trust.json
+}
+
+resource "aws_iam_role_policy" "deploy" {
+  name   = "erp-deploy"
+  role   = aws_iam_role.deploy.id
+  policy = data.aws_iam_policy_document.deploy.json
 }
 
 # --- CodePipeline -------------------------------------------------------------------------

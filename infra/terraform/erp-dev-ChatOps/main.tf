@@ -286,7 +286,7 @@ resource "aws_codebuild_project" "build" {
   #checkov:skip=CKV_AWS_316:docker build needs privileged mode; only this project has it, not erp-deploy
   name          = "erp-build"
   description   = "Build changed service images, push to ECR, scan, stop on CRITICAL (buildspec.yml)"
-  service_role   = aws_iam_role.codebuild.arn
+  service_role   = aws_iam_role.build.arn
   build_timeout  = 60
   encryption_key = aws_kms_key.chatops.arn
 
@@ -343,7 +343,7 @@ resource "aws_codebuild_project" "build" {
 resource "aws_codebuild_project" "deploy" {
   name          = "erp-deploy"
   description   = "helm upgrade --install with the built tags, wait for the rollout (buildspec.yml)"
-  service_role   = aws_iam_role.codebuild.arn
+  service_role   = aws_iam_role.deploy.arn
   build_timeout  = 30
   encryption_key = aws_kms_key.chatops.arn
 
