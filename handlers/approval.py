@@ -161,11 +161,13 @@ async def _put_decision(runtime: Runtime, card: DeployCard, user: str, status: s
         except SlackApiError:
             pass
         summary = f"{status} in Slack by {name} ({user})" + (f": {reason}" if reason else "")
-        token = card.approval.token or await approval_token(runtime.aws, card.pipeline, execution_id)
+        # the token from CodePipeline for this execution, never the stored card's (in PARALLEL mode a token
+        # is one execution's: a token copied into another card would decide that other execution)
+        token = await approval_token(runtime.aws, runtime.config.pipeline, execution_id)
         if token is None:
             raise LookupError("no open approval request for this execution")
         await runtime.aws.call(
-            "codepipeline", "put_approval_result", pipelineName=card.pipeline, stageName=APPROVAL_STAGE,
+            "codepipeline", "put_approval_result", pipelineName=runtime.config.pipeline, stageName=APPROVAL_STAGE,
             actionName=APPROVAL_STAGE, token=token, result={"summary": summary[:512], "status": status})
     except (ClientError, BotoCoreError, LookupError) as e:
         code = error_code(e) if not isinstance(e, LookupError) else "NoOpenApproval"

@@ -56,12 +56,12 @@ async def export(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     records = await runtime.state.list_audit([env], service=command.service, limit=EXPORT_LIMIT,
                                              since=start.isoformat(timespec="seconds"))
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, quoting=csv.QUOTE_ALL)  # every cell quoted: no separator starts a new one
     writer.writerow(CSV_FIELDS)
     for r in reversed(records):  # oldest first, as a spreadsheet reads
         row = asdict(r)
         # a cell a spreadsheet would run as a formula is kept as text (OWASP "CSV injection")
-        writer.writerow(["'" + v if isinstance(v, str) and v[:1] in "=+-@\t\r" else v
+        writer.writerow(["'" + v if isinstance(v, str) and v[:1] and v[:1] in "=+-@\t\r" else v
                          for v in (row.get(f) for f in CSV_FIELDS)])
     scope = f"{command.service + ' in ' if command.service else ''}{env}"
     name = f"erp-audit-{env}{'-' + command.service if command.service else ''}-{start:%Y%m%d}-{now:%Y%m%d}.csv"

@@ -409,7 +409,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         marker = await runtime.state.get_marker(*_plan_key(plan_id))
         if marker is None:
             return None
-        if not hmac.compare_digest(str(marker.get("seal", "")), _seal(runtime, str(marker["plan"]))):
+        if not hmac.compare_digest(str(marker.get("seal", "")).encode(), _seal(runtime, str(marker["plan"])).encode()):
             log.warning("rollback plan %s is not one this bot stored (its seal does not match): refused", plan_id)
             return None
         plan = RollbackPlan(**json.loads(marker["plan"]))

@@ -252,7 +252,9 @@ def test_any_body_before_the_signature_check_gets_a_4xx_and_no_traceback(bot: Bo
 
 @pytest.mark.parametrize("response_url", ["https://evil.example/commands/T1/1/x",
                                           "http://hooks.slack.com/commands/T1/1/x",
-                                          "https://hooks.slack.com.evil.example/commands/T1/1/x"])
+                                          "https://hooks.slack.com.evil.example/commands/T1/1/x",
+                                          "https://hooks.slack.com:99999/commands/T1/1/x",
+                                          "https://evil.example%2f@hooks.slack.com/commands/T1/1/x"])
 def test_a_response_url_that_is_not_slacks_is_refused(bot: BotProcess, slack: SlackWorkspace, response_url: str):
     """Issue 18 item 10: the bot posts answers (log lines, a deploy's details) to the request's response_url;
     only Slack's hooks host is allowed (and the local Slack's own host in the sandbox and the tests)."""

@@ -347,7 +347,7 @@ class StateStore:
                     item = _from_item(raw)
                     fields = {k: item[k] for k in AuditRecord.__dataclass_fields__ if k in item and k != "altered"}
                     record = AuditRecord(**fields)
-                    sealed = hmac.compare_digest(str(item.get("seal", "")), self._seal(record))
+                    sealed = hmac.compare_digest(str(item.get("seal", "")).encode(), self._seal(record).encode())
                     records.append(record if sealed else replace(record, altered=True))
                     found += 1
                 if "LastEvaluatedKey" not in resp:

@@ -230,8 +230,9 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
                 elif f"failed:{stage}" in card.notes:  # the failure note went out before this arrived
                     log = card.links.get(f"{stage.lower()}_log")
                     notes += card.note(f"context:{stage}", f":mag: *{stage} failed in {card.failure['phase']}*:"
-                                                           f"\n>{context[:1500]}"
-                                                           + (f"\n<{log}|Build log in CloudWatch Logs>" if log else ""))
+                                                           f"\n>{escape_text(context[:1500])}"
+                                                           + (f"\n<{log}|Build log in CloudWatch Logs>"
+                                                              if is_aws_console_link(log) else ""))
     elif event.kind == "progress":  # the buildspec's line: text as CI wrote it, never markup
         notes += card.note(f"progress:{event.event_id}", escape_text(str(event.detail.get("text", ""))))
     elif event.kind == "scan":
@@ -310,12 +311,21 @@ def _ask_approvers(card: DeployCard, approvers: str) -> list[ThreadNote]:
                                  f"{': ' + approvers if approvers else ''}. Use the buttons on the card.")
 
 
+AWS_CONSOLE_LINK = re.compile(r"^https://([a-z0-9-]+\.)*console\.aws\.amazon\.com/[^\s<>|]*$")
+
+
+def is_aws_console_link(url: object) -> bool:
+    """A link the card may show: AWS's console, nothing that could close Slack's <url|label> early."""
+    return isinstance(url, str) and bool(AWS_CONSOLE_LINK.match(url))
+
+
 def _failure_note(card: DeployCard, stage: str, action: str, reason: str | None, url: object) -> str:
+    # what failed is the repository's text (the buildspec's commands, CodeBuild quotes them): text, not markup
     log = card.links.get(f"{stage.lower()}_log")
-    detail = f"\n>{reason[:1500]}" if reason else ""
-    return (f":x: *{stage} failed* ({action}).{detail}"
-            + (f"\n<{log}|Build log in CloudWatch Logs>" if log else "")
-            + (f"  ·  <{url}|CodeBuild run>" if url else ""))
+    detail = f"\n>{escape_text(reason[:1500])}" if reason else ""
+    return (f":x: *{stage} failed* ({escape_text(action)}).{detail}"
+            + (f"\n<{log}|Build log in CloudWatch Logs>" if is_aws_console_link(log) else "")
+            + (f"  ·  <{url}|CodeBuild run>" if is_aws_console_link(url) else ""))
 
 
 def _expiry(card: DeployCard) -> list[ThreadNote]:

@@ -29,6 +29,7 @@ from bot.delivery.deploy_card import (
     DeployCard,
     duration_text,
     failure_reason,
+    is_aws_console_link,
 )
 from bot.delivery.escaping import escape_text
 
@@ -140,7 +141,7 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
                     f"executions/{card.execution_id}/timeline?region={REGION}")
     buttons.append(ButtonElement(text="Pipeline", action_id="open_pipeline", url=pipeline_url))
     log = card.links.get("deploy_log") or card.links.get("build_log")
-    if log:
+    if is_aws_console_link(log):  # events say where the log is: only AWS's console gets a button
         buttons.append(ButtonElement(text="Logs", action_id="open_logs", url=log))
     blocks.append(ActionsBlock(elements=buttons))
     started = f" · started {_slack_time(card.started)}" if card.started else ""

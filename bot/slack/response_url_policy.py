@@ -36,10 +36,13 @@ class ResponseUrlPolicy:
     def allowed(self, url: str) -> bool:
         try:
             parts = urlsplit(url)
+            port = parts.port  # raises for a port that is not one
         except ValueError:
             return False
+        if parts.username is not None or parts.password is not None or "\\" in url:
+            return False  # userinfo or backslashes: parsers disagree on the host
         if parts.hostname in SLACK_RESPONSE_HOSTS:
-            return parts.scheme == "https" and parts.port in (None, 443)
+            return parts.scheme == "https" and port in (None, 443)
         return parts.hostname in self.local_hosts and parts.scheme in ("http", "https")
 
     async def middleware(self, req: AsyncBoltRequest, next: Any) -> BoltResponse | None:

@@ -133,7 +133,11 @@ async def test_the_audit_trail_takes_only_new_sealed_records_and_shows_the_rest_
                                         "at": {"S": "2026-12-01T10:05:00+00:00"}})
     ddb.update_item(TableName=audit, Key={"pk": real["pk"], "sk": real["sk"]}, UpdateExpression="SET actor = :a",
                     ExpressionAttributeValues={":a": {"S": "U0ONCALL"}})
+    ddb.put_item(TableName=audit, Item={"pk": {"S": "AUDIT#prod"}, "sk": {"S": "2026-12-01T10:06:00+00:00#y"},
+                                        "actor": {"S": "U0APPR1"}, "action": {"S": "approve"}, "seal": {"S": "é"},
+                                        "environment": {"S": "prod"}, "outcome": {"S": "ok"},
+                                        "at": {"S": "2026-12-01T10:06:00+00:00"}})  # a seal that is not hex
     records = await s.list_audit(["prod"])
-    assert [(r.action, r.altered) for r in records] == [("approve", True), ("deploy", True)]
+    assert [(r.action, r.altered) for r in records] == [("approve", True), ("approve", True), ("deploy", True)]
     await s.record_audit(AuditRecord(actor="U0DEV1", action="deploy", environment="prod", outcome="ok"))
     assert (await s.list_audit(["prod"], limit=1))[0].altered is False

@@ -370,3 +370,22 @@ def test_retry_failed_stage_moves_the_card_back_to_running_and_a_second_failure_
     assert card_phase(card) == "failed" and any("boom again" in n.text for n in notes)
     # a duplicate of the first failure, delivered late, changes nothing
     assert apply_event(card, first[3]) == [] and card_phase(card) == "failed"
+
+
+def test_what_the_repository_wrote_reaches_the_thread_as_text_and_links_only_to_aws():
+    """Issue 18 item 8: CodeBuild quotes the buildspec's commands, which anyone who can push writes; the failure
+    notes showed them as markup (a channel ping, a link behind a label), and any URL an event named was a link."""
+    card = new_card("exec-hostile")
+    action = "CodePipeline Action Execution State Change"
+    hostile = 'COMMAND_EXECUTION_ERROR: Error while executing command: echo "<!channel> <https://evil.example|AWS>". ' \
+              "Reason: exit status 1"
+    notes = apply_event(card, _event(action, {
+        "stage": "Build", "action": "Build", "state": "FAILED",
+        "execution-result": {"external-execution-summary": hostile,
+                             "external-execution-url": "https://evil.example/login"}}, "2026-01-01T00:01:00Z"))
+    [note] = [n for n in notes if n.key == "failed:Build"]
+    assert "&lt;!channel&gt;" in note.text and "<!channel>" not in note.text and "evil.example/login" not in note.text
+    card.links["build_log"] = "https://evil.example/console"
+    assert "evil.example" not in json.dumps(render_card(card)[1])  # no Logs button to it
+    card.links["build_log"] = "https://console.aws.amazon.com/cloudwatch/home?region=ap-northeast-2#logEvent:group=x"
+    assert "open_logs" in json.dumps(render_card(card)[1])

@@ -558,3 +558,21 @@ def test_the_builds_progress_reaches_the_thread_through_the_bot(bot: BotProcess,
                and any("&lt;!channel&gt;" in t for t in lines()), timeout=30, what="the progress lines")
     assert not [t for t in lines() if "<!channel>" in t or "<https://evil" in t]
     assert len([t for t in lines() if "Build started for dev" in t]) == 1  # each line once
+
+
+def test_an_approval_token_planted_on_a_card_is_never_used(bot: BotProcess, slack: SlackWorkspace,
+                                                           background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+                                                           aws_resources: dict[str, str]):
+    """Issue 18 item 3: the token came from the stored card; in PARALLEL mode a token is one execution's, so a
+    token copied into another card would decide that other execution. It is always read from CodePipeline."""
+    command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval")
+    [execution] = pipeline.executions.values()
+    cards = CardStore(StateStore(AwsClients(), aws_resources["table"]), slack=None)  # type: ignore[arg-type]
+
+    def planted(c: DeployCard) -> None:
+        c.approval.token = "token-of-another-execution"
+    background_loop.run(cards.mutate(execution.id, planted))
+    background_loop.run(slack.click("U0APPR1", card, APPROVE_ACTION))
+    wait_for_card(slack, "C0PROD", "Succeeded", timeout=30)
+    assert execution.actions[("Approval", "Approval")].status == "Succeeded"
