@@ -20,6 +20,7 @@ from bot.aws.clients import AwsClients
 from bot.cluster.helm import Helm
 from bot.cluster.kube import Cluster
 from bot.config import Config, load_config
+from bot.delivery.pipeline_events import EventScope
 from bot.event_consumer import EventConsumer
 from bot.http_server import build_http_app
 from bot.jsonlog import redactor
@@ -97,4 +98,8 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
                consumers=[EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,
                                         wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")))
-                          for _ in range(int(environ.get("QUEUE_POLLERS", "2")))])
+                          for _ in range(int(environ.get("QUEUE_POLLERS", "2")))]
+               + ([EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,  # the build's lines
+                                 wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")),
+                                 queue_url=config.progress_queue_url, scope=EventScope.progress_of(config))]
+                  if config.progress_queue_url else []))

@@ -52,6 +52,7 @@ class Config:
     events_queue_url: str
     state_table: str
     audit_table: str  # append-only (README "Security"); the state table if the config names none
+    progress_queue_url: str | None  # the buildspec's progress lines (bot/ci/notify.py); None: none are read
     environments: dict[str, Environment]
     services: dict[str, Service]
     oncall_channels: tuple[str, ...] = field(default=())
@@ -172,7 +173,7 @@ def parse_config(data: Any, source: str) -> Config:
     top = r.mapping(
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
-        optional={"oncall_channels", "oncall_readers", "audit_table"},
+        optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -229,6 +230,8 @@ def parse_config(data: Any, source: str) -> Config:
         events_queue_url=r.string(top["events_queue_url"], "events_queue_url"),
         state_table=r.string(top["state_table"], "state_table"),
         audit_table=r.string(top.get("audit_table", top["state_table"]), "audit_table"),
+        progress_queue_url=r.string(top["progress_queue_url"], "progress_queue_url") if "progress_queue_url" in top
+        else None,
         environments=environments,
         services=services,
         oncall_channels=oncall,

@@ -59,13 +59,14 @@ class _Handled(Generic[Change]):
 class EventConsumer(Generic[Change]):
     def __init__(self, runtime: Runtime, handler: Callable[[PipelineEvent, Runtime], Awaitable[Change | None]],
                  publisher: Callable[[Runtime, list[Change]], Awaitable[None]], concurrency: int = 4,
-                 wait_seconds: int = DEFAULT_WAIT_SECONDS) -> None:
+                 wait_seconds: int = DEFAULT_WAIT_SECONDS, queue_url: str | None = None,
+                 scope: EventScope | None = None) -> None:
         self.runtime = runtime
         self.handler = handler
         self.publisher = publisher  # takes the touched cards durably (marked waiting), or raises
         self.wait_seconds = wait_seconds
-        self.queue_url = runtime.config.events_queue_url
-        self.scope = EventScope.of(runtime.config)
+        self.queue_url = queue_url or runtime.config.events_queue_url
+        self.scope = scope or EventScope.of(runtime.config)
         self._limit = asyncio.Semaphore(concurrency)
         self._in_flight: set[str] = set()  # receipts of the batch being handled
 

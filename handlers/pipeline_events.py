@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE
 
 log = logging.getLogger(__name__)
+EXECUTION_ID = re.compile(r"^[0-9a-zA-Z-]{1,100}$")  # CodePipeline's execution ids
 
 IMAGE_INDEX_TTL = 14 * 86400
 HISTORY_LOOKBACK = timedelta(hours=6)  # a build scans its images within minutes of its start
@@ -190,7 +192,13 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         report = await findings.get()
     if execution_id is None:
         return None  # a build not started by the pipeline
-    loaded = await ensure_card(runtime, execution_id)
+    if event.kind == "progress":  # a line for a card that exists, never the reason one is made
+        loaded = await runtime.cards.load(execution_id) if EXECUTION_ID.match(execution_id) else None
+        if loaded is None:
+            log.info("progress line for an execution without a card dropped: %r", execution_id[:80])
+            return None
+    else:
+        loaded = await ensure_card(runtime, execution_id)
     if loaded is None:
         return None
     approvers = mention_list(runtime.config.environments[loaded[0].environment].approvers)

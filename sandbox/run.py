@@ -45,7 +45,8 @@ async def _main(host: str, port: int) -> int:
         signing_secret = secrets.token_hex(16)
         seeded = seed_all(AwsClients(), bot_token, signing_secret)
         config_path = workdir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(sandbox_config(seeded["queue_url"], seeded["table"]), sort_keys=False))
+        config = sandbox_config(seeded["queue_url"], seeded["table"], seeded["progress_queue_url"])
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         cluster = await _start_cluster()
         faults = Faults(fail_build=_names("SANDBOX_FAIL_BUILD"), critical_scan=_names("SANDBOX_CRITICAL_SCAN"),
@@ -73,7 +74,7 @@ async def _main(host: str, port: int) -> int:
         await web.TCPSite(runner, host, port).start()
         workspace.base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104
         # the buildspec's progress lines go to the bot's queue, as in CodeBuild: CI holds no Slack credential
-        pipeline.notify_environ = {"EVENTS_QUEUE_URL": seeded["queue_url"]}
+        pipeline.notify_environ = {"PROGRESS_QUEUE_URL": seeded["progress_queue_url"]}
 
         bot_port = free_port()
         environ = {"BOT_CONFIG": str(config_path), "SLACK_SECRET_ID": SLACK_SECRET_ID,

@@ -18,10 +18,11 @@ from sandbox.service_logs import seed_service_logs
 STATE_TABLE = "erp-chatops-state"
 EVENTS_QUEUE = "erp-chatops-events"
 EVENTS_DLQ = "erp-chatops-events-dlq"
+PROGRESS_QUEUE = "erp-chatops-progress"
 SLACK_SECRET_ID = "erp-chatops/slack"  # noqa: S105 - a secret name, not a value
 
 
-def sandbox_config(queue_url: str, table: str = STATE_TABLE) -> dict[str, Any]:
+def sandbox_config(queue_url: str, table: str = STATE_TABLE, progress_queue_url: str | None = None) -> dict[str, Any]:
     """The bot's config for the sandbox workspace's channels, people and groups."""
     declared = declared_config()
     return {
@@ -37,6 +38,7 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE) -> dict[str, Any]:
         "services": declared["services"],
         "oncall_channels": ["C0ONCALL"],
         "oncall_readers": ["S0ONCALL"],
+        **({"progress_queue_url": progress_queue_url} if progress_queue_url else {}),
     }
 
 
@@ -54,6 +56,11 @@ def create_state_tables(aws: AwsClients, table: str) -> None:
                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
                                     {"AttributeName": "sk", "KeyType": "RANGE"}])
         ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"})
+
+
+def create_progress_queue(aws: AwsClients, name: str) -> str:
+    """The queue the buildspec's progress lines go to (CI may send there, and nowhere else the bot reads)."""
+    return str(aws.client("sqs").create_queue(QueueName=name, Attributes={"VisibilityTimeout": "30"})["QueueUrl"])
 
 
 def create_events_queue(aws: AwsClients, name: str, dlq_name: str,
@@ -94,7 +101,8 @@ def seed_images(aws: AwsClients) -> None:
 def seed_all(aws: AwsClients, bot_token: str, signing_secret: str) -> dict[str, str]:
     create_state_tables(aws, STATE_TABLE)
     queue, dlq = create_events_queue(aws, EVENTS_QUEUE, EVENTS_DLQ)
+    progress = create_progress_queue(aws, PROGRESS_QUEUE)
     seed_parameters_and_secrets(aws, bot_token, signing_secret)
     seed_images(aws)
     seed_service_logs(aws, list(SERVICES), ["dev", "prod"])
-    return {"queue_url": queue, "dlq_url": dlq, "table": STATE_TABLE}
+    return {"queue_url": queue, "dlq_url": dlq, "table": STATE_TABLE, "progress_queue_url": progress}

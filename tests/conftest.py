@@ -17,7 +17,7 @@ from sandbox.ecr_pages import EcrPager
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import KubeUnavailable, LocalKube
 from sandbox.logs_insights import InsightsStandIn
-from sandbox.seed import create_events_queue, create_state_tables
+from sandbox.seed import create_events_queue, create_progress_queue, create_state_tables
 from sandbox.service_logs import seed_service_logs
 from sandbox.slack_workspace import SlackWorkspace
 from tests.support import (
@@ -69,7 +69,8 @@ def aws_resources(moto: MotoServer) -> dict[str, str]:
     aws = AwsClients()
     create_state_tables(aws, table)
     queue, dlq = create_events_queue(aws, f"erp-chatops-events-{suffix}", f"erp-chatops-events-dlq-{suffix}")
-    return {"table": table, "queue_url": queue, "dlq_url": dlq}
+    progress = create_progress_queue(aws, f"erp-chatops-progress-{suffix}")
+    return {"table": table, "queue_url": queue, "dlq_url": dlq, "progress_queue_url": progress}
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +123,8 @@ def aws_faults(background_loop: BackgroundLoop, moto: MotoServer) -> Iterator[Aw
 
 @pytest.fixture
 def config_file(tmp_path: Path, aws_resources: dict[str, str]) -> Path:
-    return write_config(tmp_path / "config.yaml", base_config(aws_resources["queue_url"], aws_resources["table"]))
+    return write_config(tmp_path / "config.yaml", base_config(aws_resources["queue_url"], aws_resources["table"],
+                                                             aws_resources["progress_queue_url"]))
 
 
 @pytest.fixture

@@ -67,8 +67,8 @@ class BackgroundLoop:
         self.thread.join(5)
 
 
-def base_config(queue_url: str, table: str) -> dict[str, Any]:
-    return sandbox_config(queue_url, table)
+def base_config(queue_url: str, table: str, progress_queue_url: str | None = None) -> dict[str, Any]:
+    return sandbox_config(queue_url, table, progress_queue_url)
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

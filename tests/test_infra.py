@@ -80,7 +80,7 @@ def test_codebuild_gets_secrets_and_parameters_by_reference():
         types = {v["name"]: v["type"] for v in env}
         # no Slack credential in CI (issue 18 item 2): progress goes to the bot's queue
         assert "SECRETS_MANAGER" not in types.values() and types["EKS_CLUSTER_NAME"] == "PARAMETER_STORE"
-        assert types["EVENTS_QUEUE_URL"] == "PLAINTEXT"
+        assert types["PROGRESS_QUEUE_URL"] == "PLAINTEXT"
         for v in env:
             if v["type"] == "PLAINTEXT":
                 assert not re.search(r"(?i)token|secret|password", v["name"])
@@ -261,8 +261,14 @@ def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
         [condition] = table[0]["condition"]
         assert (condition["test"], condition["variable"], condition["values"]) == \
             ("ForAllValues:StringLike", "dynamodb:LeadingKeys", ["LASTDEPLOY#*"])
-        queue = [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]]
+        queue = [s for s in allowed if "${aws_sqs_queue.progress.arn}" in s["resources"]]
         assert [s["actions"] for s in queue] == [["sqs:SendMessage"]], role
+        assert not [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]], role
+    # and the events queue, which the bot trusts as AWS's, takes EventBridge's rules only: a deny for the rest
+    policy = TF["data.aws_iam_policy_document.events_to_queue"]["statement"]
+    [deny] = [s for s in policy if s.get("effect") == "Deny"]
+    assert deny["actions"] == ["sqs:SendMessage"] and deny["principals"][0]["identifiers"] == ["*"]
+    assert deny["condition"][0]["test"] == "ArnNotEquals" and deny["condition"][0]["variable"] == "aws:SourceArn"
     code = (ROOT / "bot" / "ci" / "build_steps.py").read_text()
     assert set(re.findall(r'"pk": \{"S": f"([A-Z]+)#', code)) == {"LASTDEPLOY"}  # the only key space CI writes
 

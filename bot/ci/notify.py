@@ -2,7 +2,7 @@
 
 CodeBuild holds no Slack credential (README "Security"): anyone who can push to main runs code in the
 build, and a token or signing secret there could post as the bot or sign an "Approve" click. So a progress
-line goes onto the bot's events queue (EVENTS_QUEUE_URL) as an event of its own ("ERP Deploy Progress",
+line goes onto the bot's progress queue (PROGRESS_QUEUE_URL) as an event of its own ("ERP Deploy Progress",
 for PIPELINE_EXECUTION_ID), and the bot adds it to that execution's card as a thread note, escaped, under
 the same rate-aware publisher as the cards. It is fast and harmless: a line that cannot be queued is
 logged on stderr and the build goes on.
@@ -41,9 +41,9 @@ class Notifier:
         self.environ = os.environ if environ is None else environ
 
     def post(self, text: str) -> bool:
-        queue, execution = _value(self.environ, "EVENTS_QUEUE_URL"), _value(self.environ, "PIPELINE_EXECUTION_ID")
+        queue, execution = _value(self.environ, "PROGRESS_QUEUE_URL"), _value(self.environ, "PIPELINE_EXECUTION_ID")
         if not queue or not execution:
-            print(f"notify: no events queue or execution to report to; message was: {text[:200]}", file=sys.stderr)
+            print(f"notify: no progress queue or execution to report to; message was: {text[:200]}", file=sys.stderr)
             return False
         try:
             import boto3

@@ -32,6 +32,7 @@ EXPIRY_SKEW = timedelta(minutes=1)  # event times have whole seconds, and AWS's 
 DECIDED = ("Approved", "Rejected", "Expired")
 PHASE_FAILED = ("FAILED", "FAULT", "TIMED_OUT")  # CodeBuild's phase statuses that end a build
 REGION = "ap-northeast-2"
+MAX_PROGRESS_NOTES = 60  # a build posts about ten: more is a loop or a flood, and the card must stay small
 
 
 @dataclass
@@ -233,8 +234,10 @@ def apply_event(card: DeployCard, event: PipelineEvent, approvers: str = "") -> 
                                                            f"\n>{escape_text(context[:1500])}"
                                                            + (f"\n<{log}|Build log in CloudWatch Logs>"
                                                               if is_aws_console_link(log) else ""))
-    elif event.kind == "progress":  # the buildspec's line: text as CI wrote it, never markup
-        notes += card.note(f"progress:{event.event_id}", escape_text(str(event.detail.get("text", ""))))
+    elif event.kind == "progress":  # the buildspec's line: text as CI wrote it, never markup, and bounded
+        if sum(k.startswith("progress:") for k in card.notes) < MAX_PROGRESS_NOTES:
+            text = escape_text(str(event.detail.get("text", "")))
+            notes += card.note(f"progress:{event.event_id}", text if len(text) <= 3000 else text[:2997] + "...")
     elif event.kind == "scan":
         repo = str(event.detail.get("repository-name"))
         counts = {str(k).upper(): int(v) for k, v in (event.detail.get("finding-severity-counts") or {}).items()

@@ -45,6 +45,9 @@ class EventScope:
     pipeline: str
     repositories: frozenset[str]
     account: str | None = None  # None: the queue's URL does not say (any account)
+    # the kinds this queue carries: AWS's events on the events queue (EventBridge's rules alone may send
+    # there), the buildspec's progress lines on the progress queue (CI may send there, and nowhere else)
+    kinds: frozenset[str] = frozenset(k for k in KNOWN.values() if k != "progress")
 
     @classmethod
     def of(cls, config: Config) -> EventScope:
@@ -53,8 +56,14 @@ class EventScope:
                    repositories=frozenset(s.image_repository for s in config.services.values()),
                    account=match.group(1) if match else None)
 
+    @classmethod
+    def progress_of(cls, config: Config) -> EventScope:
+        return cls(pipeline=config.pipeline, repositories=frozenset(), kinds=frozenset({"progress"}))
+
     def why_not_ours(self, kind: str, envelope: dict[str, Any], detail: dict[str, Any]) -> str | None:
         """Why this event belongs to someone else; None when it is ours (or says too little to tell)."""
+        if kind not in self.kinds:  # e.g. a "pipeline event" sent by CI to its progress queue
+            return f"a {kind} event on a queue that does not carry them"
         account = envelope.get("account")
         if self.account and isinstance(account, str) and account != self.account:
             return f"account {account}"

@@ -127,10 +127,10 @@ def build(tmp_path: Path, moto, slack: SlackWorkspace, aws_resources: dict[str, 
                "PATH": stock_image_path(tmp_path / "bin"), "HOME": str(tmp_path / "home"),
                "TOOLS_CACHE": ci_tools["cache"],  # CodeBuild's local cache: the same across builds
                "DOCKER_LOG": str(tmp_path / "docker.log"),
-               "EVENTS_QUEUE_URL": aws_resources["queue_url"], "STATE_TABLE": aws_resources["table"]}
+               "PROGRESS_QUEUE_URL": aws_resources["progress_queue_url"], "STATE_TABLE": aws_resources["table"]}
     card = slack.m_chat_postMessage({"channel": "C0PROD", "text": "Deploy employee to prod"})
     yield {"environ": environ, "card_ts": card["ts"], "docker_log": tmp_path / "docker.log",
-           "queue": aws_resources["queue_url"]}
+           "queue": aws_resources["progress_queue_url"]}
 
 
 def pipeline_vars(repo: dict[str, object], card_ts: str, **extra: str) -> dict[str, str]:
@@ -279,7 +279,7 @@ def test_a_broken_build_fails_and_says_so(repo: dict[str, object], build: dict[s
 
 
 def test_an_unreachable_queue_never_fails_the_build(repo: dict[str, object], build: dict[str, object]):
-    build["environ"]["EVENTS_QUEUE_URL"] = f"http://127.0.0.1:{free_port()}/000000000000/gone"  # type: ignore[index]
+    build["environ"]["PROGRESS_QUEUE_URL"] = f"http://127.0.0.1:{free_port()}/000000000000/gone"  # type: ignore[index]
     started = time.monotonic()
     result = run(repo, build, SERVICE="employee")
     assert result.succeeded, result.output

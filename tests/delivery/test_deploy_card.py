@@ -389,3 +389,31 @@ def test_what_the_repository_wrote_reaches_the_thread_as_text_and_links_only_to_
     assert "evil.example" not in json.dumps(render_card(card)[1])  # no Logs button to it
     card.links["build_log"] = "https://console.aws.amazon.com/cloudwatch/home?region=ap-northeast-2#logEvent:group=x"
     assert "open_logs" in json.dumps(render_card(card)[1])
+
+
+def test_ci_can_add_lines_to_a_thread_and_nothing_else():
+    """Review of issue 18 item 2: CI may send to the progress queue only; what arrives there is read as progress
+    lines and nothing else (a forged "approval succeeded" is not ours), and AWS's queue takes no progress."""
+    from bot.delivery.pipeline_events import EventScope, NotOurs
+
+    scope_events = EventScope(pipeline="erp-pipeline", repositories=frozenset())
+    scope_progress = EventScope(pipeline="erp-pipeline", repositories=frozenset(), kinds=frozenset({"progress"}))
+    forged = json.dumps({"id": "1", "detail-type": "CodePipeline Action Execution State Change",
+                         "time": "2026-01-01T00:00:00Z", "detail": {"pipeline": "erp-pipeline", "execution-id": "e",
+                                                                    "stage": "Approval", "action": "Approval",
+                                                                    "state": "SUCCEEDED"}})
+    line = json.dumps({"id": "2", "detail-type": "ERP Deploy Progress", "time": "2026-01-01T00:00:00Z",
+                       "detail": {"execution-id": "e", "text": "Build started"}})
+    with pytest.raises(NotOurs):
+        parse_event(forged, scope_progress)
+    with pytest.raises(NotOurs):
+        parse_event(line, scope_events)
+    assert parse_event(forged, scope_events) is not None and parse_event(line, scope_progress) is not None
+    # a flood of lines stays bounded: the card must stay well under DynamoDB's item size
+    card = new_card("e")
+    for n in range(80):
+        apply_event(card, parse_event(json.dumps({"id": f"p{n}", "detail-type": "ERP Deploy Progress",
+                                                  "time": "2026-01-01T00:00:00Z",
+                                                  "detail": {"execution-id": "e", "text": "&" * 3000}})))
+    progress_notes = [n for n in card.notes if n.startswith("progress:")]
+    assert len(progress_notes) == 60 and len(card.to_json()) < 300_000

@@ -545,11 +545,12 @@ def test_the_builds_progress_reaches_the_thread_through_the_bot(bot: BotProcess,
     Slack credential); the bot posts them in the deploy's thread, as text."""
     from bot.ci.notify import Notifier
 
-    pipeline.notify_environ = {"EVENTS_QUEUE_URL": aws_resources["queue_url"]}  # as CodeBuild's project sets it
+    pipeline.notify_environ = {"PROGRESS_QUEUE_URL": aws_resources["progress_queue_url"]}  # as CodeBuild has it
     command(background_loop, slack, "U0DEV1", "C0DEV", "deploy employee dev")
     card = wait_for_card(slack, "C0DEV", "Succeeded")
     [execution] = pipeline.executions.values()
-    assert Notifier({"EVENTS_QUEUE_URL": aws_resources["queue_url"], "PIPELINE_EXECUTION_ID": execution.id}).post(
+    assert Notifier({"PROGRESS_QUEUE_URL": aws_resources["progress_queue_url"],
+                     "PIPELINE_EXECUTION_ID": execution.id}).post(
         "step said <!channel> see <https://evil.example|the log>")
 
     def lines() -> list[str]:

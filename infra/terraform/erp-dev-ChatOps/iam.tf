@@ -34,9 +34,9 @@ data "aws_iam_policy_document" "bot" {
     resources = ["${local.pipeline_arn}/Approval/Approval"]
   }
   statement {
-    sid       = "ConsumePipelineEvents"
+    sid       = "ConsumePipelineEvents" # and the build's progress lines
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"]
-    resources = [aws_sqs_queue.events.arn]
+    resources = [aws_sqs_queue.events.arn, aws_sqs_queue.progress.arn]
   }
   statement {
     sid       = "SharedState"
@@ -136,7 +136,7 @@ data "aws_iam_policy_document" "build" {
   statement {
     sid       = "ProgressToTheBot" # no Slack credential in CI: the bot posts what arrives here
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.events.arn]
+    resources = [aws_sqs_queue.progress.arn]
   }
   statement {
     sid       = "ReadTheLastDeployedCommits" # what changed since: the one key space it reads, and only reads
@@ -185,7 +185,7 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid       = "ProgressToTheBot"
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.events.arn]
+    resources = [aws_sqs_queue.progress.arn]
   }
   statement {
     sid       = "LastDeployedCommitsOnly" # the one key space CI reads and writes in the bot's table

@@ -123,6 +123,21 @@ resource "aws_sqs_queue" "events" {
   })
 }
 
+# The buildspec's progress lines, on a queue of their own: CI may send here and nowhere else the bot reads,
+# so a build can add a line to its card's thread and never pass for an AWS event (the events queue takes
+# EventBridge's rules only, with an explicit deny for every other sender).
+resource "aws_sqs_queue" "progress" {
+  name                       = "erp-chatops-progress"
+  visibility_timeout_seconds = 30
+  receive_wait_time_seconds  = 5
+  message_retention_seconds  = 86400 # a line a day old helps nobody
+  sqs_managed_sse_enabled    = true
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.events_dlq.arn
+    maxReceiveCount     = 12
+  })
+}
+
 resource "aws_cloudwatch_event_rule" "codepipeline" {
   name        = "erp-chatops-codepipeline"
   description = "Execution, stage and action state changes of the ERP pipeline"
@@ -175,6 +190,22 @@ data "aws_iam_policy_document" "events_to_queue" {
     }
     condition {
       test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values = [aws_cloudwatch_event_rule.codepipeline.arn, aws_cloudwatch_event_rule.codebuild.arn,
+      aws_cloudwatch_event_rule.scans.arn]
+    }
+  }
+  statement {
+    sid       = "NobodyElseSends" # an explicit deny beats any identity policy in the account (CI's included)
+    effect    = "Deny"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.events.arn]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "ArnNotEquals" # also true when there is no source ARN (any role or user)
       variable = "aws:SourceArn"
       values = [aws_cloudwatch_event_rule.codepipeline.arn, aws_cloudwatch_event_rule.codebuild.arn,
       aws_cloudwatch_event_rule.scans.arn]
@@ -322,9 +353,9 @@ resource "aws_codebuild_project" "build" {
       value = "/erp/${var.environment}/helm/version"
       type  = "PARAMETER_STORE"
     }
-    environment_variable { # progress lines go to the bot's queue: CI holds no Slack credential
-      name  = "EVENTS_QUEUE_URL"
-      value = aws_sqs_queue.events.url
+    environment_variable { # progress lines go to the bot's progress queue: CI holds no Slack credential
+      name  = "PROGRESS_QUEUE_URL"
+      value = aws_sqs_queue.progress.url
       type  = "PLAINTEXT"
     }
     environment_variable {
@@ -373,9 +404,9 @@ resource "aws_codebuild_project" "deploy" {
       value = "/erp/${var.environment}/helm/version"
       type  = "PARAMETER_STORE"
     }
-    environment_variable { # progress lines go to the bot's queue: CI holds no Slack credential
-      name  = "EVENTS_QUEUE_URL"
-      value = aws_sqs_queue.events.url
+    environment_variable { # progress lines go to the bot's progress queue: CI holds no Slack credential
+      name  = "PROGRESS_QUEUE_URL"
+      value = aws_sqs_queue.progress.url
       type  = "PLAINTEXT"
     }
     environment_variable {

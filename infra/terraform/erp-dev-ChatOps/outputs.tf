@@ -3,6 +3,11 @@ output "bot_role_arn" {
   value       = aws_iam_role.bot.arn
 }
 
+output "progress_queue_url" {
+  description = "progress_queue_url in the bot's config"
+  value       = aws_sqs_queue.progress.url
+}
+
 output "events_queue_url" {
   description = "events_queue_url in the bot's config"
   value       = aws_sqs_queue.events.url
