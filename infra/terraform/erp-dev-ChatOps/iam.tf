@@ -131,7 +131,7 @@ data "aws_iam_policy_document" "build" {
   statement {
     sid       = "Parameters"
     actions   = ["ssm:GetParameters"]
-    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/*"]
+    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/${var.environment}/*"] # what the buildspec reads
   }
   statement {
     sid       = "ProgressToTheBot" # no Slack credential in CI: the bot posts what arrives here
@@ -180,7 +180,7 @@ data "aws_iam_policy_document" "deploy" {
   statement {
     sid       = "Parameters"
     actions   = ["ssm:GetParameters"]
-    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/*"]
+    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/${var.environment}/*"] # what the buildspec reads
   }
   statement {
     sid       = "ProgressToTheBot"
