@@ -219,6 +219,13 @@ def test_bot_policy_grants_exactly_what_the_code_calls():
     assert kms and all(s["resources"] == ["${aws_kms_key.chatops.arn}"] for s in kms)
 
 
+def policy_statements(role: str) -> list[dict[str, Any]]:
+    """A role's policy document with the documents it builds on (source_policy_documents)."""
+    doc = TF[f"data.aws_iam_policy_document.{role}"]
+    sources = re.findall(r"aws_iam_policy_document\.(\w+)\.json", str(doc.get("source_policy_documents", "")))
+    return [*(s for src in sources for s in TF[f"data.aws_iam_policy_document.{src}"]["statement"]), *doc["statement"]]
+
+
 def test_no_role_can_change_or_delete_the_audit_trail():
     """Issue 18 item 6: the bot and CI could update or delete audit records. Now the bot may only add and
     read (a conditional put in the code), and both roles are denied every rewrite explicitly."""
@@ -226,7 +233,7 @@ def test_no_role_can_change_or_delete_the_audit_trail():
     rewrites = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PartiQLUpdate",
                 "dynamodb:PartiQLDelete"}
     for role in ("bot", "build", "deploy"):
-        statements = TF[f"data.aws_iam_policy_document.{role}"]["statement"]
+        statements = policy_statements(role)
         allowed = {a for s in statements if s.get("effect", "Allow") == "Allow" and audit in s["resources"]
                    for a in s["actions"]}
         denied = {a for s in statements if s.get("effect") == "Deny" and audit in s["resources"] for a in s["actions"]}
@@ -253,7 +260,7 @@ def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
     write any item of the bot's table. Now it may send progress to the queue and keep the last deployed
     commits, nothing else of the bot's."""
     for role, table_actions in (("build", {"dynamodb:GetItem"}), ("deploy", {"dynamodb:GetItem", "dynamodb:PutItem"})):
-        statements = TF[f"data.aws_iam_policy_document.{role}"]["statement"]
+        statements = policy_statements(role)
         allowed = [s for s in statements if s.get("effect", "Allow") == "Allow"]
         assert not [s for s in allowed if any(a.startswith("secretsmanager:") for a in s["actions"])], role
         table = [s for s in allowed if "${aws_dynamodb_table.state.arn}" in s["resources"]]
@@ -274,7 +281,7 @@ def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
 
 
 def allowed_actions(role: str) -> set[str]:
-    return {a for s in TF[f"data.aws_iam_policy_document.{role}"]["statement"] if s.get("effect", "Allow") == "Allow"
+    return {a for s in policy_statements(role) if s.get("effect", "Allow") == "Allow"
             for a in s["actions"]}
 
 
@@ -386,7 +393,7 @@ def test_each_codebuild_project_logs_to_its_own_group():
         group = project["logs_config"][0]["cloudwatch_logs"][0]["group_name"]
         assert group == f"/aws/codebuild/{project['name']}", name
     for role in ("build", "deploy"):  # each role writes its own project's group only
-        writes = [s for s in TF[f"data.aws_iam_policy_document.{role}"]["statement"] if "logs:PutLogEvents" in s["actions"]]
+        writes = [s for s in policy_statements(role) if "logs:PutLogEvents" in s["actions"]]
         assert writes and all(r.endswith(f":log-group:/aws/codebuild/erp-{role}*") for s in writes for r in s["resources"])
 
 

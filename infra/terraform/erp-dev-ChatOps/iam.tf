@@ -111,23 +111,7 @@ data "aws_iam_policy_document" "codebuild_trust" {
 # deployed commits, and nothing of the cluster, the bot's state or prod; Deploy may reach the cluster and
 # record what it deployed, and push no image. Neither holds a Slack credential: progress goes to the queue.
 
-data "aws_iam_policy_document" "build" {
-  statement {
-    sid       = "BuildLogs"
-    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-build*"]
-  }
-  statement {
-    sid       = "EcrLogin"
-    actions   = ["ecr:GetAuthorizationToken"]
-    resources = ["*"]
-  }
-  statement {
-    sid = "PushAndScanImages"
-    actions = ["ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
-    "ecr:PutImage", "ecr:BatchGetImage", "ecr:StartImageScan", "ecr:DescribeImageScanFindings", "ecr:DescribeImages"]
-    resources = [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]
-  }
+data "aws_iam_policy_document" "ci_common" { # what both CodeBuild roles need
   statement {
     sid       = "Parameters"
     actions   = ["ssm:GetParameters"]
@@ -137,16 +121,6 @@ data "aws_iam_policy_document" "build" {
     sid       = "ProgressToTheBot" # no Slack credential in CI: the bot posts what arrives here
     actions   = ["sqs:SendMessage"]
     resources = [aws_sqs_queue.progress.arn]
-  }
-  statement {
-    sid       = "ReadTheLastDeployedCommits" # what changed since: the one key space it reads, and only reads
-    actions   = ["dynamodb:GetItem"]
-    resources = [aws_dynamodb_table.state.arn]
-    condition {
-      test     = "ForAllValues:StringLike"
-      variable = "dynamodb:LeadingKeys"
-      values   = ["LASTDEPLOY#*"]
-    }
   }
   statement {
     sid       = "TheAuditTrailIsNotCIs"
@@ -171,21 +145,42 @@ data "aws_iam_policy_document" "build" {
   }
 }
 
+data "aws_iam_policy_document" "build" {
+  source_policy_documents = [data.aws_iam_policy_document.ci_common.json]
+  statement {
+    sid       = "BuildLogs"
+    actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-build*"]
+  }
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+  statement {
+    sid = "PushAndScanImages"
+    actions = ["ecr:BatchCheckLayerAvailability", "ecr:InitiateLayerUpload", "ecr:UploadLayerPart", "ecr:CompleteLayerUpload",
+    "ecr:PutImage", "ecr:BatchGetImage", "ecr:StartImageScan", "ecr:DescribeImageScanFindings", "ecr:DescribeImages"]
+    resources = [for r in local.repositories : "arn:aws:ecr:${var.region}:${var.account_id}:repository/${r}"]
+  }
+  statement {
+    sid       = "ReadTheLastDeployedCommits" # what changed since: the one key space it reads, and only reads
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.state.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["LASTDEPLOY#*"]
+    }
+  }
+}
+
 data "aws_iam_policy_document" "deploy" {
+  source_policy_documents = [data.aws_iam_policy_document.ci_common.json]
   statement {
     sid       = "DeployLogs"
     actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["arn:aws:logs:${var.region}:${var.account_id}:log-group:/aws/codebuild/erp-deploy*"]
-  }
-  statement {
-    sid       = "Parameters"
-    actions   = ["ssm:GetParameters"]
-    resources = ["arn:aws:ssm:${var.region}:${var.account_id}:parameter/erp/${var.environment}/*"] # what the buildspec reads
-  }
-  statement {
-    sid       = "ProgressToTheBot"
-    actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.progress.arn]
   }
   statement {
     sid       = "LastDeployedCommitsOnly" # the one key space CI reads and writes in the bot's table
@@ -198,12 +193,6 @@ data "aws_iam_policy_document" "deploy" {
     }
   }
   statement {
-    sid       = "TheAuditTrailIsNotCIs"
-    effect    = "Deny"
-    actions   = ["dynamodb:*"]
-    resources = [aws_dynamodb_table.audit.arn]
-  }
-  statement {
     sid       = "KubeconfigForHelm"
     actions   = ["eks:DescribeCluster"]
     resources = ["arn:aws:eks:${var.region}:${var.account_id}:cluster/erp-*"]
@@ -212,21 +201,6 @@ data "aws_iam_policy_document" "deploy" {
     sid       = "DeployTrace"
     actions   = ["xray:PutTraceSegments"]
     resources = ["*"]
-  }
-  statement {
-    sid       = "PipelineArtifacts"
-    actions   = ["s3:GetObject", "s3:GetBucketLocation"]
-    resources = [aws_s3_bucket.artifacts.arn, "${aws_s3_bucket.artifacts.arn}/*"]
-  }
-  statement {
-    sid       = "SourceConnection"
-    actions   = ["codeconnections:UseConnection", "codestar-connections:UseConnection"]
-    resources = [var.github_connection_arn]
-  }
-  statement {
-    sid       = "ArtifactsKey"
-    actions   = ["kms:Decrypt"]
-    resources = [aws_kms_key.chatops.arn]
   }
 }
 
