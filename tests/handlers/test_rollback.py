@@ -197,13 +197,14 @@ def test_helm_failure_is_surfaced_in_the_thread(release: Release, slack: SlackWo
                                                 background_loop: BackgroundLoop):
     ask(background_loop, slack, "U0DEV1", "rollback employee dev", "C0DEV")
     plan = plan_message(slack, "C0DEV")
-    # helm renders fine but may not write: the namespace's quota allows no new Secret (helm's release record)
+    # helm renders fine but may not write: the namespace's quota allows no new ConfigMap (helm's release record)
     ns = release.namespaces["dev"]
     release.kube.apply({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {
-        "name": "no-more-secrets", "namespace": ns}, "spec": {"hard": {"count/secrets": "0"}}})
+        "name": "no-more-records", "namespace": ns}, "spec": {"hard": {"count/configmaps": "0"}}})
     # what the quota controller would record (none runs here): the admission plugin enforces the status
-    status, body = release.kube.request("PATCH", f"/api/v1/namespaces/{ns}/resourcequotas/no-more-secrets/status",
-                                        {"status": {"hard": {"count/secrets": "0"}, "used": {"count/secrets": "3"}}},
+    status, body = release.kube.request("PATCH", f"/api/v1/namespaces/{ns}/resourcequotas/no-more-records/status",
+                                        {"status": {"hard": {"count/configmaps": "0"},
+                                                    "used": {"count/configmaps": "3"}}},
                                         content_type="application/merge-patch+json")
     assert status == 200, body
     background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
