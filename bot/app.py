@@ -97,9 +97,11 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     handlers.register(bolt, runtime)
     return Bot(runtime=runtime, bolt=bolt, http=build_http_app(runtime, bolt),
                consumers=[EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,
-                                        wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")))
-                          for _ in range(int(environ.get("QUEUE_POLLERS", "2")))]
+                                        wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")),
+                                        name=f"event consumer {n + 1}")
+                          for n in range(int(environ.get("QUEUE_POLLERS", "2")))]
                + ([EventConsumer(runtime, handlers.EVENT_HANDLER, handlers.EVENT_PUBLISHER,  # the build's lines
                                  wait_seconds=int(environ.get("QUEUE_WAIT_SECONDS", "5")),
-                                 queue_url=config.progress_queue_url, scope=EventScope.progress_of(config))]
+                                 queue_url=config.progress_queue_url, scope=EventScope.progress_of(config),
+                                 name="progress consumer")]
                   if config.progress_queue_url else []))

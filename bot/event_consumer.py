@@ -60,13 +60,15 @@ class EventConsumer(Generic[Change]):
     def __init__(self, runtime: Runtime, handler: Callable[[PipelineEvent, Runtime], Awaitable[Change | None]],
                  publisher: Callable[[Runtime, list[Change]], Awaitable[None]], concurrency: int = 4,
                  wait_seconds: int = DEFAULT_WAIT_SECONDS, queue_url: str | None = None,
-                 scope: EventScope | None = None) -> None:
+                 scope: EventScope | None = None, name: str = CONSUMER) -> None:
         self.runtime = runtime
         self.handler = handler
         self.publisher = publisher  # takes the touched cards durably (marked waiting), or raises
         self.wait_seconds = wait_seconds
         self.queue_url = queue_url or runtime.config.events_queue_url
         self.scope = scope or EventScope.of(runtime.config)
+        # its own name in Runtime.failing_since: one poller doing well must not clear another's failure
+        self.name = name
         self._limit = asyncio.Semaphore(concurrency)
         self._in_flight: set[str] = set()  # receipts of the batch being handled
 
@@ -88,16 +90,16 @@ class EventConsumer(Generic[Change]):
                 raise
             except Exception as e:
                 failures += 1
-                self.runtime.failing_since.setdefault(CONSUMER, time.monotonic())
+                self.runtime.failing_since.setdefault(self.name, time.monotonic())
                 delay = min(CONSUMER_MAX_BACKOFF, 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)  # noqa: S311
-                log.warning("the event consumer failed (%d in a row): %s; again in %.0fs", failures, error_code(e),
+                log.warning("the %s failed (%d in a row): %s; again in %.0fs", self.name, failures, error_code(e),
                             delay, exc_info=failures == 1, extra=log_fields(reason=error_code(e)))
                 await asyncio.sleep(delay)
                 continue
             if failures:
-                log.info("the event consumer is working again after %d failure(s)", failures)
+                log.info("the %s is working again after %d failure(s)", self.name, failures)
             failures = 0
-            self.runtime.failing_since.pop(CONSUMER, None)
+            self.runtime.failing_since.pop(self.name, None)
 
     async def process_batch(self, messages: list[dict[str, Any]]) -> None:
         async def guarded(m: dict[str, Any], e: PipelineEvent) -> _Handled[Change] | None:

@@ -258,7 +258,7 @@ def test_a_failing_consumer_backs_off_reports_unready_and_recovers(
         background_loop.run(slack.send_command("U0DEV1", "C0DEV", "deploy employee dev"))
         _, body, _ = wait_until(lambda: (r := http("GET", f"{bot.url}/readyz"))[0] == 503 and r,
                                      timeout=60, what="the replica to report itself unready")
-        assert "event consumer" in json.loads(body) and "failing for" in body
+        assert any(name.startswith("event consumer") for name in json.loads(body)) and "failing for" in body
         assert not [line for line in bot.log_lines() if "Traceback" in str(line.get("message", ""))]
         stuck.times = 0  # DynamoDB recovers: the same consumer carries on, nothing was lost
         wait_until(lambda: "Succeeded" in card_of(slack, "C0DEV"), timeout=90, what="the card to catch up")
