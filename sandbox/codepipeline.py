@@ -417,6 +417,9 @@ class PipelineStandIn(JsonApi):
                         run.token = str(uuid.uuid4())  # the request exists once the action has started
                         # its seven days count from now, before anyone can see it (or move the clock on)
                         run.expires = self.now() + self._approval_lifetime(action)
+                        # and it can be answered from the moment it can be seen (ListActionExecutions shows
+                        # the token as soon as the run is listed, before its STARTED event is out)
+                        e.decision = asyncio.get_running_loop().create_future()
                     e.actions[(stage["name"], action["name"])] = run
                     await self._action_event(e, run, action, "STARTED")
                     ok, error_code = await self._run_action(e, run, action)
@@ -455,7 +458,8 @@ class PipelineStandIn(JsonApi):
             run.external_url = f"https://github.com/erp-team/erp-platform/commit/{e.revision}"
             return True, None
         if category == "Approval":
-            e.decision = asyncio.get_running_loop().create_future()
+            if e.decision is None:  # made when the request was listed; an answer given since is kept
+                e.decision = asyncio.get_running_loop().create_future()
             # the action's timeoutInMinutes, seven days by default (AWS's user guide: with no response within
             # seven days the pipeline fails), counted from the action's start
             expires = run.expires if run.expires is not None else self.now() + self._approval_lifetime(action)

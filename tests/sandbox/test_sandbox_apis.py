@@ -240,3 +240,32 @@ def test_ecr_serves_scan_findings_a_page_at_a_time(ecr_pages, erp_images):  # ty
     with pytest.raises(ClientError, match="InvalidParameterException"):
         ecr.describe_image_scan_findings(repositoryName="erp/employee-service", imageId={"imageTag": "paged-1"},
                                          nextToken="made-up")
+
+
+def test_an_approval_can_be_answered_as_soon_as_it_is_listed(background_loop, aws_resources, aws_faults,  # type: ignore[no-untyped-def]
+                                                            monkeypatch):
+    """The stand-in listed an approval's token before it could take an answer: while its STARTED event was
+    still being sent (slow under load, seen in CI), PutApprovalResult said ApprovalAlreadyCompleted.
+    CodePipeline takes an answer for any request ListActionExecutions shows as InProgress."""
+    from bot.aws.clients import AwsClients
+    from sandbox.aws_fault_proxy import Fault as AwsFault
+    from tests.support import served
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", aws_faults.url)  # the stand-in's events go out slowly
+    aws_faults.faults.append(AwsFault("sqs", "slow", times=10**6, operation="SendMessage", delay=0.5))
+    with served(background_loop, PipelineStandIn(AwsClients(), aws_resources["queue_url"], step_seconds=0.01)) as s:
+        cp = codepipeline(s)
+        execution_id = cp.start_pipeline_execution(name="erp-pipeline", variables=[
+            {"name": "ENVIRONMENT", "value": "prod"}, {"name": "SERVICE", "value": "employee"}])["pipelineExecutionId"]
+
+        def token() -> str | None:
+            details = cp.list_action_executions(pipelineName="erp-pipeline", filter={
+                "pipelineExecutionId": execution_id})["actionExecutionDetails"]
+            open_ = [d for d in details if d["stageName"] == "Approval" and d["status"] == "InProgress"]
+            return open_[0]["output"]["executionResult"]["externalExecutionId"] if open_ else None
+
+        found = wait_until(token, timeout=60, what="the approval request")
+        cp.put_approval_result(pipelineName="erp-pipeline", stageName="Approval", actionName="Approval",
+                               token=found, result={"summary": "at once", "status": "Approved"})
+        wait_until(lambda: cp.get_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=execution_id)
+                   ["pipelineExecution"]["status"] == "Succeeded", timeout=60, what="success")
