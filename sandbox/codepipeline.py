@@ -298,6 +298,8 @@ class PipelineStandIn(JsonApi):
                 if run.expired:  # botocore's model: "already received a response or has expired"
                     raise PipelineError("InvalidApprovalTokenException",
                                         f"The token for the approval request of action {action} is not valid")
+                # botocore's model: ApprovalAlreadyCompletedException, "The approval action has already been
+                # approved or rejected"; a request listed InProgress and unanswered takes the answer
                 if run.status != "InProgress" or e.decision is None or e.decision.done():
                     raise PipelineError("ApprovalAlreadyCompletedException",
                                         "The approval request has already been completed")
