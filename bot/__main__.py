@@ -96,6 +96,8 @@ def _ci(args: argparse.Namespace) -> int:
         elif args.step == "scan-gate":
             steps.scan_gate(args.services, args.tag, notifier, wait_seconds=args.wait)
         elif args.step == "deploy":
+            if args.image_tags.strip():  # something to deploy: the lock and the freeze first, before helm
+                steps.deploy_gate(os.environ, args.environment)
             started = time.time()
             result = steps.deploy(args.release, args.chart, args.namespace, args.environment, args.image_tags,
                                   notifier, rollout_timeout=args.rollout_timeout,

@@ -47,7 +47,8 @@ class Bot:
     def background(self) -> list[Callable[[], Awaitable[None]]]:
         """What runs beside the HTTP server, each supervised (see bot.http_server.serve)."""
         return [*(c.run for c in self.consumers), self.runtime.publisher.run, self.runtime.membership.run,
-                functools.partial(handlers.CARD_SWEEPER, self.runtime)]
+                functools.partial(handlers.CARD_SWEEPER, self.runtime),
+                functools.partial(handlers.LOCK_SWEEPER, self.runtime)]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
@@ -90,6 +91,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.unready_after = float(environ.get("UNREADY_AFTER_FAILING_SECONDS", "60"))
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
     runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
+    runtime.lock_sweep_seconds = float(environ.get("LOCK_SWEEP_SECONDS", "30"))
     runtime.user_limits = {"changes": int(environ.get("USER_CHANGES_PER_WINDOW", "6")),
                            "log queries": int(environ.get("USER_LOG_QUERIES_PER_WINDOW", "10"))}
     runtime.user_limit_window = int(environ.get("USER_LIMIT_WINDOW_SECONDS", "60"))

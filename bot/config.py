@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from bot.delivery.freeze_calendar import FreezeCalendar, FreezeConfigError
+
 SLACK_PRINCIPAL = re.compile(r"^[UWS][A-Z0-9]{2,}$")  # users U/W, user groups S
 SLACK_CHANNEL = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,40}$")
@@ -32,6 +34,8 @@ class Environment:
     approvers: tuple[str, ...] = ()
     deployers: tuple[str, ...] | None = None  # None: anyone may deploy
     readers: tuple[str, ...] | None = None  # who may read its logs; None: the default (see Config.readers_of)
+    freeze: FreezeCalendar | None = None  # when it takes no deploys (bot/delivery/freeze_calendar.py)
+    lock_after_rollback: int | None = None  # seconds: a rollback locks it this long, so nobody redeploys at once
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,25 @@ class Service:
 
 
 @dataclass(frozen=True)
+class LockSettings:
+    """`/erp lock`: how long a lock lasts unless told, the longest one may ask for, when to remind."""
+
+    default_seconds: int = 2 * 3600
+    max_seconds: int = 3 * 86400
+    remind_before_seconds: int = 15 * 60
+
+
+_DURATION = re.compile(r"^(\d{1,4})([mhd])$")
+_DURATION_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> int | None:
+    """`90m`, `2h`, `3d` in seconds; None if it is not one."""
+    m = _DURATION.match(text.strip().lower())
+    return int(m.group(1)) * _DURATION_SECONDS[m.group(2)] if m and int(m.group(1)) > 0 else None
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     pipeline: str
@@ -57,6 +80,7 @@ class Config:
     services: dict[str, Service]
     oncall_channels: tuple[str, ...] = field(default=())
     oncall_readers: tuple[str, ...] = field(default=())  # the on-call group: reads every environment
+    locks: LockSettings = field(default_factory=lambda: LockSettings())
 
     def readers_of(self, env: str) -> tuple[str, ...] | None:
         """Who may read an environment's logs: its `readers` if set; else its deployers, approvers and the
@@ -122,6 +146,12 @@ class _Reader:
             raise self.fail(key, what, value)
         return value
 
+    def duration(self, value: Any, key: str) -> int:
+        seconds = duration_seconds(value) if isinstance(value, str) else None
+        if seconds is None:
+            raise self.fail(key, "a duration such as 30m, 2h or 3d", value)
+        return seconds
+
     def boolean(self, value: Any, key: str) -> bool:
         if not isinstance(value, bool):
             raise self.fail(key, "true or false", value)
@@ -173,7 +203,7 @@ def parse_config(data: Any, source: str) -> Config:
     top = r.mapping(
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
-        optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url"},
+        optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url", "locks"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -183,7 +213,7 @@ def parse_config(data: Any, source: str) -> Config:
         key = f"environments.{name}"
         r.string(name, key, NAME, "a lower-case environment name")
         e = r.mapping(raw, key, required={"namespace", "release", "channel", "approval"},
-                      optional={"approvers", "deployers", "readers"})
+                      optional={"approvers", "deployers", "readers", "freeze", "lock_after_rollback"})
         approval = r.boolean(e["approval"], f"{key}.approval")
         approvers = r.id_list(e.get("approvers", []), f"{key}.approvers", SLACK_PRINCIPAL,
                               "Slack user or user-group IDs (U..., W..., S...)")
@@ -197,6 +227,12 @@ def parse_config(data: Any, source: str) -> Config:
         if "readers" in e:
             readers = r.id_list(e["readers"], f"{key}.readers", SLACK_PRINCIPAL,
                                 "Slack user or user-group IDs (U..., W..., S...)")
+        freeze = None
+        if "freeze" in e:
+            try:
+                freeze = FreezeCalendar.parse(e["freeze"])
+            except FreezeConfigError as problem:
+                raise ConfigError(f"{source}: {key}.freeze: {problem}") from None
         environments[name] = Environment(
             name=name,
             namespace=r.string(e["namespace"], f"{key}.namespace", NAME, "a Kubernetes namespace"),
@@ -206,6 +242,9 @@ def parse_config(data: Any, source: str) -> Config:
             approvers=approvers,
             deployers=deployers,
             readers=readers,
+            freeze=freeze,
+            lock_after_rollback=r.duration(e["lock_after_rollback"], f"{key}.lock_after_rollback")
+            if "lock_after_rollback" in e else None,
         )
     svcs_raw = top["services"]
     if not isinstance(svcs_raw, dict) or not svcs_raw:
@@ -224,6 +263,14 @@ def parse_config(data: Any, source: str) -> Config:
             deployment=r.string(s["deployment"], f"{key}.deployment", NAME, "a Kubernetes Deployment name"),
         )
     oncall = r.id_list(top.get("oncall_channels", []), "oncall_channels", SLACK_CHANNEL, "Slack channel IDs")
+    locks = LockSettings()
+    if "locks" in top:
+        raw_locks = r.mapping(top["locks"], "locks", required=set(), optional={"default", "max", "remind_before"})
+        locks = LockSettings(**{field_name: r.duration(raw_locks[k], f"locks.{k}") for k, field_name in
+                                (("default", "default_seconds"), ("max", "max_seconds"),
+                                 ("remind_before", "remind_before_seconds")) if k in raw_locks})
+        if locks.default_seconds > locks.max_seconds:
+            raise r.fail("locks.default", f"at most locks.max ({top['locks'].get('max')})", top["locks"]["default"])
     return Config(
         source=source,
         pipeline=r.string(top["pipeline"], "pipeline"),
@@ -237,6 +284,7 @@ def parse_config(data: Any, source: str) -> Config:
         oncall_channels=oncall,
         oncall_readers=r.id_list(top.get("oncall_readers", []), "oncall_readers", SLACK_PRINCIPAL,
                                  "Slack user or user-group IDs (U..., W..., S...)"),
+        locks=locks,
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import approval, erp_command, rollback, scan
+from handlers import approval, erp_command, locks, rollback, scan
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
+from handlers.freeze import freeze
 from handlers.history import history
 from handlers.logs import logs
 from handlers.pipeline_events import handle_pipeline_event, publish_changes, sweep_forever
@@ -16,20 +17,26 @@ from handlers.status import status
 # Every verb the parser knows has its handler here (tests/test_http_server.py checks it).
 VERBS: dict[str, VerbHandler] = {
     "deploy": deploy,
+    "freeze": freeze,
     "history": history,
+    "lock": locks.lock,
+    "locks": locks.locks,
     "logs": logs,
     "rollback": rollback.rollback,
     "scan": scan.scan,
     "status": status,
+    "unlock": locks.unlock,
 }
 
 EVENT_HANDLER = handle_pipeline_event  # what the queue consumer calls for each event
 EVENT_PUBLISHER = publish_changes  # and, once per batch, to bring the touched cards up to date
 CARD_SWEEPER = sweep_forever  # in the background: cards left waiting for an invite, published again
+LOCK_SWEEPER = locks.sweep_locks_forever  # and: lock reminders and expiry, the freeze calendars for the pipeline
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:
     erp_command.register(app, runtime, VERBS)
     approval.register(app, runtime)
     rollback.register(app, runtime)
+    locks.register(app, runtime)
     scan.register(app, runtime)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from slack_bolt.async_app import AsyncRespond
 from slack_sdk.errors import SlackApiError
@@ -21,11 +23,14 @@ from bot.aws.state import AuditRecord
 from bot.config import Environment
 from bot.delivery.command_parser import ErpCommand
 from bot.delivery.deploy_card import DeployCard
+from bot.delivery.deploy_gate import DeployGrant, freeze_summary
+from bot.delivery.escaping import escape_text
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import render_card
 from handlers.erp_command import Invocation
+from handlers.locks import describe
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,9 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await audit("refused", decision.reason)
         await answer(f":no_entry: {decision.reason}")
         return
+    grant = await _gate(command, who, runtime, env, answer, audit)
+    if grant is False:
+        return
     for pending_service in {service, "all"}:
         marker = await runtime.state.pending_approval(env.name, pending_service)
         if marker:
@@ -82,7 +90,8 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
 
     card: DeployCard | None = None
     try:
-        card = await _post_card_and_start(who, runtime, env, service, answer, audit)
+        card = await _post_card_and_start(who, runtime, env, service, answer, audit,
+                                          grant if isinstance(grant, DeployGrant) else None)
     finally:
         if card is None:  # nothing started, whatever stopped it: the same command works again at once
             with contextlib.suppress(Exception):
@@ -91,7 +100,10 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         return
     try:
         await audit("started", execution_id=card.execution_id)
-        await runtime.cards.create(card)  # the event consumer may have made it already, from the same variables
+        # the event consumer may have made it already, from the same variables (but without the gate's note)
+        if not await runtime.cards.create(card) and card.gate_note:
+            note = card.gate_note
+            await runtime.cards.mutate(card.execution_id, lambda c: setattr(c, "gate_note", note))
         await runtime.cards.sync_message(card.execution_id)
     except Exception as e:  # whatever it is, the deploy runs: say so, not "failed"
         # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
@@ -102,13 +114,62 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     await answer(f":rocket: Deploying {target}: follow {link}.")
 
 
+async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Environment,
+                answer: Callable[[str], Awaitable[None]],
+                audit: Callable[..., Awaitable[None]]) -> DeployGrant | bool:
+    """The environment's lock and freeze, read now (never from a card): False (the person told why) if the
+    deploy may not go; a grant for the pipeline when it goes through a lock or a freeze; True otherwise."""
+    now = time.time()
+    lock = await runtime.state.get_lock(env.name)
+    lock_id = None
+    if lock is not None and lock.active(now):
+        if lock.holder != who.user_id:
+            await audit("refused", f"locked by {lock.holder}")
+            await answer(f":lock: {describe(lock, now)}. Ask <@{lock.holder}>, or an approver can"
+                         f" `/erp unlock {env.name}`.")
+            return False
+        lock_id = lock.id
+    break_glass = None
+    if env.freeze is not None:
+        moment = datetime.fromtimestamp(now, UTC)
+        state = env.freeze.state_at(moment)
+        if state.frozen and not command.reason:
+            await audit("refused", f"frozen: {state.window}")
+            await answer(f":snowflake: {freeze_summary(env.name, env.freeze, state, moment)}. An approver can break"
+                         f" the glass for one deploy: `/erp deploy {command.service or '<service>'} {env.name}"
+                         " break-glass <reason>`.")
+            return False
+        if state.frozen:
+            decision = await runtime.policy.is_approver(who.user_id, env.name, "You can't break the glass: only")
+            if not decision:
+                await audit("refused", f"break-glass: {decision.reason}"[:200])
+                await answer(f":no_entry: {decision.reason}")
+                return False
+            break_glass = command.reason
+    if lock_id is None and break_glass is None:
+        return True
+    return DeployGrant(execution_id="", requested_by=who.user_id, lock_id=lock_id, break_glass=break_glass,
+                       broken_by=who.user_id if break_glass else None)
+
+
+def _gate_note(grant: DeployGrant) -> str:
+    notes = []
+    if grant.lock_id is not None:
+        notes.append(f":lock: Deployed under <@{grant.requested_by}>'s lock")
+    if grant.break_glass:
+        notes.append(f":rotating_light: Freeze broken by <@{grant.broken_by}>: \"{escape_text(grant.break_glass)}\"")
+    return " · ".join(notes)
+
+
 async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environment, service: str,
                                answer: Callable[[str], Awaitable[None]],
-                               audit: Callable[..., Awaitable[None]]) -> DeployCard | None:
+                               audit: Callable[..., Awaitable[None]],
+                               grant: DeployGrant | None = None) -> DeployCard | None:
     """Post the card, then start the pipeline with the card's place; None (the person told why) if nothing
     started."""
     card = DeployCard(execution_id="", pipeline=runtime.config.pipeline, environment=env.name, service=service,
-                      channel=env.channel, requested_by=who.user_id, needs_approval=env.approval)
+                      channel=env.channel, requested_by=who.user_id, needs_approval=env.approval,
+                      gate_note=_gate_note(grant) if grant else None)
     text, blocks = render_card(card)
     try:
         posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
@@ -145,4 +206,17 @@ async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environme
                      + " Nothing was started; try again in a minute.")
         return None
     card.execution_id = str(started["pipelineExecutionId"])
+    if grant is not None:
+        # the pipeline's Deploy action lets exactly this execution through the lock or the freeze
+        grant = DeployGrant(card.execution_id, grant.requested_by, grant.lock_id, grant.break_glass, grant.broken_by)
+        try:
+            await runtime.state.put_grant(env.name, grant)
+        except Exception as e:
+            log.warning("could not record the grant of %s: %s", card.execution_id, error_code(e))
+            card.gate_note = (":warning: I could not record that this deploy may pass the lock or the freeze, so"
+                              " its Deploy stage will refuse it; ask again in a minute.")
+        if grant.break_glass:
+            await runtime.state.record_audit(AuditRecord(
+                actor=who.user_id, action="break_glass", environment=env.name, service=service, outcome="ok",
+                detail=grant.break_glass[:200], execution_id=card.execution_id))
     return card

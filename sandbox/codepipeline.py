@@ -28,6 +28,7 @@ import yaml
 from aiohttp import web
 
 from bot.aws.clients import AwsClients
+from bot.ci.build_steps import StepFailed, deploy_gate
 from bot.ci.notify import Notifier
 from sandbox.ecr_images import publish_image
 from sandbox.erp_services import SERVICES, repository_of
@@ -120,6 +121,9 @@ class PipelineStandIn(JsonApi):
         self.faults = faults or Faults()
         self.deployer = deployer  # runs the real helm upgrade when the sandbox has a cluster
         self.notify_environ = notify_environ  # the buildspec's `erp-chatops notify` settings, when set
+        # the Deploy project's STATE_TABLE, when set: its action checks the lock and the freeze with the
+        # buildspec's own code (`erp-chatops ci deploy` -> build_steps.deploy_gate) before anything is deployed
+        self.state_table: str | None = None
         self.deliver = deliver  # False: events are only recorded (the soak delivers them its own way)
         self.executions: dict[str, Execution] = {}
         self._tokens: dict[str, str] = {}  # clientRequestToken -> execution id
@@ -520,6 +524,13 @@ class PipelineStandIn(JsonApi):
 
         await build_event("IN_PROGRESS", "SUBMITTED")
         failing = self._failure(e, project)
+        if failing is None and project == "erp-deploy" and self.state_table:
+            gate_env = {"STATE_TABLE": self.state_table, "PIPELINE_EXECUTION_ID": e.id}
+            try:
+                await asyncio.to_thread(deploy_gate, gate_env, env_name)
+            except StepFailed as refused:
+                failing = ("BUILD", "erp-chatops ci deploy --release erp --chart charts/erp --namespace"
+                                    f" erp-{env_name}", f"deploy: {refused}")
         for phase in BUILD_PHASES:
             phase_start = time.time()
             await asyncio.sleep(self.step / 2)

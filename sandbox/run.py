@@ -75,6 +75,7 @@ async def _main(host: str, port: int) -> int:
         workspace.base_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"  # noqa: S104
         # the buildspec's progress lines go to the bot's queue, as in CodeBuild: CI holds no Slack credential
         pipeline.notify_environ = {"PROGRESS_QUEUE_URL": seeded["progress_queue_url"]}
+        pipeline.state_table = seeded["table"]  # and its Deploy action checks the lock and the freeze
 
         bot_port = free_port()
         environ = {"BOT_CONFIG": str(config_path), "SLACK_SECRET_ID": SLACK_SECRET_ID,

@@ -6,6 +6,8 @@ Items:
   PENDING#, IMAGE#, REQ#, ROLLBACK#, SCANWATCH#, LASTDEPLOY#  small markers (see their users)
   WAITING             / <execution id>  a card the bot could not post or edit (not in its channel)
   AUDIT#<env>         / <time>#<id> who did what, where, when, with what outcome
+  LOCK#<env> / CURRENT, RULES#<env> / FREEZE, GRANT#<env> / EXEC#<id>   locks, the published freeze calendar,
+                      what the bot let one execution through (bot/delivery/deploy_gate.py; the pipeline reads them)
 
 Writes that decide something are conditional, so two replicas racing on the
 same execution or event get one winner and one clear "already done".
@@ -28,6 +30,8 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from bot.aws.clients import AwsClients, ClientError
+from bot.delivery.deploy_gate import DeployGrant, EnvLock, grant_key, lock_key, rules_key
+from bot.delivery.freeze_calendar import FreezeCalendar
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -38,6 +42,8 @@ WAITING_CARDS = "WAITING"  # marker partition: cards to publish again once their
 WAITING_TTL_SECONDS = 7 * 86400  # a card is looked at for days; history lives in the audit trail
 AUDIT_TTL_SECONDS = 400 * 86400  # a year and a bit: long enough for any review
 PENDING_TTL_SECONDS = 8 * 86400  # an approval expires after 7 days
+LOCK_KEPT_SECONDS = 86400  # an expired lock stays a day, so the holder is told it expired
+GRANT_TTL_SECONDS = 8 * 86400  # as long as an execution can wait for its approval
 
 
 def _to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +282,69 @@ class StateStore:
         marker = await self.pending_approval(environment, service)
         if marker and marker.get("execution_id") == execution_id:
             await self.delete_marker(f"PENDING#{environment}", service)
+
+    # --- environment locks, the published freeze calendar, grants ------------------
+
+    async def get_lock(self, env: str) -> EnvLock | None:
+        """The environment's lock record, expired or not (the caller asks `active`)."""
+        resp = await self.aws.call("dynamodb", "get_item", TableName=self.table, ConsistentRead=True,
+                                   Key=_to_item(lock_key(env)))
+        return EnvLock.from_item(env, _from_item(resp["Item"])) if resp.get("Item") else None
+
+    async def take_lock(self, lock: EnvLock, replacing: EnvLock | None = None) -> bool:
+        """Take the environment's lock: only if it is free or expired, or (a take-over, or the holder's
+        extension) only if it is still exactly `replacing`. False: someone else moved first."""
+        item = {**lock_key(lock.environment), **lock.to_item(), "ttl": lock.until + LOCK_KEPT_SECONDS}
+        params: dict[str, Any] = {"TableName": self.table, "Item": _to_item(item),
+                                  "ExpressionAttributeNames": {"#until": "until"}}
+        if replacing is None:
+            params["ConditionExpression"] = "attribute_not_exists(pk) OR #until <= :now"
+            params["ExpressionAttributeValues"] = _to_item({":now": int(time.time())})
+        else:
+            params["ConditionExpression"] = "lock_id = :id AND #until = :until"
+            params["ExpressionAttributeValues"] = _to_item({":id": replacing.id, ":until": replacing.until})
+        try:
+            await self.aws.call("dynamodb", "put_item", **params)
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def release_lock(self, lock: EnvLock) -> bool:
+        """Remove this lock (not one taken since); False if it is no longer this one."""
+        try:
+            await self.aws.call("dynamodb", "delete_item", TableName=self.table,
+                                Key=_to_item(lock_key(lock.environment)), ConditionExpression="lock_id = :id",
+                                ExpressionAttributeValues=_to_item({":id": lock.id}))
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def mark_lock_reminded(self, lock: EnvLock) -> bool:
+        """True for the one replica that sends this lock's reminder."""
+        try:
+            await self.aws.call("dynamodb", "update_item", TableName=self.table,
+                                Key=_to_item(lock_key(lock.environment)), UpdateExpression="SET reminded = :yes",
+                                ConditionExpression="lock_id = :id AND reminded = :no",
+                                ExpressionAttributeValues=_to_item({":yes": True, ":no": False, ":id": lock.id}))
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
+    async def publish_freeze_calendar(self, env: str, calendar: FreezeCalendar | None) -> None:
+        """What the pipeline's Deploy action checks: the config's calendar (or none, said explicitly)."""
+        rules = json.dumps(calendar.to_dict() if calendar is not None else None, sort_keys=True)
+        await self.aws.call("dynamodb", "put_item", TableName=self.table,
+                            Item=_to_item({**rules_key(env), "freeze": rules, "published": int(time.time())}))
+
+    async def put_grant(self, env: str, grant: DeployGrant) -> None:
+        await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
+            **grant_key(env, grant.execution_id), **grant.to_item(), "ttl": int(time.time()) + GRANT_TTL_SECONDS}))
 
     # --- events -----------------------------------------------------------------
 

@@ -5,7 +5,8 @@
                     a change to shared code rebuilds all
   scan-gate         wait for ECR's scan of each built image (bounded), post the verdict, and
                     fail the build when any CRITICAL finding is reported
-  deploy            helm upgrade --install with only the built tags changed, wait for the
+  deploy            check the environment's lock and freeze (as the bot does), then
+                    helm upgrade --install with only the built tags changed, wait for the
                     rollout, roll back explicitly on failure, record the deploy (state table
                     and an X-Ray segment)
 Everything is plain synchronous code: it runs once per build, in CodeBuild.
@@ -21,6 +22,7 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from botocore.exceptions import ClientError
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
 from bot.cluster.helm import HELM_DRIVER, revision_description
+from bot.delivery.deploy_gate import DeployGrant, EnvLock, grant_key, lock_key, pipeline_refusal, rules_key
+from bot.delivery.freeze_calendar import FreezeCalendar, FreezeConfigError
 from bot.delivery.scan_report import FINISHED, ScanReport, finding_line, scan_failed, severity_counts
 
 DEFAULT_CHART = "charts/erp"
@@ -98,6 +102,49 @@ def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
         if not since or _changed_since(since, service, repo):  # never deployed here: build it once
             changed.append(service)
     return changed
+
+
+def deploy_gate(environ: Mapping[str, str], environment: str, now: datetime | None = None) -> None:
+    """Refuse (StepFailed, with the reason for the thread) to deploy into a locked or frozen environment.
+
+    A push to main or a start from the console never passes through the bot, so the Deploy action checks
+    itself, with read-only access to the lock, the freeze calendar the bot published from its config, and
+    the grant the bot wrote for this very execution (the lock holder's deploy, a broken glass). Anything it
+    cannot read stops the deploy: the gate fails closed.
+    """
+    table = _state_table(environ)
+    execution_id = environ.get("PIPELINE_EXECUTION_ID", "").strip()
+    if not table:
+        raise StepFailed(f"STATE_TABLE is not set, so {environment}'s lock and freeze cannot be checked; not deploying")
+    ddb = boto3.client("dynamodb", config=RETRIES)
+
+    def read(key: dict[str, str]) -> dict[str, Any] | None:
+        try:
+            item = ddb.get_item(TableName=table, ConsistentRead=True,
+                                Key={k: {"S": v} for k, v in key.items()}).get("Item")
+        except ClientError as e:
+            raise StepFailed(f"cannot read {key['pk']} from {table} ({e.response['Error']['Code']}), so"
+                             f" {environment}'s lock and freeze are unknown; not deploying") from None
+        return {k: next(iter(v.values())) for k, v in item.items()} if item else None
+
+    rules = read(rules_key(environment))
+    if rules is None:
+        raise StepFailed(f"the bot has not published {environment}'s freeze calendar (start the bot with this"
+                         " environment in its config); not deploying")
+    try:
+        declared = json.loads(str(rules["freeze"]))
+        calendar = FreezeCalendar.parse(declared) if declared is not None else None
+    except (ValueError, FreezeConfigError, KeyError) as e:
+        raise StepFailed(f"{environment}'s published freeze calendar cannot be read ({e}); not deploying") from None
+    lock_item = read(lock_key(environment))
+    lock = EnvLock.from_item(environment, lock_item) if lock_item else None
+    grant_item = read(grant_key(environment, execution_id)) if execution_id else None
+    grant = DeployGrant.from_item(execution_id, grant_item) if grant_item else None
+    refusal = pipeline_refusal(environment, lock, calendar, grant, now or datetime.now(UTC))
+    if refusal:
+        raise StepFailed(f"not deploying: {refusal}")
+    if grant is not None and grant.break_glass:
+        print(f"deploy gate: freeze broken by {grant.broken_by}: {grant.break_glass}", file=sys.stderr)
 
 
 def image_ref(service: str, tag: str, environ: Mapping[str, str], repo: str = ".") -> str:

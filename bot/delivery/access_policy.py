@@ -93,3 +93,18 @@ class AccessPolicy:
         if not environment.approvers:
             return Decision(False, f"{env} has no approvers configured, so nobody can approve here.")
         return await self._check(user_id, environment.approvers, f"You can't approve {env} deploys: only")
+
+    async def can_lock(self, user_id: str, env: str) -> Decision:
+        """Who may deploy there, and its approvers (who often lock during an incident)."""
+        environment = self.config.environments[env]
+        if environment.deployers is None:
+            return ALLOWED
+        return await self._check(user_id, tuple(dict.fromkeys(environment.deployers + environment.approvers)),
+                                 f"You can't lock {env}: only")
+
+    async def is_approver(self, user_id: str, env: str, refusal: str) -> Decision:
+        """An approver of `env`; `refusal` starts the answer otherwise ("You can't break the glass: only")."""
+        approvers = self.config.environments[env].approvers
+        if not approvers:
+            return Decision(False, f"{env} has no approvers configured, so nobody can do that here.")
+        return await self._check(user_id, approvers, refusal)

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from bot.config import Config
+from bot.config import Config, duration_seconds
 from bot.delivery.escaping import escape_text
 from bot.delivery.image_tag import TAG
 
@@ -29,9 +29,31 @@ class VerbHelp:
 
 VERBS: dict[str, VerbHelp] = {
     "deploy": VerbHelp(
-        "/erp deploy <service|all> <env>  or  /erp deploy <env>",
-        "Start the pipeline for a service (or all, or whatever changed) in an environment.",
-        ("/erp deploy employee prod", "/erp deploy all dev", "/erp deploy dev"),
+        "/erp deploy <service|all> <env> [break-glass <reason>]  or  /erp deploy <env>",
+        "Start the pipeline for a service (or all, or whatever changed) in an environment; during a freeze an"
+        " approver may break the glass for one deploy, with a reason.",
+        ("/erp deploy employee prod", "/erp deploy all dev", "/erp deploy dev",
+         '/erp deploy employee prod break-glass "INC-42 payments fix"'),
+    ),
+    "lock": VerbHelp(
+        "/erp lock <env> [for <30m|2h|1d>] [reason]",
+        "Lock an environment: only you can deploy to it until it expires or you unlock it (rollbacks still work).",
+        ("/erp lock prod for 2h INC-42 payments down", "/erp lock dev testing the migration"),
+    ),
+    "unlock": VerbHelp(
+        "/erp unlock <env>",
+        "Remove an environment's lock: its holder, or an approver.",
+        ("/erp unlock prod",),
+    ),
+    "locks": VerbHelp(
+        "/erp locks",
+        "Every environment's lock: who, why, since and until when.",
+        ("/erp locks",),
+    ),
+    "freeze": VerbHelp(
+        "/erp freeze [env]",
+        "Whether an environment is frozen now, until when, and its next freeze windows.",
+        ("/erp freeze", "/erp freeze prod"),
     ),
     "rollback": VerbHelp(
         "/erp rollback <service> <env> [revision]  or  /erp rollback <env> <revision>",
@@ -71,6 +93,7 @@ _DURATION = re.compile(r"^(\d{1,4})([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _MAX_FILTER = 200
+MAX_REASON = 200
 _MAX_LOOKBACK = timedelta(days=30)
 # Phones turn quotes into curly ones; Slack escapes &, < and > in command text.
 _QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "})
@@ -108,6 +131,8 @@ class ErpCommand:
     stats: bool = False
     topic: str | None = None  # help <topic>
     export: bool = False  # history ... csv: the period as a CSV file
+    duration: int | None = None  # lock ... for 2h: seconds
+    reason: str | None = None  # lock's reason; deploy's break-glass reason
 
 
 def closest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
@@ -156,6 +181,7 @@ class CommandParser:
     def __init__(self, config: Config) -> None:
         self.services = list(config.services)
         self.environments = list(config.environments)
+        self.max_lock = config.locks.max_seconds
 
     def parse(self, text: str) -> ErpCommand:
         text = html.unescape((text or "").translate(_QUOTES)).strip()
@@ -231,8 +257,52 @@ class CommandParser:
             raise UsageError(f"Unknown service or environment `{shown}`: {hint} {_usage('deploy')}")
         service = self._service(args[0], "deploy", allow_all=True)
         env = self._environment(args[1], "deploy")
+        if len(args) > 2 and args[2].lower() in ("break-glass", "breakglass", "break_glass"):
+            reason = self._reason(args[3:])
+            if not reason:
+                raise UsageError(f"Breaking the glass needs a reason: `/erp deploy {service} {env} break-glass"
+                                 ' "INC-42 payments fix"`.')
+            return ErpCommand(verb="deploy", service=service, environment=env, reason=reason)
         self._too_many(args, 2, "deploy")
         return ErpCommand(verb="deploy", service=service, environment=env)
+
+    @staticmethod
+    def _reason(words: list[str]) -> str | None:
+        reason = " ".join(words).strip()
+        if len(reason) > MAX_REASON:
+            raise UsageError(f"The reason is {len(reason)} characters long; keep it under {MAX_REASON}.")
+        return reason or None
+
+    def _lock(self, args: list[str]) -> ErpCommand:
+        if not args:
+            raise UsageError(f"Say which environment to lock. {_usage('lock')}")
+        env = self._environment(args[0], "lock")
+        rest, duration = args[1:], None
+        if rest and rest[0].lower() == "for":
+            if len(rest) < 2 or duration_seconds(rest[1]) is None:
+                shown = escape_text((rest[1] if len(rest) > 1 else "")[:20].replace("`", "'"))
+                raise UsageError(f"`for {shown}` is not a duration: say `for 30m`, `for 2h` or `for 1d`.")
+            duration, rest = duration_seconds(rest[1]), rest[2:]
+        elif rest and duration_seconds(rest[0]) is not None:
+            duration, rest = duration_seconds(rest[0]), rest[1:]
+        if duration is not None and duration > self.max_lock:
+            raise UsageError(f"A lock lasts at most {self.max_lock // 3600}h; say `for {self.max_lock // 3600}h`"
+                             " or less, and lock again when it runs out.")
+        return ErpCommand(verb="lock", environment=env, duration=duration, reason=self._reason(rest))
+
+    def _unlock(self, args: list[str]) -> ErpCommand:
+        if not args:
+            raise UsageError(f"Say which environment to unlock. {_usage('unlock')}")
+        self._too_many(args, 1, "unlock")
+        return ErpCommand(verb="unlock", environment=self._environment(args[0], "unlock"))
+
+    def _locks(self, args: list[str]) -> ErpCommand:
+        self._too_many(args, 0, "locks")
+        return ErpCommand(verb="locks")
+
+    def _freeze(self, args: list[str]) -> ErpCommand:
+        self._too_many(args, 1, "freeze")
+        return ErpCommand(verb="freeze", environment=self._environment(args[0], "freeze") if args else None)
 
     def _rollback(self, args: list[str]) -> ErpCommand:
         if not args:

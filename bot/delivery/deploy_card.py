@@ -107,6 +107,7 @@ class DeployCard:
     links: dict[str, str] = field(default_factory=dict)
     needs_approval: bool = False
     notes: list[str] = field(default_factory=list)
+    gate_note: str | None = None  # what it went through: its requester's own lock, a broken freeze (deploy_gate)
     posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
     # thread notes recorded but not yet posted, [key, text] in order: an outbox, cleared note by note only
     # after Slack took each one, so a failed post is retried, never lost

@@ -118,6 +118,8 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         SectionBlock(text=MarkdownTextObject(text=_status_line(card)), fields=fields),
         ContextBlock(elements=[MarkdownTextObject(text="   ".join(chips))]),
     ]
+    if card.gate_note:  # written by the bot from the lock and the approver's reason, escaped there
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.gate_note[:600])]))
     if card.approval.decision == "Rejected" and card.approval.reason:
         reason = escape_text(card.approval.reason[:500])  # as the approver typed it, never live markup
         blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*Reason:* {reason}")))

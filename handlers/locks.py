@@ -1,0 +1,255 @@
+"""`/erp lock <env> [for 2h] [reason]`, `/erp unlock <env>`, `/erp locks`, and the locks' sweeper.
+
+A lock belongs to a person, has a reason, an age and an expiry. While it holds, only its holder's
+`/erp deploy` goes to the environment (the pipeline's Deploy action checks it too, bot/ci/build_steps.py);
+rollbacks stay possible. Taking over someone's lock asks the taker to confirm, tells the previous holder
+in the environment's channel and is audited. Only the holder or an approver may unlock. The sweeper
+reminds the holder before the lock expires, says when it has, and publishes each environment's freeze
+calendar for the pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import timedelta
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
+
+from bot.aws.clients import error_code
+from bot.aws.state import AuditRecord
+from bot.delivery.command_parser import MAX_REASON, ErpCommand
+from bot.delivery.deploy_gate import EnvLock
+from bot.delivery.escaping import escape_text
+from bot.delivery.freeze_calendar import in_words
+from bot.runtime import Runtime
+from handlers.erp_command import Invocation
+
+log = logging.getLogger(__name__)
+
+TAKEOVER_ACTION = "lock_takeover"
+TAKEOVER_CANCEL_ACTION = "lock_takeover_cancel"
+PUBLISH_EVERY_ROUNDS = 60  # the freeze calendars again every ~30 min (in case the table lost them)
+
+
+def slack_time(epoch: int) -> str:
+    """Shown in each reader's own time zone by Slack, with a UTC fallback."""
+    fallback = time.strftime("%a %H:%M UTC", time.gmtime(epoch))
+    return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def describe(lock: EnvLock, now: float | None = None) -> str:
+    """`prod is locked by @U since … (42m ago) until … (in 1h 18m): "reason"`, the reason escaped."""
+    safe = EnvLock(lock.environment, lock.holder, escape_text(lock.reason), lock.since, lock.until, lock.reminded,
+                   lock.id)
+    return safe.summary(time.time() if now is None else now, at=slack_time)
+
+
+async def _say(runtime: Runtime, channel: str, text: str) -> None:
+    """A line in the environment's channel; the lock stands whether or not Slack takes it."""
+    try:
+        await runtime.slack.chat_postMessage(channel=channel, text=text)
+    except SlackApiError as e:
+        log.warning("could not post a lock note in %s: %s", channel, e.response.get("error"))
+
+
+async def _audit(runtime: Runtime, actor: str, action: str, env: str, outcome: str, detail: str | None) -> None:
+    await runtime.state.record_audit(AuditRecord(actor=actor, action=action, environment=env, outcome=outcome,
+                                                 detail=detail))
+
+
+def _reason_text(reason: str) -> str:
+    return f': "{escape_text(reason)}"' if reason else ""
+
+
+async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    assert command.environment is not None
+    env = runtime.config.environments[command.environment]
+    settings = runtime.config.locks
+
+    async def answer(text: str, blocks: list[dict[str, Any]] | None = None) -> None:
+        await respond(response_type="ephemeral", replace_original=True, text=text, blocks=blocks)
+
+    decision = await runtime.policy.can_lock(who.user_id, env.name)
+    if not decision:
+        await _audit(runtime, who.user_id, "lock", env.name, "refused", decision.reason)
+        await answer(f":no_entry: {decision.reason}")
+        return
+    now = int(time.time())
+    seconds = command.duration or settings.default_seconds
+    current = await runtime.state.get_lock(env.name)
+    if current is not None and current.active(now):
+        if current.holder == who.user_id:  # the holder again: extend it (and take the new reason, if any)
+            renewed = EnvLock(env.name, who.user_id, command.reason or current.reason, current.since, now + seconds,
+                              id=current.id)  # the same lock, longer: a deploy granted under it still passes
+            if not await runtime.state.take_lock(renewed, replacing=current):
+                await answer("The lock changed just now; look at `/erp locks` and try again.")
+                return
+            await _audit(runtime, who.user_id, "lock", env.name, "ok", f"extended to {in_words_s(seconds)}")
+            await answer(f":lock: {describe(renewed, now)}.")
+            return
+        value = json.dumps({"env": env.name, "lock": current.id, "seconds": seconds,
+                            "reason": (command.reason or "")[:MAX_REASON]})
+        text = f":lock: {describe(current, now)}. Take it over? <@{current.holder}> will be told."
+        await answer(text, [SectionBlock(text=text).to_dict(), ActionsBlock(elements=[
+            ButtonElement(text="Take over", action_id=TAKEOVER_ACTION, value=value, style="danger"),
+            ButtonElement(text="Cancel", action_id=TAKEOVER_CANCEL_ACTION, value=env.name)]).to_dict()])
+        return
+    taken = EnvLock(env.name, who.user_id, command.reason or "", now, now + seconds)
+    if not await runtime.state.take_lock(taken):
+        await answer("Someone locked it a moment ago; look at `/erp locks` and try again.")
+        return
+    await _audit(runtime, who.user_id, "lock", env.name, "ok", f"for {in_words_s(seconds)}: {taken.reason}"[:200])
+    await _say(runtime, env.channel, f":lock: <@{who.user_id}> locked {env.name} for {in_words_s(seconds)}"
+                                     f"{_reason_text(taken.reason)}. Only their deploys go out until"
+                                     f" {slack_time(taken.until)} or `/erp unlock {env.name}`; rollbacks still work.")
+    await answer(f":lock: {describe(taken, now)}. `/erp unlock {env.name}` when you are done.")
+
+
+def in_words_s(seconds: int) -> str:
+    return in_words(timedelta(seconds=seconds))
+
+
+async def unlock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    assert command.environment is not None
+    env = runtime.config.environments[command.environment]
+
+    async def answer(text: str) -> None:
+        await respond(response_type="ephemeral", replace_original=True, text=text)
+
+    current = await runtime.state.get_lock(env.name)
+    if current is None or not current.active(time.time()):
+        await answer(f"{env.name} is not locked.")
+        return
+    if current.holder != who.user_id:
+        decision = await runtime.policy.is_approver(who.user_id, env.name,
+                                                    f"Only <@{current.holder}>, who holds the lock, or")
+        if not decision:
+            await _audit(runtime, who.user_id, "unlock", env.name, "refused", decision.reason)
+            await answer(f":no_entry: {decision.reason.replace(' can.', ' can unlock it.')}")
+            return
+    if not await runtime.state.release_lock(current):
+        await answer("The lock changed just now; look at `/erp locks` and try again.")
+        return
+    await _audit(runtime, who.user_id, "unlock", env.name, "ok", f"lock of {current.holder}")
+    by_other = f" (held by <@{current.holder}>)" if current.holder != who.user_id else ""
+    await _say(runtime, env.channel, f":unlock: <@{who.user_id}> unlocked {env.name}{by_other}; deploys are open"
+                                     " again.")
+    await answer(f":unlock: {env.name} is unlocked.")
+
+
+async def locks(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    now = time.time()
+    lines = []
+    for name in runtime.config.environments:
+        current = await runtime.state.get_lock(name)
+        lines.append(f":lock: {describe(current, now)}" if current is not None and current.active(now)
+                     else f":white_circle: {name} is not locked")
+    await respond(response_type="ephemeral", replace_original=True, text="\n".join(lines))
+
+
+async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: str) -> str | None:
+    """The environment's `lock_after_rollback`: lock it for the one who rolled back, unless already locked.
+    Returns the line to add to the rollback's message."""
+    env = runtime.config.environments[env_name]
+    if env.lock_after_rollback is None:
+        return None
+    now = int(time.time())
+    taken = EnvLock(env_name, user, f"rolled back {what}", now, now + env.lock_after_rollback)
+    if not await runtime.state.take_lock(taken):
+        return None  # somebody holds it already: theirs stands
+    await _audit(runtime, user, "lock", env_name, "ok", f"after the rollback of {what}"[:200])
+    return (f":lock: {env_name} is locked for <@{user}> until {slack_time(taken.until)} so nobody redeploys"
+            f" straight away; `/erp unlock {env_name}` when it is safe.")
+
+
+async def sweep_locks(runtime: Runtime, publish: bool) -> None:
+    now = int(time.time())
+    for name, env in runtime.config.environments.items():
+        try:
+            if publish:
+                await runtime.state.publish_freeze_calendar(name, env.freeze)
+            current = await runtime.state.get_lock(name)
+            if current is None:
+                continue
+            if not current.active(now):
+                if await runtime.state.release_lock(current):  # one replica wins and tells
+                    await _audit(runtime, current.holder, "lock_expired", name, "ok", None)
+                    await _say(runtime, env.channel, f":unlock: <@{current.holder}>'s lock on {name} expired at"
+                                                     f" {slack_time(current.until)}; deploys are open again.")
+            elif not current.reminded and current.until - now <= runtime.config.locks.remind_before_seconds:
+                if await runtime.state.mark_lock_reminded(current):
+                    await _say(runtime, env.channel,
+                               f":hourglass: <@{current.holder}>, your lock on {name} expires"
+                               f" {slack_time(current.until)} (in {in_words_s(current.until - now)})."
+                               f" `/erp lock {name} for 1h` extends it; `/erp unlock {name}` ends it now.")
+        except Exception as e:  # one environment's trouble never stops the others' reminders
+            log.warning("the lock sweep of %s failed: %s", name, error_code(e))
+            if publish:
+                raise
+
+
+async def sweep_locks_forever(runtime: Runtime) -> None:
+    rounds, published = 0, False
+    while True:
+        try:
+            await sweep_locks(runtime, publish=not published or rounds % PUBLISH_EVERY_ROUNDS == 0)
+            published = True
+        except Exception as e:
+            log.warning("could not publish the freeze calendars yet: %s", error_code(e))
+        rounds += 1
+        await asyncio.sleep(runtime.lock_sweep_seconds)
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    async def ack_click(ack: AsyncAck) -> None:
+        await ack()
+
+    async def take_over(body: dict[str, Any], respond: AsyncRespond) -> None:
+        user = body["user"]["id"]
+        try:
+            asked = json.loads(body["actions"][0]["value"])
+            env_name, seen = str(asked["env"]), str(asked["lock"])
+            seconds = min(int(asked["seconds"]), runtime.config.locks.max_seconds)
+            reason = str(asked.get("reason", ""))[:MAX_REASON]
+        except (ValueError, KeyError, TypeError):
+            return
+        if env_name not in runtime.config.environments:
+            return
+        env = runtime.config.environments[env_name]
+
+        async def answer(text: str) -> None:
+            await respond(response_type="ephemeral", replace_original=True, text=text)
+
+        decision = await runtime.policy.can_lock(user, env_name)  # who clicks, checked now
+        if not decision:
+            await _audit(runtime, user, "lock_takeover", env_name, "refused", decision.reason)
+            await answer(f":no_entry: {decision.reason}")
+            return
+        now = int(time.time())
+        current = await runtime.state.get_lock(env_name)
+        if current is None or not current.active(now) or current.id != seen:
+            await answer(f"{env_name}'s lock changed since you asked (now: "
+                         f"{describe(current, now) if current and current.active(now) else 'not locked'})."
+                         f" Send `/erp lock {env_name}` again.")
+            return
+        taken = EnvLock(env_name, user, reason, now, now + seconds)
+        if not await runtime.state.take_lock(taken, replacing=current):
+            await answer(f"{env_name}'s lock changed just now. Send `/erp lock {env_name}` again.")
+            return
+        await _audit(runtime, user, "lock_takeover", env_name, "ok",
+                     f"from {current.holder} (since {current.since}): {reason}"[:200])
+        await _say(runtime, env.channel, f":lock: <@{user}> took over {env_name}'s lock from <@{current.holder}>"
+                                         f"{_reason_text(reason)}. It holds until {slack_time(taken.until)}.")
+        await answer(f":lock: {describe(taken, now)}. <@{current.holder}> was told.")
+
+    async def cancel(respond: AsyncRespond) -> None:
+        await respond(response_type="ephemeral", replace_original=True, text="Left the lock as it is.")
+
+    app.action(TAKEOVER_ACTION)(ack=ack_click, lazy=[runtime.work.track(take_over)])
+    app.action(TAKEOVER_CANCEL_ACTION)(ack=ack_click, lazy=[runtime.work.track(cancel)])
