@@ -42,6 +42,7 @@ from bot.delivery.image_tag import TAG, short_tag
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers.erp_command import Invocation
+from handlers.locks import lock_after_rollback
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,12 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
     if all(s.state == "complete" for s in states.values()):
         await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
         await audit("ok", f"revision {plan.current_revision} -> {plan.target_revision}")
+        try:  # the environment's `lock_after_rollback`: nobody redeploys the bad version straight away
+            locked = await lock_after_rollback(runtime, plan.environment, confirmed_by, plan.what)
+            if locked:
+                await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts, text=locked)
+        except Exception as e:  # the rollback is done whatever happens here; the plan must still end
+            log.warning("could not lock %s after the rollback: %s", plan.environment, type(e).__name__)
     elif any(s.state == "failed" for s in states.values()):
         await show(f":red_circle: *The rollout failed* after {took} ({by})\n{_progress_line(states)}")
         await audit("failed", "rollout failed")

@@ -2,21 +2,24 @@
 
 Per service: the image tag, ready/desired replicas, the rollout state (with the
 reason when it failed), and the last deploy from the audit trail; per
-environment: the Helm release revision and when it was deployed.
+environment: the Helm release revision and when it was deployed, and its lock or freeze if any.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from datetime import UTC, datetime
 
 from slack_bolt.async_app import AsyncRespond
 
 from bot.cluster.helm import HelmError
 from bot.cluster.kube import ClusterUnavailable
 from bot.delivery.command_parser import ErpCommand
+from bot.delivery.deploy_gate import freeze_summary
 from bot.delivery.image_tag import short_tag
 from bot.runtime import Runtime
 from handlers.erp_command import Invocation
+from handlers.locks import describe
 from handlers.rollback import NO_CLUSTER
 
 ICON = {"complete": ":large_green_circle:", "progressing": ":large_yellow_circle:", "failed": ":red_circle:"}
@@ -48,6 +51,11 @@ async def environment_status(runtime: Runtime, env_name: str) -> str:
         return f"*{env_name}* · {release_line}\n:warning: {e}"
     audit = await runtime.state.list_audit([env_name], limit=50)
     lines = [f"*{env_name}* (`{env.namespace}`) · {release_line}"]
+    lock = await runtime.state.get_lock(env_name)
+    if lock is not None and lock.active(time.time()):
+        lines.append(f":lock: {describe(lock)}")
+    if env.freeze is not None and (frozen := env.freeze.state_at(datetime.now(UTC))).frozen:
+        lines.append(f":snowflake: {freeze_summary(env_name, env.freeze, frozen, datetime.now(UTC))}")
     for name, svc in runtime.config.services.items():
         state = rollouts.get(svc.deployment)
         if state is None:

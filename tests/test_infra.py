@@ -264,10 +264,18 @@ def test_ci_cannot_read_the_slack_secret_nor_write_the_bots_state():
         allowed = [s for s in statements if s.get("effect", "Allow") == "Allow"]
         assert not [s for s in allowed if any(a.startswith("secretsmanager:") for a in s["actions"])], role
         table = [s for s in allowed if "${aws_dynamodb_table.state.arn}" in s["resources"]]
-        assert len(table) == 1 and set(table[0]["actions"]) == table_actions, role
-        [condition] = table[0]["condition"]
-        assert (condition["test"], condition["variable"], condition["values"]) == \
-            ("ForAllValues:StringLike", "dynamodb:LeadingKeys", ["LASTDEPLOY#*"])
+        [last_deploy] = [s for s in table if s["condition"][0]["values"] == ["LASTDEPLOY#*"]]
+        assert set(last_deploy["actions"]) == table_actions, role
+        [condition] = last_deploy["condition"]
+        assert (condition["test"], condition["variable"]) == ("ForAllValues:StringLike", "dynamodb:LeadingKeys")
+        # issue 19: the Deploy action reads the lock, the published freeze calendar and its grant, and only reads
+        others = [s for s in table if s is not last_deploy]
+        if role == "build":
+            assert not others
+        else:
+            [gate] = others
+            assert gate["actions"] == ["dynamodb:GetItem"]
+            assert gate["condition"][0]["values"] == ["LOCK#*", "RULES#*", "GRANT#*"]
         queue = [s for s in allowed if "${aws_sqs_queue.progress.arn}" in s["resources"]]
         assert [s["actions"] for s in queue] == [["sqs:SendMessage"]], role
         assert not [s for s in allowed if "${aws_sqs_queue.events.arn}" in s["resources"]], role

@@ -81,6 +81,7 @@ def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWor
     suffix = uuid.uuid4().hex[:6]
     namespaces = {"dev": f"erp-dev-{suffix}", "prod": f"erp-prod-{suffix}"}
     config = base_config(aws_resources["queue_url"], aws_resources["table"])
+    config["environments"]["dev"]["lock_after_rollback"] = "1h"  # issue 19: nobody redeploys the bad version
     for env, ns in namespaces.items():
         config["environments"][env]["namespace"] = ns
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -158,10 +159,19 @@ def test_service_rollback_in_dev_changes_that_service_only_and_follows_the_rollo
     assert "2/2 complete" in shown(final) and CONFIRM_ACTION not in shown(final)
     text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
     assert "<@U0DEV1> rolled back employee in dev" in text
+    # dev locks itself after a rollback (its `lock_after_rollback`), for the one who rolled back, and says so
+    wait_until(lambda: any("dev is locked for <@U0DEV1>" in m.text for m in slack.thread("C0DEV", final.ts)),
+               what="the lock note in the plan's thread")
+    status = ask(background_loop, slack, "U0DEV1", "status dev", channel="C0DEV")
+    assert ':lock: dev is locked by <@U0DEV1>' in status and 'rolled back employee' in status
+    refused = ask(background_loop, slack, "U0ONCALL", "deploy employee dev", channel="C0DEV")
+    assert refused.startswith(":lock: dev is locked by <@U0DEV1>")
 
 
 def test_prod_rollback_needs_an_approver_who_did_not_ask(release: Release, slack: SlackWorkspace,
                                                         background_loop: BackgroundLoop):
+    # prod is locked (an incident is when people lock): rollbacks stay possible
+    assert "prod is locked by <@U0DEV1>" in ask(background_loop, slack, "U0DEV1", "lock prod INC-9")
     refused = ask(background_loop, slack, "U0ONCALL", "rollback notification prod")
     assert "You can't roll back prod" in refused  # on-call is not a prod deployer here
     answer = ask(background_loop, slack, "U0APPR1", "rollback notification prod")

@@ -193,6 +193,18 @@ data "aws_iam_policy_document" "deploy" {
     }
   }
   statement {
+    # before helm runs: the environment's lock, the freeze calendar the bot published, the bot's grant for
+    # this execution (bot/ci/build_steps.deploy_gate). Read only: the pipeline obeys them, never sets them.
+    sid       = "ReadLocksFreezesAndGrants"
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.state.arn]
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["LOCK#*", "RULES#*", "GRANT#*"]
+    }
+  }
+  statement {
     sid       = "KubeconfigForHelm"
     actions   = ["eks:DescribeCluster"]
     resources = ["arn:aws:eks:${var.region}:${var.account_id}:cluster/erp-*"]
