@@ -110,10 +110,19 @@ def _ci(args: argparse.Namespace) -> int:
             except Exception as e:  # the trace is a record, not a reason to fail a deploy
                 print(f"ci deploy: could not record the X-Ray segment: {type(e).__name__}", file=sys.stderr)
             took = f"{ended - started:.0f}s"
+            if args.commit:
+                # a promoted image (tag@digest) went out at the commit it was built from, not the source's
+                for service, ref in steps.image_pairs(args.image_tags, {**os.environ, "CHART": args.chart}):
+                    tag, _, digest = ref.partition("@")
+                    try:
+                        steps.record_deploy(os.environ, args.environment, tag if digest else args.commit, [service],
+                                            ok=result.ok, images={service: ref})
+                    except Exception as e:
+                        if result.ok:
+                            raise
+                        print(f"ci deploy: could not record the failed attempt: {type(e).__name__}", file=sys.stderr)
             if not result.ok:
                 raise steps.StepFailed(f"{result.message} (after {took})")
-            if args.commit:
-                steps.record_deploy(os.environ, args.environment, args.commit, steps.deployed_services(args.image_tags))
             notifier.post(f":white_check_mark: Deployed to {args.environment} in {took}: {result.message}")
     except steps.StepFailed as e:
         print(f"ci {args.step}: {e}", file=sys.stderr)

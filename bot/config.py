@@ -69,6 +69,15 @@ def duration_seconds(text: str) -> int | None:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """`/erp promote`: the image that passed `source` goes to `target` after `soak_seconds` there."""
+
+    source: str = "dev"
+    target: str = "prod"
+    soak_seconds: int = 3600
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     pipeline: str
@@ -81,6 +90,7 @@ class Config:
     oncall_channels: tuple[str, ...] = field(default=())
     oncall_readers: tuple[str, ...] = field(default=())  # the on-call group: reads every environment
     locks: LockSettings = field(default_factory=lambda: LockSettings())
+    promotion: Promotion | None = None  # None: no `/erp promote` (the config names no source and target)
 
     def readers_of(self, env: str) -> tuple[str, ...] | None:
         """Who may read an environment's logs: its `readers` if set; else its deployers, approvers and the
@@ -203,7 +213,8 @@ def parse_config(data: Any, source: str) -> Config:
     top = r.mapping(
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
-        optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url", "locks"},
+        optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url", "locks",
+                  "promotion"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -271,6 +282,17 @@ def parse_config(data: Any, source: str) -> Config:
                                  ("remind_before", "remind_before_seconds")) if k in raw_locks})
         if locks.default_seconds > locks.max_seconds:
             raise r.fail("locks.default", f"at most locks.max ({top['locks'].get('max')})", top["locks"]["default"])
+    promotion = None
+    default_promotion = {"from": "dev", "to": "prod"} if {"dev", "prod"} <= set(environments) else None
+    raw_promotion = top.get("promotion", default_promotion)
+    if raw_promotion is not None:
+        p = r.mapping(raw_promotion, "promotion", required={"from", "to"}, optional={"soak"})
+        for k in ("from", "to"):
+            if p[k] not in environments:
+                raise r.fail(f"promotion.{k}", f"one of the environments ({', '.join(environments)})", p[k])
+        if p["from"] == p["to"]:
+            raise r.fail("promotion.to", "another environment than promotion.from", p["to"])
+        promotion = Promotion(p["from"], p["to"], r.duration(p["soak"], "promotion.soak") if "soak" in p else 3600)
     return Config(
         source=source,
         pipeline=r.string(top["pipeline"], "pipeline"),
@@ -285,6 +307,7 @@ def parse_config(data: Any, source: str) -> Config:
         oncall_readers=r.id_list(top.get("oncall_readers", []), "oncall_readers", SLACK_PRINCIPAL,
                                  "Slack user or user-group IDs (U..., W..., S...)"),
         locks=locks,
+        promotion=promotion,
     )
 
 

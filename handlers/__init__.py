@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import approval, erp_command, locks, rollback, scan
+from handlers import approval, erp_command, locks, promote, rollback, scan
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.freeze import freeze
@@ -21,6 +21,7 @@ VERBS: dict[str, VerbHandler] = {
     "history": history,
     "lock": locks.lock,
     "locks": locks.locks,
+    "promote": promote.promote,
     "logs": logs,
     "rollback": rollback.rollback,
     "scan": scan.scan,
@@ -39,4 +40,5 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
     approval.register(app, runtime)
     rollback.register(app, runtime)
     locks.register(app, runtime)
+    promote.register(app, runtime)
     scan.register(app, runtime)

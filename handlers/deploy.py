@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from slack_bolt.async_app import AsyncRespond
@@ -54,7 +55,28 @@ async def link_to(runtime: Runtime, channel: str, ts: str | None) -> str:
         return f"<#{channel}>"
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What a deploy of a particular kind adds: `/erp promote` names the image (no build) and says where from."""
+
+    variables: dict[str, str]
+    note: str  # on the card: "Promoted from dev: ..."
+    verb: str = "Promoting"
+
+
+Answer = Callable[[str], Awaitable[None]]
+Audit = Callable[..., Awaitable[None]]
+Prepare = Callable[[Answer, Audit], Awaitable[Launch | None]]
+
+
 async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    await run_deploy(command, who, runtime, respond)
+
+
+async def run_deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond, *,
+                     action: str = "deploy", prepare: Prepare | None = None) -> None:
+    """Who may, the lock and the freeze, `prepare`'s own checks (None: refused, already said), one waiting
+    approval per service, a double submit; then the card and the pipeline."""
     assert command.environment is not None
     env = runtime.config.environments[command.environment]
     service = command.service or "changed"
@@ -65,7 +87,7 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await respond(response_type="ephemeral", replace_original=True, text=text)
 
     async def audit(outcome: str, detail: str | None = None, execution_id: str | None = None) -> None:
-        await runtime.state.record_audit(AuditRecord(actor=who.user_id, action="deploy", environment=env.name,
+        await runtime.state.record_audit(AuditRecord(actor=who.user_id, action=action, environment=env.name,
                                                      service=service, outcome=outcome, detail=detail,
                                                      execution_id=execution_id))
 
@@ -76,6 +98,9 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         return
     grant = await _gate(command, who, runtime, env, answer, audit)
     if grant is False:
+        return
+    launch = await prepare(answer, audit) if prepare is not None else None
+    if prepare is not None and launch is None:
         return
     for pending_service in {service, "all"}:
         marker = await runtime.state.pending_approval(env.name, pending_service)
@@ -91,7 +116,7 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     card: DeployCard | None = None
     try:
         card = await _post_card_and_start(who, runtime, env, service, answer, audit,
-                                          grant if isinstance(grant, DeployGrant) else None)
+                                          grant if isinstance(grant, DeployGrant) else None, launch)
     finally:
         if card is None:  # nothing started, whatever stopped it: the same command works again at once
             with contextlib.suppress(Exception):
@@ -101,9 +126,12 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
     try:
         await audit("started", execution_id=card.execution_id)
         # the event consumer may have made it already, from the same variables (but without the gate's note)
-        if not await runtime.cards.create(card) and card.gate_note:
-            note = card.gate_note
-            await runtime.cards.mutate(card.execution_id, lambda c: setattr(c, "gate_note", note))
+        if not await runtime.cards.create(card) and (card.gate_note or card.origin_note):
+            gate_note, origin_note = card.gate_note, card.origin_note
+
+            def notes(c: DeployCard) -> None:
+                c.gate_note, c.origin_note = gate_note, origin_note
+            await runtime.cards.mutate(card.execution_id, notes)
         await runtime.cards.sync_message(card.execution_id)
     except Exception as e:  # whatever it is, the deploy runs: say so, not "failed"
         # the deploy runs and its message is posted: the consumer builds the card from the pipeline's events
@@ -111,7 +139,7 @@ async def deploy(command: ErpCommand, who: Invocation, runtime: Runtime, respond
                     error_code(e), extra=log_fields(user=who.user_id, outcome="started", service=service,
                                                      environment=env.name, execution_id=card.execution_id))
     link = await link_to(runtime, env.channel, card.ts)
-    await answer(f":rocket: Deploying {target}: follow {link}.")
+    await answer(f":rocket: {launch.verb if launch else 'Deploying'} {target}: follow {link}.")
 
 
 async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Environment,
@@ -133,7 +161,7 @@ async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Env
     if env.freeze is not None:
         moment = datetime.fromtimestamp(now, UTC)
         state = env.freeze.state_at(moment)
-        if state.frozen and not command.reason:
+        if state.frozen and not command.break_glass:
             await audit("refused", f"frozen: {state.window}")
             await answer(f":snowflake: {freeze_summary(env.name, env.freeze, state, moment)}. An approver can break"
                          f" the glass for one deploy: `/erp deploy {command.service or '<service>'} {env.name}"
@@ -145,7 +173,7 @@ async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Env
                 await audit("refused", f"break-glass: {decision.reason}"[:200])
                 await answer(f":no_entry: {decision.reason}")
                 return False
-            break_glass = command.reason
+            break_glass = command.break_glass
     if lock_id is None and break_glass is None:
         return True
     return DeployGrant(execution_id="", requested_by=who.user_id, lock_id=lock_id, break_glass=break_glass,
@@ -164,12 +192,12 @@ def _gate_note(grant: DeployGrant) -> str:
 async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environment, service: str,
                                answer: Callable[[str], Awaitable[None]],
                                audit: Callable[..., Awaitable[None]],
-                               grant: DeployGrant | None = None) -> DeployCard | None:
+                               grant: DeployGrant | None = None, launch: Launch | None = None) -> DeployCard | None:
     """Post the card, then start the pipeline with the card's place; None (the person told why) if nothing
     started."""
     card = DeployCard(execution_id="", pipeline=runtime.config.pipeline, environment=env.name, service=service,
                       channel=env.channel, requested_by=who.user_id, needs_approval=env.approval,
-                      gate_note=_gate_note(grant) if grant else None)
+                      gate_note=_gate_note(grant) if grant else None, origin_note=launch.note if launch else None)
     text, blocks = render_card(card)
     try:
         posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
@@ -188,7 +216,8 @@ async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environme
     runtime.membership.saw(env.channel, True)
     card.ts = str(posted["ts"])
     variables = {"SERVICE": service if service != "changed" else " ", "ENVIRONMENT": env.name,
-                 "REQUESTED_BY": who.user_id, "SLACK_CHANNEL": env.channel, "SLACK_THREAD_TS": card.ts}
+                 "REQUESTED_BY": who.user_id, "SLACK_CHANNEL": env.channel, "SLACK_THREAD_TS": card.ts,
+                 **(launch.variables if launch else {})}
     try:
         started = await runtime.aws.call(
             "codepipeline", "start_pipeline_execution", name=runtime.config.pipeline,

@@ -45,7 +45,8 @@ class Invocation:
         )
 
 
-LIMITED = {"deploy": "changes", "rollback": "changes", "logs": "log queries"}  # verb -> per-person limit
+LIMITED = {"deploy": "changes", "promote": "changes", "rollback": "changes", "lock": "changes",
+           "logs": "log queries"}  # verb -> per-person limit
 VerbHandler = Callable[[ErpCommand, Invocation, Runtime, AsyncRespond], Awaitable[None]]
 
 

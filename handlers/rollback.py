@@ -38,7 +38,7 @@ from bot.cluster.helm import HelmError, Revision, service_tags
 from bot.cluster.kube import ClusterUnavailable, RolloutState
 from bot.cluster.release_diff import changes_besides_the_image
 from bot.delivery.command_parser import ErpCommand
-from bot.delivery.image_tag import TAG, short_tag
+from bot.delivery.image_tag import short_tag, split_ref
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers.erp_command import Invocation
@@ -423,7 +423,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         # stored state decides nothing: where it runs comes from the config, what it sets must be a tag
         env = runtime.config.environments.get(plan.environment)
         if env is None or (plan.service is not None and plan.service not in runtime.config.services) or \
-                not all(TAG.match(str(t)) for t in plan.target_tags.values()):
+                not all(split_ref(str(t)) for t in plan.target_tags.values()):
             log.warning("rollback plan %s does not match the config: refused", plan_id)
             return None
         plan.namespace, plan.release, plan.channel = env.namespace, env.release, env.channel

@@ -91,6 +91,20 @@ class Execution:
     events: list[dict[str, Any]] = field(default_factory=list)  # what it emitted, in order
 
 
+def _variable_check(operator: str, actual: str, value: str) -> bool:
+    """The VariableCheck rule's operators (AWS's CodePipeline rule reference: EQ, NE, CONTAINS, MATCHES);
+    any other is refused, as CodePipeline refuses the pipeline."""
+    checks = {"EQ": lambda: actual == value, "NE": lambda: actual != value, "CONTAINS": lambda: value in actual,
+              "MATCHES": lambda: re.search(value, actual) is not None}
+    if operator not in checks:
+        raise ValueError(f"VariableCheck: unknown operator {operator!r}")
+    return checks[operator]()
+
+
+class Unresolvable(Exception):
+    """A variable of an action that did not run (its stage skipped): the action that needs it fails."""
+
+
 def _epoch(t: float) -> float:
     return round(t, 3)
 
@@ -328,6 +342,8 @@ class PipelineStandIn(JsonApi):
     def start(self, variables: dict[str, str], *, trigger_type: str = "WebhookV2",
               trigger_detail: str = "arn:aws:codeconnections:ap-northeast-2:806332783810:connection/erp-github",
               revision: str | None = None) -> Execution:
+        # a variable not given takes its declared default, as CodePipeline's own start does
+        variables = {**{v["name"]: v.get("defaultValue", "") for v in self.pipeline.get("variables", [])}, **variables}
         execution_id = str(uuid.uuid4())
         revision = revision or hashlib.sha1(execution_id.encode()).hexdigest()  # noqa: S324 - a fake commit id
         execution = Execution(id=execution_id, variables=variables, revision=revision,
@@ -401,7 +417,7 @@ class PipelineStandIn(JsonApi):
                 cfg = rule["configuration"]
                 m = re.fullmatch(r"#\{variables\.(\w+)\}", cfg["Variable"])
                 actual = e.variables.get(m.group(1), "") if m else cfg["Variable"]
-                met = (actual == cfg["Value"]) if cfg["Operator"] == "EQ" else (actual != cfg["Value"])
+                met = _variable_check(cfg["Operator"], actual, cfg["Value"])
                 if not met and condition.get("result") == "SKIP":
                     return True
         return False
@@ -491,7 +507,18 @@ class PipelineStandIn(JsonApi):
 
     async def _run_codebuild(self, e: Execution, run: ActionRun, action: dict[str, Any]) -> tuple[bool, str | None]:
         project = action["configuration"]["ProjectName"]
-        step = "Build" if project == "erp-build" else "Deploy"
+        env_vars = json.loads(action["configuration"].get("EnvironmentVariables", "[]"))
+        try:
+            resolved = [{"name": v["name"], "type": v.get("type", "PLAINTEXT"), "value": self._resolve(e, v["value"])}
+                        for v in env_vars]
+        except Unresolvable as missing:
+            run.summary = str(missing)
+            return False, "JobFailed"
+        given = {v["name"]: v["value"] for v in resolved}
+        step = "Build" if project == "erp-build" else given.get("DEPLOY_PHASE", "deploy").capitalize()
+        # what the Deploy project deploys: the tags its IMAGE_TAGS names (`service=tag[@digest]`, buildspec)
+        pairs = [p.split("=", 1) for p in given.get("IMAGE_TAGS", "").split(",") if "=" in p]
+        deploying = [(svc.strip(), tag.split("@", 1)[0]) for svc, tag in pairs]
         env_name = e.variables.get("ENVIRONMENT", "dev")
         await self._progress(e, f":hammer_and_wrench: {step} started for {env_name} (commit {e.revision[:7]})")
         if project == "erp-build":
@@ -504,9 +531,6 @@ class PipelineStandIn(JsonApi):
         run.external_id = f"{project}:{build_uuid}"
         run.external_url = (f"https://console.aws.amazon.com/codesuite/codebuild/{ACCOUNT}/projects/{project}/"
                             f"build/{project}%3A{build_uuid}/?region={REGION}")
-        env_vars = json.loads(action["configuration"].get("EnvironmentVariables", "[]"))
-        resolved = [{"name": v["name"], "type": v.get("type", "PLAINTEXT"), "value": self._resolve(e, v["value"])}
-                    for v in env_vars]
         started = time.time()
         info = {"environment": {"image": "aws/codebuild/standard:7.0", "type": "LINUX_CONTAINER",
                                 "compute-type": "BUILD_GENERAL1_MEDIUM", "privileged-mode": True,
@@ -555,10 +579,11 @@ class PipelineStandIn(JsonApi):
                 await self._progress(e, f":package: Built and pushed {service}-service:{e.revision[:7]}")
         if failing is None and project == "erp-deploy":
             await self._progress(e, f":ship: helm upgrade erp in erp-{env_name}: "
-                                    + ", ".join(f"{s} `{e.revision[:7]}`" for s in e.services))
+                                    + ", ".join(f"{s} `{t[:7]}`" for s, t in deploying))
         if failing is None and project == "erp-deploy" and self.deployer is not None:
             try:
-                await self.deployer(e.variables.get("ENVIRONMENT", "dev"), e.services, e.revision)
+                for tag in dict.fromkeys(t for _, t in deploying):
+                    await self.deployer(env_name, [s for s, t in deploying if t == tag], tag)
             except Exception as exc:
                 failing = ("BUILD", f"erp-chatops ci deploy --release erp --namespace erp-{env_name}",
                            f"deploy: helm upgrade failed: {exc}")
@@ -637,6 +662,10 @@ class PipelineStandIn(JsonApi):
             if namespace == "variables":
                 return e.variables.get(name, "")
             if namespace == "BuildVariables" and name == "IMAGE_TAGS":
+                build = e.actions.get(("Build", "Build"))
+                if build is None or build.status != "Succeeded":  # Build was skipped: it exported nothing
+                    raise Unresolvable(f"Unable to resolve the variable #{{{namespace}.{name}}}: its action did"
+                                       " not run in this execution")
                 return ",".join(f"{s}={e.revision}" for s in e.services)
             return ""
         return re.sub(r"#\{(\w+)\.(\w+)\}", sub, value)

@@ -56,9 +56,17 @@ def test_pipeline_matches_the_declaration_the_sandbox_runs():
     assert [(v["name"], v["default_value"]) for v in pipe["variable"]] == \
         [(v["name"], v["defaultValue"]) for v in DECLARATION["variables"]]
     assert [v["name"] for v in pipe["variable"]] == ["SERVICE", "ENVIRONMENT", "REQUESTED_BY", "SLACK_CHANNEL",
-                                                     "SLACK_THREAD_TS"]
+                                                     "SLACK_THREAD_TS", "PROMOTE_IMAGE"]
     assert [s["name"] for s in pipe["stage"]] == [s["name"] for s in DECLARATION["stages"]] == \
-        ["Source", "Build", "Approval", "Deploy"]
+        ["Source", "Build", "Approval", "Deploy", "Promote"]
+    # issue 19: a promotion skips Build and Deploy and runs Promote; every stage's entry condition agrees
+    for tf_stage, decl_stage in zip(pipe["stage"], DECLARATION["stages"], strict=True):
+        declared = decl_stage.get("beforeEntry", {}).get("conditions", [])
+        in_tf = [c for entry in tf_stage.get("before_entry", []) for c in entry["condition"]]
+        assert [(c["result"], [(r["name"], r["ruleTypeId"]["provider"], r["configuration"]) for r in c["rules"]])
+                for c in declared] == \
+            [(c["result"], [(r["name"], r["rule_type_id"][0]["provider"], r["configuration"]) for r in c["rule"]])
+             for c in in_tf], decl_stage["name"]
     for tf_stage, decl_stage in zip(pipe["stage"], DECLARATION["stages"], strict=True):
         [tf_action] = tf_stage["action"]
         [decl_action] = decl_stage["actions"]

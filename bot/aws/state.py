@@ -346,6 +346,25 @@ class StateStore:
         await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
             **grant_key(env, grant.execution_id), **grant.to_item(), "ttl": int(time.time()) + GRANT_TTL_SECONDS}))
 
+    # --- what the pipeline deployed (written by `erp-chatops ci deploy`, bot/ci/build_steps.record_deploy) ----
+
+    async def deploy_records(self, env: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """Per service: {"deployed": its last successful deploy, "attempt": its last attempt}, as recorded."""
+        params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "pk = :pk",
+                                  "ConsistentRead": True,
+                                  "ExpressionAttributeValues": _to_item({":pk": f"LASTDEPLOY#{env}"})}
+        records: dict[str, dict[str, dict[str, Any]]] = {}
+        while True:
+            resp = await self.aws.call("dynamodb", "query", **params)
+            for item in map(_from_item, resp.get("Items", [])):
+                kind, _, service = str(item["sk"]).partition("#")
+                key = {"SERVICE": "deployed", "ATTEMPT": "attempt"}.get(kind)
+                if key:
+                    records.setdefault(service, {})[key] = item
+            if "LastEvaluatedKey" not in resp:
+                return records
+            params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
     # --- events -----------------------------------------------------------------
 
     async def processed_among(self, event_ids: list[str]) -> set[str]:

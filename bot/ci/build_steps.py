@@ -33,9 +33,10 @@ from botocore.exceptions import ClientError
 
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
-from bot.cluster.helm import HELM_DRIVER, revision_description
+from bot.cluster.helm import HELM_DRIVER, image_values, revision_description
 from bot.delivery.deploy_gate import DeployGrant, EnvLock, grant_key, lock_key, pipeline_refusal, rules_key
 from bot.delivery.freeze_calendar import FreezeCalendar, FreezeConfigError
+from bot.delivery.image_tag import split_ref
 from bot.delivery.scan_report import FINISHED, ScanReport, finding_line, scan_failed, severity_counts
 
 DEFAULT_CHART = "charts/erp"
@@ -259,17 +260,31 @@ def deployed_services(tags: str) -> list[str]:
     return [p.split("=", 1)[0] for p in tags.split(",") if "=" in p]
 
 
+def image_pairs(tags: str, environ: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """IMAGE_TAGS as (service, `tag` or `tag@sha256:<digest>`), each checked: a promotion's comes from a pipeline
+    variable anyone starting the pipeline can set, and a comma or an odd name would set other chart values."""
+    services = chart_services(os.environ if environ is None else environ)
+    pairs = []
+    for part in (p.strip() for p in tags.split(",") if p.strip()):
+        service, _, ref = part.partition("=")
+        if service not in services or split_ref(ref) is None:
+            raise StepFailed(f"IMAGE_TAGS has {part[:120]!r}: expected <service>=<tag> or <service>=<tag>@sha256:"
+                             f"<digest>, with a service of the chart ({', '.join(services)})")
+        pairs.append((service, ref))
+    return pairs
+
+
 def deploy(release: str, chart: str, namespace: str, environment: str, tags: str, notifier: Notifier,
            rollout_timeout: float = 600, execution_id: str = "") -> DeployResult:
-    pairs = [p.split("=", 1) for p in tags.split(",") if "=" in p]
+    pairs = image_pairs(tags, {**os.environ, "CHART": chart})
     if not pairs:
         return DeployResult(True, None, "nothing was built, nothing to deploy")
     before = _history(release, namespace)
     previous = max((int(str(r["revision"])) for r in before if r.get("status") == "deployed"), default=None)
     args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace",
             "-f", f"{chart}/values-{environment}.yaml", "--reuse-values", "--timeout", "10m", "--history-max", "20"]
-    for service, tag in pairs:
-        args += ["--set-string", f"services.{service}.image.tag={tag}"]
+    for service, ref in pairs:
+        args += image_values(service, ref)  # the digest too, or cleared: a promotion's never outlives its tag
     if execution_id:
         args += ["--description", revision_description(execution_id)]  # how the bot finds what it changed
     notifier.post(f":ship: helm upgrade {release} in {namespace}: " + ", ".join(f"{s} `{t[:7]}`" for s, t in pairs))
@@ -289,13 +304,26 @@ def deploy(release: str, chart: str, namespace: str, environment: str, tags: str
     return DeployResult(False, None, f"rollout did not complete ({summary}); no earlier revision to roll back to")
 
 
-def record_deploy(environ: Mapping[str, str], environment: str, commit: str, services: list[str]) -> None:
+def record_deploy(environ: Mapping[str, str], environment: str, commit: str, services: list[str], *,
+                  ok: bool = True, images: Mapping[str, str] | None = None) -> None:
+    """Per service: its last deploy attempt here (ATTEMPT#, succeeded or not), and, when it succeeded, its last
+    deployed commit (SERVICE#, what the next build diffs from). `/erp promote` reads both: it promotes only
+    what dev deployed last and well, and only after it has soaked there."""
     table = _state_table(environ)
-    if table:
-        for service in services:
-            boto3.client("dynamodb", config=RETRIES).put_item(TableName=table, Item={
-                "pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": f"SERVICE#{service}"},
-                "commit": {"S": commit}, "at": {"N": str(int(time.time()))}})
+    if not table:
+        return
+    execution = environ.get("PIPELINE_EXECUTION_ID", "").strip() or "-"
+    now = str(int(time.time()))
+    ddb = boto3.client("dynamodb", config=RETRIES)
+    for service in services:
+        image = (images or {}).get(service, "")
+        fields = {"commit": {"S": commit}, "at": {"N": now}, "execution": {"S": execution},
+                  **({"image": {"S": image}} if image else {})}
+        ddb.put_item(TableName=table, Item={"pk": {"S": f"LASTDEPLOY#{environment}"}, "sk": {"S": f"ATTEMPT#{service}"},
+                                            "ok": {"BOOL": ok}, **fields})
+        if ok:
+            ddb.put_item(TableName=table, Item={"pk": {"S": f"LASTDEPLOY#{environment}"},
+                                                "sk": {"S": f"SERVICE#{service}"}, **fields})
 
 
 def xray_segment(name: str, started: float, ended: float, ok: bool, annotations: dict[str, str]) -> dict[str, object]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.delivery.image_tag import TAG
+from bot.delivery.image_tag import split_ref
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,10 @@ class Helm:
         return dict(json.loads(await self.run(*args, timeout=30) or "{}"))
 
     async def set_service_tag(self, release: str, namespace: str, chart: str, service: str, tag: str) -> str:
-        if not TAG.match(tag):
-            raise HelmError(f"refusing to deploy the tag {tag[:40]!r}: not an image tag")
+        """`tag` or `tag@sha256:...`: the digest is set too, or cleared, so a digest a promotion pinned never
+        outlives the tag it came with (--reuse-values keeps every value not set here)."""
         return await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
-                              "--set-string", f"services.{service}.image.tag={tag}",
+                              *image_values(service, tag),
                               "--history-max", "20", "--timeout", f"{HELM_TIMEOUT}s", timeout=OUTER_TIMEOUT)
 
     async def manifest(self, release: str, namespace: str, revision: int) -> str:
@@ -146,10 +146,8 @@ class Helm:
 
     async def planned_service_tag(self, release: str, namespace: str, chart: str, service: str, tag: str) -> str:
         """The manifest `set_service_tag` would apply, rendered by helm without changing anything."""
-        if not TAG.match(tag):
-            raise HelmError(f"refusing to render the tag {tag[:40]!r}: not an image tag")
         out = await self.run("upgrade", release, chart, "-n", namespace, "--reuse-values",
-                             "--set-string", f"services.{service}.image.tag={tag}",
+                             *image_values(service, tag),
                              "--dry-run", "--hide-secret", "-o", "json", timeout=60)
         try:
             return str(json.loads(out).get("manifest", ""))
@@ -167,7 +165,22 @@ class Helm:
 
 
 def service_tags(values: dict[str, Any]) -> dict[str, str]:
-    """services.<name>.image.tag from a release's values."""
+    """services.<name>.image.tag from a release's values, with `@<digest>` where a promotion pinned one."""
     services = values.get("services") or {}
-    return {name: str((svc.get("image") or {}).get("tag", "")) for name, svc in services.items()
-            if isinstance(svc, dict)}
+    tags = {}
+    for name, svc in services.items():
+        if isinstance(svc, dict):
+            image = svc.get("image") or {}
+            digest = str(image.get("digest") or "")
+            tags[name] = str(image.get("tag", "")) + (f"@{digest}" if digest else "")
+    return tags
+
+
+def image_values(service: str, ref: str) -> list[str]:
+    """The --set-string arguments for one service's image: its tag, and its digest (empty when none)."""
+    parts = split_ref(ref)
+    if parts is None:
+        raise HelmError(f"refusing to deploy the image {ref[:80]!r}: not an image tag or tag@sha256 digest")
+    tag, digest = parts
+    return ["--set-string", f"services.{service}.image.tag={tag}", "--set-string",
+            f"services.{service}.image.digest={digest}"]

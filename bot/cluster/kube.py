@@ -41,7 +41,9 @@ def rollout_of(dep: Any) -> RolloutState:
     spec, status, meta = dep.spec, dep.status, dep.metadata
     desired = spec.replicas if spec.replicas is not None else 1
     image = spec.template.spec.containers[0].image if spec.template.spec.containers else ""
-    tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+    name, _, digest = image.partition("@")  # repo:tag@sha256:... (a promotion pins the digest)
+    tag = name.rsplit(":", 1)[-1] if ":" in name.rsplit("/", 1)[-1] else "latest"
+    tag += f"@{digest}" if digest else ""
     ready = status.ready_replicas or 0
     updated = status.updated_replicas or 0
     available = status.available_replicas or 0

@@ -91,8 +91,8 @@ def card_phase(card: DeployCard) -> str:
     if card.approval.decision in ("Rejected", "Expired"):
         return card.approval.decision.lower()  # the pipeline fails with it; nothing was deployed
     if card.finished:
-        if card.status == "Failed" and ((card.failure or {}).get("stage") == "Deploy"
-                                        or card.stage("Deploy").state == "FAILED"):
+        if card.status == "Failed" and ((card.failure or {}).get("stage") in ("Deploy", "Promote")
+                                        or "FAILED" in (card.stage("Deploy").state, card.stage("Promote").state)):
             return "deploy_failed"
         return card.status.lower()
     if card.awaiting_approval:

@@ -35,6 +35,13 @@ VERBS: dict[str, VerbHelp] = {
         ("/erp deploy employee prod", "/erp deploy all dev", "/erp deploy dev",
          '/erp deploy employee prod break-glass "INC-42 payments fix"'),
     ),
+    "promote": VerbHelp(
+        "/erp promote [<service> [to <env>] [override <reason>|break-glass <reason>]]",
+        "Deploy to prod the exact image that passed dev (no rebuild; the prod approval still applies); with no"
+        " service, what dev runs that prod does not.",
+        ("/erp promote", "/erp promote employee", "/erp promote employee to prod",
+         '/erp promote employee override "INC-42 fix verified in dev"'),
+    ),
     "lock": VerbHelp(
         "/erp lock <env> [for <30m|2h|1d>] [reason]",
         "Lock an environment: only you can deploy to it until it expires or you unlock it (rollbacks still work).",
@@ -132,7 +139,9 @@ class ErpCommand:
     topic: str | None = None  # help <topic>
     export: bool = False  # history ... csv: the period as a CSV file
     duration: int | None = None  # lock ... for 2h: seconds
-    reason: str | None = None  # lock's reason; deploy's break-glass reason
+    reason: str | None = None  # lock's reason
+    break_glass: str | None = None  # deploy/promote during a freeze: the approver's reason
+    override: str | None = None  # promote before the soak time: the approver's reason
 
 
 def closest(word: str, choices: list[str] | tuple[str, ...], cutoff: float = 0.6) -> str | None:
@@ -182,6 +191,7 @@ class CommandParser:
         self.services = list(config.services)
         self.environments = list(config.environments)
         self.max_lock = config.locks.max_seconds
+        self.promotion = config.promotion
 
     def parse(self, text: str) -> ErpCommand:
         text = html.unescape((text or "").translate(_QUOTES)).strip()
@@ -262,7 +272,7 @@ class CommandParser:
             if not reason:
                 raise UsageError(f"Breaking the glass needs a reason: `/erp deploy {service} {env} break-glass"
                                  ' "INC-42 payments fix"`.')
-            return ErpCommand(verb="deploy", service=service, environment=env, reason=reason)
+            return ErpCommand(verb="deploy", service=service, environment=env, break_glass=reason)
         self._too_many(args, 2, "deploy")
         return ErpCommand(verb="deploy", service=service, environment=env)
 
@@ -289,6 +299,36 @@ class CommandParser:
             raise UsageError(f"A lock lasts at most {self.max_lock // 3600}h; say `for {self.max_lock // 3600}h`"
                              " or less, and lock again when it runs out.")
         return ErpCommand(verb="lock", environment=env, duration=duration, reason=self._reason(rest))
+
+    def _promote(self, args: list[str]) -> ErpCommand:
+        if self.promotion is None:
+            raise UsageError("Promotion is not configured: set `promotion: {from: dev, to: prod}` in the bot's config.")
+        if not args:
+            return ErpCommand(verb="promote")
+        service = self._service(args[0], "promote")
+        rest, env = args[1:], self.promotion.target
+        if rest and rest[0].lower() == "to":
+            if len(rest) < 2:
+                raise UsageError(f"Say where to: `/erp promote {service} to {self.promotion.target}`.")
+            env = self._environment(rest[1], "promote")
+            rest = rest[2:]
+        elif rest and rest[0].lower() in self.environments:
+            env, rest = rest[0].lower(), rest[1:]
+        if env != self.promotion.target:
+            raise UsageError(f"Promotion goes from {self.promotion.source} to {self.promotion.target}; to deploy"
+                             f" to {env}, use `/erp deploy {service} {env}`.")
+        command = ErpCommand(verb="promote", service=service, environment=env)
+        if not rest:
+            return command
+        keyword = rest[0].lower()
+        if keyword not in ("override", "break-glass", "breakglass", "break_glass"):
+            self._too_many(rest, 0, "promote")
+        reason = self._reason(rest[1:])
+        if not reason:
+            raise UsageError(f"`{keyword}` needs a reason: `/erp promote {service} {keyword} \"INC-42 fix\"`.")
+        if keyword == "override":
+            return ErpCommand(verb="promote", service=service, environment=env, override=reason)
+        return ErpCommand(verb="promote", service=service, environment=env, break_glass=reason)
 
     def _unlock(self, args: list[str]) -> ErpCommand:
         if not args:

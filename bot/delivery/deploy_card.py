@@ -19,14 +19,14 @@ from bot.delivery.escaping import escape_text
 from bot.delivery.pipeline_events import PipelineEvent
 from bot.delivery.scan_report import scan_failed
 
-STAGES = ("Source", "Build", "Approval", "Deploy")
+STAGES = ("Source", "Build", "Approval", "Deploy", "Promote")  # Promote runs instead of Build and Deploy
 TERMINAL_STATUS = ("Succeeded", "Failed", "Stopped", "Superseded")
 PIPELINE_STATUS = {"STARTED": "InProgress", "RESUMED": "InProgress", "STOPPING": "Stopping",
                    "SUCCEEDED": "Succeeded", "FAILED": "Failed", "STOPPED": "Stopped", "CANCELED": "Stopped",
                    "SUPERSEDED": "Superseded"}
 STAGE_RANK = {"PENDING": 0, "STARTED": 1, "RESUMED": 1, "IN_PROGRESS": 1, "STOPPING": 1,
               "SUCCEEDED": 2, "FAILED": 2, "STOPPED": 2, "CANCELED": 2, "ABANDONED": 2, "SKIPPED": 2}
-BUILD_PROJECT_STAGE = {"build": "Build", "deploy": "Deploy"}  # DEPLOY_PHASE variable -> stage
+BUILD_PROJECT_STAGE = {"build": "Build", "deploy": "Deploy", "promote": "Promote"}  # DEPLOY_PHASE -> stage
 APPROVAL_LIFETIME = timedelta(days=7)  # CodePipeline's manual approval timeout
 EXPIRY_SKEW = timedelta(minutes=1)  # event times have whole seconds, and AWS's clocks differ a little
 DECIDED = ("Approved", "Rejected", "Expired")
@@ -107,6 +107,7 @@ class DeployCard:
     links: dict[str, str] = field(default_factory=dict)
     needs_approval: bool = False
     notes: list[str] = field(default_factory=list)
+    origin_note: str | None = None  # a promotion: from where, which execution, digest and scan (handlers/promote)
     gate_note: str | None = None  # what it went through: its requester's own lock, a broken freeze (deploy_gate)
     posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
     # thread notes recorded but not yet posted, [key, text] in order: an outbox, cleared note by note only
@@ -268,7 +269,7 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
     when = _iso(event.time)
     if event.stage == "Source" and event.state == "SUCCEEDED" and result.get("external-execution-id"):
         card.commit = str(result["external-execution-id"])
-    if url and event.stage in ("Build", "Deploy"):
+    if url and event.stage in ("Build", "Deploy", "Promote"):
         card.links.setdefault(event.stage.lower(), str(url))
     if event.stage == "Approval":
         card.needs_approval = True

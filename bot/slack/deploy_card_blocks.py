@@ -27,6 +27,7 @@ from bot.delivery.deploy_card import (
     STAGE_RANK,
     STAGES,
     DeployCard,
+    StageRow,
     duration_text,
     failure_reason,
     is_aws_console_link,
@@ -106,8 +107,12 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         fields.append(MarkdownTextObject(text=f"*Scan* ({len(card.scans)} image{'s' if len(card.scans) > 1 else ''})\n"
                                               f"{icon} {summary}"))
     skipped = {name for name, row in card.stages.items() if row.state == "SKIPPED"}
-    stage_names = [s for s in STAGES if s != "Approval" or card.needs_approval or card.environment == "prod"
-                   or s in skipped]
+    promotion = card.origin_note is not None or (card.stages.get("Promote") or StageRow()).state not in \
+        ("PENDING", "SKIPPED")
+    # a promotion runs Promote instead of Build and Deploy; any other deploy never shows Promote
+    hidden = {"Build", "Deploy"} if promotion else {"Promote"}
+    stage_names = [s for s in STAGES if s not in hidden and
+                   (s != "Approval" or card.needs_approval or card.environment == "prod" or s in skipped)]
     chips = []
     for name in stage_names:
         row = card.stage(name)
@@ -118,6 +123,8 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         SectionBlock(text=MarkdownTextObject(text=_status_line(card)), fields=fields),
         ContextBlock(elements=[MarkdownTextObject(text="   ".join(chips))]),
     ]
+    if card.origin_note:  # written by the bot from its records, ECR and the scan
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.origin_note[:600])]))
     if card.gate_note:  # written by the bot from the lock and the approver's reason, escaped there
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.gate_note[:600])]))
     if card.approval.decision == "Rejected" and card.approval.reason:
@@ -142,7 +149,7 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
     pipeline_url = (f"https://{REGION}.console.aws.amazon.com/codesuite/codepipeline/pipelines/{card.pipeline}/"
                     f"executions/{card.execution_id}/timeline?region={REGION}")
     buttons.append(ButtonElement(text="Pipeline", action_id="open_pipeline", url=pipeline_url))
-    log = card.links.get("deploy_log") or card.links.get("build_log")
+    log = card.links.get("deploy_log") or card.links.get("promote_log") or card.links.get("build_log")
     if is_aws_console_link(log):  # events say where the log is: only AWS's console gets a button
         buttons.append(ButtonElement(text="Logs", action_id="open_logs", url=log))
     blocks.append(ActionsBlock(elements=buttons))

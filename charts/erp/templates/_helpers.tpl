@@ -24,5 +24,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 {{- end -}}
 
 {{- define "erp.image" -}}
+{{- /* a promotion pins the exact image dev ran: tag@digest (the digest decides what is pulled) */ -}}
+{{- if .svc.image.digest -}}
+{{- printf "%s/%s:%s@%s" .root.Values.image.registry .svc.image.repository (.svc.image.tag | toString) .svc.image.digest -}}
+{{- else -}}
 {{- printf "%s/%s:%s" .root.Values.image.registry .svc.image.repository (.svc.image.tag | toString) -}}
+{{- end -}}
 {{- end -}}

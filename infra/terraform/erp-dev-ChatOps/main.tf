@@ -462,6 +462,11 @@ resource "aws_codepipeline" "erp" {
     default_value = " "
     description   = "ts of the deploy card, for thread replies"
   }
+  variable {
+    name          = "PROMOTE_IMAGE"
+    default_value = " "
+    description   = "service=tag@sha256:digest that passed dev: promote it, with no build (/erp promote)"
+  }
 
   stage {
     name = "Source"
@@ -484,6 +489,25 @@ resource "aws_codepipeline" "erp" {
 
   stage {
     name = "Build"
+    before_entry {
+      condition {
+        result = "SKIP" # a promotion deploys the image that passed dev: no build
+        rule {
+          name = "NotAPromotion"
+          rule_type_id {
+            category = "Rule"
+            owner    = "AWS"
+            provider = "VariableCheck"
+            version  = "1"
+          }
+          configuration = {
+            Variable = "#{variables.PROMOTE_IMAGE}"
+            Value    = " "
+            Operator = "EQ"
+          }
+        }
+      }
+    }
     action {
       name             = "Build"
       category         = "Build"
@@ -534,6 +558,25 @@ resource "aws_codepipeline" "erp" {
 
   stage {
     name = "Deploy"
+    before_entry {
+      condition {
+        result = "SKIP" # a promotion deploys the image that passed dev: no build
+        rule {
+          name = "NotAPromotion"
+          rule_type_id {
+            category = "Rule"
+            owner    = "AWS"
+            provider = "VariableCheck"
+            version  = "1"
+          }
+          configuration = {
+            Variable = "#{variables.PROMOTE_IMAGE}"
+            Value    = " "
+            Operator = "EQ"
+          }
+        }
+      }
+    }
     action {
       name            = "Deploy"
       category        = "Build"
@@ -546,6 +589,44 @@ resource "aws_codepipeline" "erp" {
         EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [
           { name = "IMAGE_TAGS", value = "#{BuildVariables.IMAGE_TAGS}", type = "PLAINTEXT" },
           { name = "DEPLOY_PHASE", value = "deploy", type = "PLAINTEXT" },
+        ]))
+      }
+    }
+  }
+
+  stage {
+    name = "Promote"
+    before_entry {
+      condition {
+        result = "SKIP" # only a promotion
+        rule {
+          name = "PromotionOnly"
+          rule_type_id {
+            category = "Rule"
+            owner    = "AWS"
+            provider = "VariableCheck"
+            version  = "1"
+          }
+          configuration = {
+            Variable = "#{variables.PROMOTE_IMAGE}"
+            Value    = " "
+            Operator = "NE"
+          }
+        }
+      }
+    }
+    action {
+      name            = "Promote"
+      category        = "Build"
+      owner           = "AWS"
+      provider        = "CodeBuild"
+      version         = "1"
+      input_artifacts = ["SourceOutput"] # the chart and the buildspec; the image is the one dev ran
+      configuration = {
+        ProjectName = aws_codebuild_project.deploy.name
+        EnvironmentVariables = jsonencode(concat(local.pipeline_env_vars, [
+          { name = "IMAGE_TAGS", value = "#{variables.PROMOTE_IMAGE}", type = "PLAINTEXT" },
+          { name = "DEPLOY_PHASE", value = "promote", type = "PLAINTEXT" },
         ]))
       }
     }

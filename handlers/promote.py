@@ -1,0 +1,162 @@
+"""`/erp promote <service> [to prod]`: deploy to prod the exact image that passed dev, with no rebuild.
+
+The image is the one dev's pipeline deployed last (the records `erp-chatops ci deploy` keeps), pinned by
+its ECR digest. Refused in one line when dev's last deploy of it failed, when it has been in dev for less
+than the soak time (an approver may override, with a reason), or when that digest has CRITICAL findings.
+The pipeline takes the image as PROMOTE_IMAGE: its Build and Deploy stages are skipped (stage conditions)
+and its Promote stage deploys it; the prod approval still applies. `/erp promote` alone lists what dev
+runs that prod does not, with a Promote button each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from typing import Any
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.models.blocks import ButtonElement, SectionBlock
+
+from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.ecr_scans import fetch_scan_report
+from bot.aws.state import AuditRecord
+from bot.delivery.command_parser import ErpCommand
+from bot.delivery.freeze_calendar import in_words
+from bot.delivery.image_tag import short_tag, split_ref
+from bot.delivery.scan_report import severity_counts
+from bot.runtime import Runtime
+from handlers.deploy import Answer, Audit, Launch, run_deploy
+from handlers.erp_command import Invocation
+
+PROMOTE_ACTION = "promote_service"
+
+
+def _tag(record: dict[str, Any]) -> str:
+    """The image a deploy record names: its `image` (tag, or tag@digest), else its commit (the built tag)."""
+    parts = split_ref(str(record.get("image") or record.get("commit") or ""))
+    return parts[0] if parts else ""
+
+
+def _ago(epoch: Any) -> str:
+    return in_words(timedelta(seconds=max(0, time.time() - int(epoch or 0))))
+
+
+def _digest(runtime: Runtime, repository: str, tag: str) -> str:
+    resp = runtime.aws.client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
+    return str(resp["imageDetails"][0]["imageDigest"])
+
+
+async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+    if command.service is None:
+        await _list(runtime, respond)
+        return
+    assert runtime.config.promotion is not None  # the parser refuses `/erp promote` without it
+    source, service = runtime.config.promotion.source, command.service
+    repository = runtime.config.services[service].image_repository
+
+    async def prepare(answer: Answer, audit: Audit) -> Launch | None:
+        records = (await runtime.state.deploy_records(source)).get(service, {})
+        deployed, attempt = records.get("deployed"), records.get("attempt")
+        if deployed is None:
+            await answer(f"The pipeline has not deployed {service} to {source} yet: there is nothing to promote."
+                         f" Deploy it there first: `/erp deploy {service} {source}`.")
+            return None
+        if attempt is not None and not attempt.get("ok", True):
+            await audit("refused", f"{source}'s last deploy failed")
+            await answer(f":no_entry: {source}'s last deploy of {service} failed (`{short_tag(_tag(attempt))}`,"
+                         f" {_ago(attempt.get('at'))} ago): fix {source} first; nothing was started.")
+            return None
+        tag = _tag(deployed)
+        soaked = time.time() - int(deployed.get("at", 0))
+        soak = runtime.config.promotion.soak_seconds if runtime.config.promotion else 0
+        override = None
+        if soaked < soak:
+            if not command.override:
+                await audit("refused", "soak")
+                wait, left = in_words(timedelta(seconds=soak)), in_words(timedelta(seconds=soak - soaked))
+                await answer(f":hourglass: {service} `{short_tag(tag)}` has been in {source} for"
+                             f" {_ago(deployed.get('at'))}; promotions wait {wait} (another {left})."
+                             " An approver can override:"
+                             f" `/erp promote {service} override <reason>`.")
+                return None
+            decision = await runtime.policy.is_approver(who.user_id, command.environment or "",
+                                                        "You can't override the soak time: only")
+            if not decision:
+                await audit("refused", f"override: {decision.reason}"[:200])
+                await answer(f":no_entry: {decision.reason}")
+                return None
+            override = command.override
+        try:
+            digest = await asyncio.to_thread(_digest, runtime, repository, tag)
+            report = await fetch_scan_report(runtime.aws, repository, {"imageDigest": digest})
+        except (ClientError, BotoCoreError) as e:
+            code = error_code(e)
+            why = {"ImageNotFoundException": f"`{repository}:{short_tag(tag)}` is no longer in ECR",
+                   "ScanNotFoundException": f"`{repository}:{short_tag(tag)}` has never been scanned"}.get(
+                code, f"ECR answered `{code}`")
+            await audit("refused", code)
+            await answer(f":no_entry: {why}, so it cannot be promoted; nothing was started.")
+            return None
+        if report.pending or report.failed or report.counts.get("CRITICAL", 0):
+            state = ("still being scanned" if report.pending else "could not be scanned" if report.failed
+                     else f"has {report.counts['CRITICAL']} CRITICAL finding(s)")
+            await audit("refused", f"scan: {state}")
+            await answer(f":no_entry: `{repository}:{short_tag(tag)}` ({digest[:19]}) {state}: not promoting it."
+                         f" `/erp scan {service} {tag}` shows the findings.")
+            return None
+        if override:
+            await runtime.state.record_audit(AuditRecord(
+                actor=who.user_id, action="soak_override", environment=command.environment or "", service=service,
+                outcome="ok", detail=override[:200]))
+        execution = str(deployed.get("execution") or "-")
+        note = (f":arrow_double_up: Promoted from {source}: execution `{execution[:8]}`, image `{short_tag(tag)}`"
+                f" `{digest[:19]}…`, scan {severity_counts(report.counts)}, {_ago(deployed.get('at'))} in {source}")
+        if override:
+            note += f" · soak overridden by <@{who.user_id}>"
+        return Launch(variables={"PROMOTE_IMAGE": f"{service}={tag}@{digest}"}, note=note)
+
+    await run_deploy(command, who, runtime, respond, action="promote", prepare=prepare)
+
+
+async def _list(runtime: Runtime, respond: AsyncRespond) -> None:
+    """What the source runs that the target does not, newest first, with a Promote button each."""
+    assert runtime.config.promotion is not None
+    source, target = runtime.config.promotion.source, runtime.config.promotion.target
+    there, here = await runtime.state.deploy_records(source), await runtime.state.deploy_records(target)
+    rows = []
+    for service in runtime.config.services:
+        deployed = there.get(service, {}).get("deployed")
+        if deployed is None:
+            continue
+        dev_tag, prod_tag = _tag(deployed), _tag(here.get(service, {}).get("deployed") or {})
+        if dev_tag and dev_tag != prod_tag:
+            rows.append((int(deployed.get("at", 0)), service, dev_tag, prod_tag))
+    if not rows:
+        await respond(response_type="ephemeral", replace_original=True,
+                      text=f"{target} runs everything {source} runs: nothing to promote.")
+        return
+    blocks: list[dict[str, Any]] = [SectionBlock(text=f"*{source} runs, {target} does not:*").to_dict()]
+    for at, service, dev_tag, prod_tag in sorted(rows, reverse=True):
+        line = (f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} `{short_tag(prod_tag) or 'none'}` ·"
+                f" {in_words(timedelta(seconds=max(0, time.time() - at)))} in {source}")
+        blocks.append(SectionBlock(text=line, accessory=ButtonElement(
+            text="Promote", action_id=PROMOTE_ACTION, value=service)).to_dict())
+    await respond(response_type="ephemeral", replace_original=True, blocks=blocks[:50],
+                  text=f"{len(rows)} service(s) to promote from {source} to {target}")
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    async def ack_click(ack: AsyncAck) -> None:
+        await ack()
+
+    async def from_list(body: dict[str, Any], respond: AsyncRespond) -> None:
+        service = str(body["actions"][0].get("value", ""))
+        if service not in runtime.config.services or runtime.config.promotion is None:
+            return
+        who = Invocation(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
+                         response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
+        command = ErpCommand(verb="promote", service=service, environment=runtime.config.promotion.target)
+        await promote(command, who, runtime, respond)
+
+    app.action(PROMOTE_ACTION)(ack=ack_click, lazy=[runtime.work.track(from_list)])
