@@ -28,7 +28,7 @@ import yaml
 from aiohttp import web
 
 from bot.aws.clients import AwsClients
-from bot.ci.build_steps import StepFailed, deploy_gate
+from bot.ci.build_steps import StepFailed, deploy_gate, record_deploy
 from bot.ci.notify import Notifier
 from sandbox.ecr_images import publish_image
 from sandbox.erp_services import SERVICES, repository_of
@@ -518,7 +518,9 @@ class PipelineStandIn(JsonApi):
         step = "Build" if project == "erp-build" else given.get("DEPLOY_PHASE", "deploy").capitalize()
         # what the Deploy project deploys: the tags its IMAGE_TAGS names (`service=tag[@digest]`, buildspec)
         pairs = [p.split("=", 1) for p in given.get("IMAGE_TAGS", "").split(",") if "=" in p]
-        deploying = [(svc.strip(), tag.split("@", 1)[0]) for svc, tag in pairs]
+        refs = [(svc.strip(), ref.strip()) for svc, ref in pairs]
+        deploying = [(svc, ref.split("@", 1)[0]) for svc, ref in refs]
+        gate_refused = False
         env_name = e.variables.get("ENVIRONMENT", "dev")
         await self._progress(e, f":hammer_and_wrench: {step} started for {env_name} (commit {e.revision[:7]})")
         if project == "erp-build":
@@ -553,6 +555,7 @@ class PipelineStandIn(JsonApi):
             try:
                 await asyncio.to_thread(deploy_gate, gate_env, env_name)
             except StepFailed as refused:
+                gate_refused = True
                 failing = ("BUILD", "erp-chatops ci deploy --release erp --chart charts/erp --namespace"
                                     f" erp-{env_name}", f"deploy: {refused}")
         for phase in BUILD_PHASES:
@@ -588,6 +591,14 @@ class PipelineStandIn(JsonApi):
                 failing = ("BUILD", f"erp-chatops ci deploy --release erp --namespace erp-{env_name}",
                            f"deploy: helm upgrade failed: {exc}")
         took = f"{time.time() - started:.0f}s"
+        if project == "erp-deploy" and self.state_table and refs and not gate_refused:
+            # what `erp-chatops ci deploy` records after helm, through the same code: the attempt, and the
+            # deployed commit when it went well (a promoted image's own tag)
+            env = {"STATE_TABLE": self.state_table, "PIPELINE_EXECUTION_ID": e.id}
+            for service, ref in refs:
+                tag, _, digest = ref.partition("@")
+                await asyncio.to_thread(record_deploy, env, env_name, tag if digest else e.revision, [service],
+                                        ok=failing is None, images={service: ref})
         if failing is not None:
             run.summary = "Build terminated with state: FAILED"  # all the pipeline's action event says
             await self._progress(e, f":x: {failing[2]}")

@@ -33,8 +33,15 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE, progress_queue_url:
         "environments": {
             "dev": {"namespace": "erp-dev", "release": "erp", "channel": "C0DEV", "approval": False},
             "prod": {"namespace": "erp-prod", "release": "erp", "channel": "C0PROD", "approval": True,
-                     "approvers": ["U0APPR1", "S0ONCALL"], "deployers": ["U0DEV1", "S0APPROVERS"]},
+                     "approvers": ["U0APPR1", "S0ONCALL"], "deployers": ["U0DEV1", "S0APPROVERS"],
+                     "lock_after_rollback": "1h",
+                     # the sandbox's demo freeze: a weekend in Seoul and the holidays (README "Freeze windows")
+                     "freeze": {"timezone": "Asia/Seoul", "mode": "deny", "windows": [
+                         {"name": "weekend", "from": "Sat 00:00", "to": "Mon 07:00"},
+                         {"name": "Christmas", "date": "2026-12-25"},
+                         {"name": "New Year", "date": "2027-01-01"}]}},
         },
+        "promotion": {"from": "dev", "to": "prod", "soak": "2m"},  # short, to show a promotion end to end
         "services": declared["services"],
         "oncall_channels": ["C0ONCALL"],
         "oncall_readers": ["S0ONCALL"],

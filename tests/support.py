@@ -68,7 +68,13 @@ class BackgroundLoop:
 
 
 def base_config(queue_url: str, table: str, progress_queue_url: str | None = None) -> dict[str, Any]:
-    return sandbox_config(queue_url, table, progress_queue_url)
+    """The sandbox's config without its demo calendar: a test that needs a freeze, a lock after a rollback
+    or a soak time sets its own, relative to its own clock."""
+    config = sandbox_config(queue_url, table, progress_queue_url)
+    for key in ("freeze", "lock_after_rollback"):
+        config["environments"]["prod"].pop(key, None)
+    config.pop("promotion", None)
+    return config
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

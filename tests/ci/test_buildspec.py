@@ -4,6 +4,7 @@ only `docker` is stood in for."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -19,6 +20,9 @@ import boto3
 import pytest
 import yaml
 
+from bot.aws.clients import AwsClients
+from bot.aws.state import StateStore
+from bot.delivery.deploy_gate import EnvLock
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import LocalKube
 from sandbox.seed import SLACK_SECRET_ID, seed_parameters_and_secrets
@@ -384,6 +388,9 @@ def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, objec
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     controller = Controller(kube, namespace)
     controller.start()
+    # the freeze calendar the bot publishes from its config (none for prod here): without it nothing deploys
+    state = StateStore(AwsClients(), aws_resources["table"])
+    asyncio.run(state.publish_freeze_calendar("prod", None))
     try:
         first = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=",".join(f"{s}=v1" for s in SERVICES),
                     CODEBUILD_RESOLVED_SOURCE_VERSION=str(repo["first"]))
@@ -410,3 +417,22 @@ def test_deploy_sets_exactly_the_built_tags_and_records_it(repo: dict[str, objec
     messages = [m for m in progress(build)]
     assert any("helm upgrade erp in erp-prod: employee" in m for m in messages)
     assert any(m.startswith(":white_check_mark: Deployed to prod") and "rollout complete" in m for m in messages)
+
+    # issue 19: while prod is locked, the Deploy action itself refuses before helm runs, and says why
+    now = int(time.time())
+    lock = EnvLock("prod", "U0APPR1", "INC-42 payments down", now, now + 3600)
+    assert asyncio.run(state.take_lock(lock))
+    locked = run(repo, build, DEPLOY_PHASE="deploy", IMAGE_TAGS=f"employee={repo['first']}",
+                 PIPELINE_EXECUTION_ID="exec-2")
+    assert not locked.succeeded
+    helm_values = json.loads(subprocess.run([helm, "get", "values", "erp", "-n", namespace, "-o", "json", "--all",
+                                             "--kubeconfig", str(kube.kubeconfig)], capture_output=True, text=True,
+                                            check=True).stdout)
+    assert helm_values["services"]["employee"]["image"]["tag"] == sha  # nothing deployed
+    refusal = [m for m in progress(build, "exec-2") if "not deploying" in m]
+    assert refusal and "prod is locked by Slack user U0APPR1" in refusal[0] and "INC-42 payments down" in refusal[0]
+    # an IMAGE_TAGS that would set other chart values (a promotion's comes from a pipeline variable) is refused
+    assert asyncio.run(state.release_lock(lock))
+    sneaky = run(repo, build, DEPLOY_PHASE="deploy", PIPELINE_EXECUTION_ID="exec-3",
+                 IMAGE_TAGS=f"employee={sha},services.employee.image.repository=evil/image")
+    assert not sneaky.succeeded and "IMAGE_TAGS has" in sneaky.output

@@ -12,7 +12,7 @@ from bot.slack.web_client import make_web_client
 from sandbox.block_kit_limits import validate_blocks, validate_view
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.slack_workspace import SlackWorkspace
-from tests.support import BOT_TOKEN, wait_until
+from tests.support import BOT_TOKEN, ROOT, wait_until
 
 
 def section(text: str) -> dict:
@@ -269,3 +269,42 @@ def test_an_approval_can_be_answered_as_soon_as_it_is_listed(background_loop, aw
                                token=found, result={"summary": "at once", "status": "Approved"})
         wait_until(lambda: cp.get_pipeline_execution(pipelineName="erp-pipeline", pipelineExecutionId=execution_id)
                    ["pipelineExecution"]["status"] == "Succeeded", timeout=60, what="success")
+
+
+def test_a_promotion_skips_build_and_deploy_and_a_skipped_actions_variables_cannot_be_used(
+        background_loop, aws_resources, tmp_path):  # type: ignore[no-untyped-def]
+    """Issue 19: PROMOTE_IMAGE skips Build and Deploy by their entry conditions and runs Promote. A skipped
+    action exports nothing: a pipeline whose Deploy still ran after a skipped Build would have nothing for
+    `#{BuildVariables.IMAGE_TAGS}`, and the stand-in fails that action rather than invent a value."""
+    import json
+
+    from bot.aws.clients import AwsClients
+    from tests.support import served
+
+    promotion = [{"name": "ENVIRONMENT", "value": "dev"}, {"name": "SERVICE", "value": "employee"},
+                 {"name": "PROMOTE_IMAGE", "value": f"employee={'a' * 40}@sha256:{'b' * 64}"}]
+    with served(background_loop, PipelineStandIn(AwsClients(), aws_resources["queue_url"], step_seconds=0.01)) as s:
+        cp = codepipeline(s)
+        execution_id = cp.start_pipeline_execution(name="erp-pipeline", variables=promotion)["pipelineExecutionId"]
+        wait_until(lambda: s.executions[execution_id].status == "Succeeded", timeout=60, what="the promotion")
+        assert sorted(s.executions[execution_id].actions) == [("Promote", "Promote"), ("Source", "Source")]
+        stages = [(e["detail"].get("stage"), e["detail"]["state"]) for e in s.emitted
+                  if e["detail-type"] == "CodePipeline Stage Execution State Change"
+                  and e["detail"]["execution-id"] == execution_id]
+        assert ("Build", "SKIPPED") in stages and ("Deploy", "SKIPPED") in stages and ("Promote", "SUCCEEDED") in stages
+        # a normal run skips Promote
+        normal = cp.start_pipeline_execution(name="erp-pipeline", variables=promotion[:2])["pipelineExecutionId"]
+        wait_until(lambda: s.executions[normal].status == "Succeeded", timeout=60, what="the deploy")
+        assert ("Promote", "Promote") not in s.executions[normal].actions
+
+    definition = json.loads((ROOT / "infra" / "pipeline.json").read_text())
+    del definition["pipeline"]["stages"][3]["beforeEntry"]  # Deploy no longer skipped on a promotion
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(definition))
+    with served(background_loop, PipelineStandIn(AwsClients(), aws_resources["queue_url"], step_seconds=0.01,
+                                                 definition=path)) as s:
+        cp = codepipeline(s)
+        execution_id = cp.start_pipeline_execution(name="erp-pipeline", variables=promotion)["pipelineExecutionId"]
+        wait_until(lambda: s.executions[execution_id].status == "Failed", timeout=60, what="the failure")
+        deploy = s.executions[execution_id].actions[("Deploy", "Deploy")]
+        assert deploy.status == "Failed" and "BuildVariables.IMAGE_TAGS" in deploy.summary

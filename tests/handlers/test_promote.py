@@ -1,0 +1,119 @@
+"""`/erp promote` end to end: signed commands and clicks to the real bot process, the CodePipeline stand-in
+(its Promote stage runs the buildspec's own gate and records, Build and Deploy skipped by their stage
+conditions), moto's ECR with scan findings, the local Slack Web API."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+
+from bot.aws.clients import AwsClients
+from bot.ci.build_steps import record_deploy
+from bot.slack.deploy_card_blocks import APPROVE_ACTION
+from handlers.promote import PROMOTE_ACTION
+from sandbox.codepipeline import PipelineStandIn
+from sandbox.ecr_images import publish_image
+from sandbox.erp_services import repository_of
+from sandbox.slack_workspace import SlackWorkspace
+from tests.handlers.test_deploy import card_text, command, wait_for_card
+from tests.handlers.test_locks import answer, gated  # noqa: F401 - the fixture: the stand-in as CodeBuild has it
+from tests.support import BackgroundLoop, BotProcess, wait_until
+
+
+def records(table: str, env: str) -> dict[str, dict[str, str]]:
+    items = boto3.client("dynamodb").query(TableName=table, KeyConditionExpression="pk = :pk",
+                                           ExpressionAttributeValues={":pk": {"S": f"LASTDEPLOY#{env}"}})["Items"]
+    return {item["sk"]["S"]: {k: str(next(iter(v.values()))) for k, v in item.items()} for item in items}
+
+
+def deploy_to_dev(loop: BackgroundLoop, slack: SlackWorkspace, pipeline: PipelineStandIn, service: str,
+                  outcome: str = "Succeeded", user: str = "U0DEV1") -> str:
+    before = set(pipeline.executions)
+    command(loop, slack, user, "C0DEV", f"deploy {service} dev")
+    [new] = wait_until(lambda: [e for i, e in pipeline.executions.items() if i not in before], 20, "the execution")
+    wait_until(lambda: new.status == outcome, 40, f"the dev deploy of {service} to end {outcome}")
+    return new.revision
+
+
+def test_a_promotion_deploys_the_digest_dev_ran_without_a_build_and_prod_approval_still_applies(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, gated: PipelineStandIn,  # noqa: F811
+        aws_resources: dict[str, str], erp_images: None):
+    table = aws_resources["table"]
+    revision = deploy_to_dev(background_loop, slack, gated, "employee")
+    dev = records(table, "dev")["SERVICE#employee"]
+    assert dev["commit"] == revision and dev["execution"] in gated.executions
+
+    # too soon: dev has had it for seconds, promotions wait an hour; a deployer cannot override
+    command(background_loop, slack, "U0DEV1", "C0PROD", "promote employee")
+    soon = answer(slack, "U0DEV1", ":hourglass:")
+    assert f"employee `{revision[:7]}` has been in dev for 0m; promotions wait 1h" in soon.text
+    command(background_loop, slack, "U0DEV1", "C0PROD", 'promote employee override "tested by hand"')
+    assert "You can't override the soak time: only" in answer(slack, "U0DEV1", ":no_entry:").text
+
+    # an approver overrides, with a reason; the card says where the image comes from
+    digest = boto3.client("ecr").describe_images(repositoryName=repository_of("employee"), imageIds=[
+        {"imageTag": revision}])["imageDetails"][0]["imageDigest"]
+    command(background_loop, slack, "U0APPR1", "C0PROD", 'promote employee to prod override "INC-42 fix verified"')
+    card = wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30)
+    shown = card_text(card)
+    assert "Promoted from dev" in shown and revision[:7] in shown and digest[:19] in shown
+    assert "soak overridden by <@U0APPR1>" in shown and "critical" in shown
+    [execution] = [e for e in gated.executions.values() if e.variables["ENVIRONMENT"] == "prod"]
+    assert execution.variables["PROMOTE_IMAGE"] == f"employee={revision}@{digest}"
+    background_loop.run(slack.click("U0ONCALL", card, APPROVE_ACTION))
+    wait_for_card(slack, "C0PROD", "Succeeded", timeout=40)
+    # no build: Build and Deploy were skipped by their entry conditions, Promote deployed the dev image
+    assert ("Build", "Build") not in execution.actions and ("Deploy", "Deploy") not in execution.actions
+    assert execution.actions[("Promote", "Promote")].status == "Succeeded"
+    prod = records(table, "prod")["SERVICE#employee"]
+    assert prod["commit"] == revision and prod["image"] == f"{revision}@{digest}"
+    audit = boto3.client("dynamodb").query(TableName=f"{table}-audit", KeyConditionExpression="pk = :pk",
+                                           ExpressionAttributeValues={":pk": {"S": "AUDIT#prod"}})["Items"]
+    assert [a["detail"]["S"] for a in audit if a["action"]["S"] == "soak_override"] == ["INC-42 fix verified"]
+
+    # the list: what dev runs that prod does not, with a Promote button each
+    other = deploy_to_dev(background_loop, slack, gated, "notification")
+    command(background_loop, slack, "U0DEV1", "C0PROD", "promote")
+    listed = answer(slack, "U0DEV1", "to promote from dev to prod")
+    text = json.dumps(listed.blocks, ensure_ascii=False)
+    assert f"*notification*: dev `{other[:7]}` · prod `none`" in text and "*employee*" not in text
+    background_loop.run(slack.click("U0DEV1", listed, PROMOTE_ACTION))
+    answer(slack, "U0DEV1", "promotions wait 1h")
+
+
+def test_a_failed_dev_deploy_and_critical_findings_are_never_promoted(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, gated: PipelineStandIn,  # noqa: F811
+        aws_resources: dict[str, str], erp_images: None):
+    table = aws_resources["table"]
+    deploy_to_dev(background_loop, slack, gated, "employee")
+    gated.faults.fail_deploy = True
+    deploy_to_dev(background_loop, slack, gated, "employee", outcome="Failed", user="U0ONCALL")
+    gated.faults.fail_deploy = False
+    assert records(table, "dev")["ATTEMPT#employee"]["ok"] == "False"
+    command(background_loop, slack, "U0APPR1", "C0PROD", 'promote employee override "urgent"')
+    refused = answer(slack, "U0APPR1", ":no_entry:")
+    assert "dev's last deploy of employee failed" in refused.text and "nothing was started" in refused.text
+
+    # an image whose scan found a CRITICAL after it reached dev
+    tag = "c" * 40
+    publish_image(AwsClients(), repository_of("approval-request"), tag, 1)
+    record_deploy({"STATE_TABLE": table, "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", tag, ["approval-request"])
+    command(background_loop, slack, "U0APPR1", "C0PROD", 'promote approval-request override "urgent"')
+    critical = answer(slack, "U0APPR1", "CRITICAL")
+    assert "has 1 CRITICAL finding(s): not promoting it" in critical.text
+    assert not [e for e in gated.executions.values() if e.variables["ENVIRONMENT"] == "prod"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("promote employee to dev", "Promotion goes from dev to prod"),
+    ("promote employe", "did you mean `employee`?"),
+    ("promote employee override", "`override` needs a reason"),
+    ("promote employee now", "Unexpected `now`"),
+])
+def test_promote_mistakes_get_one_line_saying_what_to_type(bot: BotProcess, slack: SlackWorkspace,
+                                                          background_loop: BackgroundLoop, text: str, says: str):
+    command(background_loop, slack, "U0DEV1", "C0PROD", text)
+    reply = answer(slack, "U0DEV1", says)
+    assert "\n" not in reply.text
