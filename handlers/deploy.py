@@ -35,6 +35,7 @@ from handlers.locks import describe
 
 log = logging.getLogger(__name__)
 
+GLASS_SECONDS = 86400  # a broken glass lets its deploy through for at most a day
 REQUEST_DEDUP_SECONDS = 30  # the same person asking for the same deploy again within this is a double submit
 
 START_ERRORS = {
@@ -157,7 +158,7 @@ async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Env
                          f" `/erp unlock {env.name}`.")
             return False
         lock_id = lock.id
-    break_glass = None
+    break_glass, glass_until = None, None
     if env.freeze is not None:
         moment = datetime.fromtimestamp(now, UTC)
         state = env.freeze.state_at(moment)
@@ -174,10 +175,14 @@ async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Env
                 await answer(f":no_entry: {decision.reason}")
                 return False
             break_glass = command.break_glass
+            # this freeze only, and a day at most (a prod approval may take that long)
+            glass_until = int(now) + GLASS_SECONDS
+            if state.opens_at is not None:
+                glass_until = min(glass_until, int(state.opens_at.timestamp()))
     if lock_id is None and break_glass is None:
         return True
     return DeployGrant(execution_id="", requested_by=who.user_id, lock_id=lock_id, break_glass=break_glass,
-                       broken_by=who.user_id if break_glass else None)
+                       broken_by=who.user_id if break_glass else None, glass_until=glass_until)
 
 
 def _gate_note(grant: DeployGrant) -> str:
@@ -237,7 +242,8 @@ async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environme
     card.execution_id = str(started["pipelineExecutionId"])
     if grant is not None:
         # the pipeline's Deploy action lets exactly this execution through the lock or the freeze
-        grant = DeployGrant(card.execution_id, grant.requested_by, grant.lock_id, grant.break_glass, grant.broken_by)
+        grant = DeployGrant(card.execution_id, grant.requested_by, grant.lock_id, grant.break_glass, grant.broken_by,
+                            grant.glass_until)
         try:
             await runtime.state.put_grant(env.name, grant)
         except Exception as e:
@@ -245,7 +251,10 @@ async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environme
             card.gate_note = (":warning: I could not record that this deploy may pass the lock or the freeze, so"
                               " its Deploy stage will refuse it; ask again in a minute.")
         if grant.break_glass:
-            await runtime.state.record_audit(AuditRecord(
-                actor=who.user_id, action="break_glass", environment=env.name, service=service, outcome="ok",
-                detail=grant.break_glass[:200], execution_id=card.execution_id))
+            try:  # the deploy has started: a failed audit write must not turn it into "failed" (and a retry)
+                await runtime.state.record_audit(AuditRecord(
+                    actor=who.user_id, action="break_glass", environment=env.name, service=service, outcome="ok",
+                    detail=grant.break_glass[:200], execution_id=card.execution_id))
+            except Exception as e:
+                log.warning("could not audit the broken glass of %s: %s", card.execution_id, error_code(e))
     return card

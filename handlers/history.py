@@ -18,14 +18,18 @@ from bot.runtime import Runtime
 from handlers.erp_command import Invocation
 
 OUTCOME_ICON = {"ok": ":white_check_mark:", "started": ":rocket:", "refused": ":no_entry:", "failed": ":x:"}
-TRY = {"rollback": "roll back"}
-DONE = {"deploy": "deployed", "approve": "approved", "reject": "rejected", "rollback": "rolled back"}
+TRY = {"rollback": "roll back", "lock_takeover": "take over the lock of", "break_glass": "break the glass for",
+       "soak_override": "override the soak time of"}
+DONE = {"deploy": "deployed", "approve": "approved", "reject": "rejected", "rollback": "rolled back",
+        "lock": "locked", "unlock": "unlocked", "lock_takeover": "took over the lock of",
+        "lock_expired": "held the lock until it expired on", "break_glass": "broke the freeze's glass for",
+        "soak_override": "overrode the soak time of", "promote": "promoted"}
 
 
 def describe(action: str, outcome: str, target: str) -> str:
     """'started a deploy of employee to prod', 'approved employee in prod', 'tried to approve ...: refused'."""
-    if action == "deploy" and outcome == "started":
-        return f"started a deploy of {target}"
+    if action in ("deploy", "promote") and outcome == "started":
+        return f"started a {action} of {target}"
     if outcome == "ok":
         return f"{DONE.get(action, action)} {target}"
     return f"tried to {TRY.get(action, action)} {target}: {outcome}"
@@ -97,7 +101,7 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         epoch = int(datetime.fromisoformat(r.at).timestamp())
         when = f"<!date^{epoch}^{{date_short}} {{time}}|{r.at[:16]}>"
         target = f"{r.service} in {r.environment}" if r.service else r.environment
-        if r.action == "deploy":
+        if r.action in ("deploy", "promote"):
             target = f"{r.service} to {r.environment}" if r.service else f"to {r.environment}"
         detail = f" ({escape_text(r.detail[:80])})" if r.detail and r.outcome in ("refused", "failed") else ""
         reason = f" ({escape_text(r.detail[:120])})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""

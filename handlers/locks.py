@@ -93,8 +93,8 @@ async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
             await _audit(runtime, who.user_id, "lock", env.name, "ok", f"extended to {in_words_s(seconds)}")
             await answer(f":lock: {describe(renewed, now)}.")
             return
-        value = json.dumps({"env": env.name, "lock": current.id, "seconds": seconds,
-                            "reason": (command.reason or "")[:MAX_REASON]})
+        value = json.dumps({"env": env.name, "lock": current.id, "seconds": seconds,  # Slack counts characters:
+                            "reason": (command.reason or "")[:MAX_REASON]}, ensure_ascii=False)  # keep them few
         text = f":lock: {describe(current, now)}. Take it over? <@{current.holder}> will be told."
         await answer(text, [SectionBlock(text=text).to_dict(), ActionsBlock(elements=[
             ButtonElement(text="Take over", action_id=TAKEOVER_ACTION, value=value, style="danger"),
@@ -168,40 +168,52 @@ async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: 
             f" straight away; `/erp unlock {env_name}` when it is safe.")
 
 
-async def sweep_locks(runtime: Runtime, publish: bool) -> None:
+async def _expire(runtime: Runtime, name: str, current: EnvLock) -> None:
+    if not await runtime.state.release_lock(current):  # one replica wins and tells; an extended lock stays
+        return
+    channel = runtime.config.environments[name].channel
+    await _say(runtime, channel, f":unlock: <@{current.holder}>'s lock on {name} expired at"
+                                 f" {slack_time(current.until)}; deploys are open again.")
+    try:
+        await _audit(runtime, current.holder, "lock_expired", name, "ok", None)
+    except Exception as e:  # the channel knows; the trail misses one line, which the log keeps
+        log.warning("could not audit the expiry of %s's lock: %s", name, error_code(e))
+
+
+async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
+    """Publish the calendars not yet published, then remind and expire; each environment on its own, so one
+    environment's trouble never stops another's."""
     now = int(time.time())
     for name, env in runtime.config.environments.items():
         try:
-            if publish:
+            if name in unpublished:
                 await runtime.state.publish_freeze_calendar(name, env.freeze)
+                unpublished.discard(name)
+        except Exception as e:
+            log.warning("could not publish %s's freeze calendar yet: %s", name, error_code(e))
+        try:
             current = await runtime.state.get_lock(name)
             if current is None:
                 continue
             if not current.active(now):
-                if await runtime.state.release_lock(current):  # one replica wins and tells
-                    await _audit(runtime, current.holder, "lock_expired", name, "ok", None)
-                    await _say(runtime, env.channel, f":unlock: <@{current.holder}>'s lock on {name} expired at"
-                                                     f" {slack_time(current.until)}; deploys are open again.")
+                await _expire(runtime, name, current)
             elif not current.reminded and current.until - now <= runtime.config.locks.remind_before_seconds:
                 if await runtime.state.mark_lock_reminded(current):
                     await _say(runtime, env.channel,
                                f":hourglass: <@{current.holder}>, your lock on {name} expires"
                                f" {slack_time(current.until)} (in {in_words_s(current.until - now)})."
                                f" `/erp lock {name} for 1h` extends it; `/erp unlock {name}` ends it now.")
-        except Exception as e:  # one environment's trouble never stops the others' reminders
+        except Exception as e:
             log.warning("the lock sweep of %s failed: %s", name, error_code(e))
-            if publish:
-                raise
 
 
 async def sweep_locks_forever(runtime: Runtime) -> None:
-    rounds, published = 0, False
+    rounds = 0
+    unpublished = set(runtime.config.environments)
     while True:
-        try:
-            await sweep_locks(runtime, publish=not published or rounds % PUBLISH_EVERY_ROUNDS == 0)
-            published = True
-        except Exception as e:
-            log.warning("could not publish the freeze calendars yet: %s", error_code(e))
+        if rounds % PUBLISH_EVERY_ROUNDS == 0:  # again now and then, in case the item was lost
+            unpublished = set(runtime.config.environments)
+        await sweep_locks(runtime, unpublished)
         rounds += 1
         await asyncio.sleep(runtime.lock_sweep_seconds)
 

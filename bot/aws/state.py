@@ -312,11 +312,14 @@ class StateStore:
             raise
 
     async def release_lock(self, lock: EnvLock) -> bool:
-        """Remove this lock (not one taken since); False if it is no longer this one."""
+        """Remove this lock (not one taken or extended since); False if it is no longer this one."""
         try:
+            # its end too: the holder may have extended it (same id) a moment after the caller read it
             await self.aws.call("dynamodb", "delete_item", TableName=self.table,
-                                Key=_to_item(lock_key(lock.environment)), ConditionExpression="lock_id = :id",
-                                ExpressionAttributeValues=_to_item({":id": lock.id}))
+                                Key=_to_item(lock_key(lock.environment)),
+                                ConditionExpression="lock_id = :id AND #until = :until",
+                                ExpressionAttributeNames={"#until": "until"},
+                                ExpressionAttributeValues=_to_item({":id": lock.id, ":until": lock.until}))
             return True
         except ClientError as e:
             if _is_conditional_failure(e):
@@ -328,8 +331,10 @@ class StateStore:
         try:
             await self.aws.call("dynamodb", "update_item", TableName=self.table,
                                 Key=_to_item(lock_key(lock.environment)), UpdateExpression="SET reminded = :yes",
-                                ConditionExpression="lock_id = :id AND reminded = :no",
-                                ExpressionAttributeValues=_to_item({":yes": True, ":no": False, ":id": lock.id}))
+                                ConditionExpression="lock_id = :id AND #until = :until AND reminded = :no",
+                                ExpressionAttributeNames={"#until": "until"},
+                                ExpressionAttributeValues=_to_item({":yes": True, ":no": False, ":id": lock.id,
+                                                                    ":until": lock.until}))
             return True
         except ClientError as e:
             if _is_conditional_failure(e):

@@ -64,15 +64,22 @@ class DeployGrant:
     lock_id: str | None = None  # the lock the holder deployed under
     break_glass: str | None = None  # the approver's reason
     broken_by: str | None = None
+    # the broken glass lets this execution through this freeze only: "Retry stage" days later, in another
+    # freeze, keeps the execution id, and must not ride the old reason (epoch seconds)
+    glass_until: int | None = None
 
     def to_item(self) -> dict[str, Any]:
         return {"requested_by": self.requested_by, "lock_id": self.lock_id, "break_glass": self.break_glass,
-                "broken_by": self.broken_by}
+                "broken_by": self.broken_by, "glass_until": self.glass_until}
 
     @classmethod
     def from_item(cls, execution_id: str, item: dict[str, Any]) -> DeployGrant:
+        until = item.get("glass_until")
         return cls(execution_id, str(item.get("requested_by", "")), item.get("lock_id"), item.get("break_glass"),
-                   item.get("broken_by"))
+                   item.get("broken_by"), int(until) if until is not None else None)
+
+    def glass_holds(self, now: float) -> bool:
+        return bool(self.break_glass) and self.glass_until is not None and now < self.glass_until
 
 
 def freeze_summary(env: str, calendar: FreezeCalendar, state: FreezeState, now: datetime) -> str:
@@ -96,7 +103,7 @@ def pipeline_refusal(env: str, lock: EnvLock | None, calendar: FreezeCalendar | 
                 + ". Only the holder's own `/erp deploy` goes through."
     if calendar is not None:
         state = calendar.state_at(now)
-        if state.frozen and not (grant is not None and grant.break_glass):
+        if state.frozen and not (grant is not None and grant.glass_holds(epoch)):
             return (freeze_summary(env, calendar, state, now)
                     + ". An approver can break the glass: `/erp deploy <service> " + env + " break-glass <reason>`.")
     return None

@@ -42,13 +42,32 @@ class Interval:
     name: str
 
 
-def _clock(hour: str, minute: str, what: str) -> time:
+def _clock(hour: str, minute: str, what: str) -> tuple[time, int]:
+    """(time of day, days to add): "24:00" is the next day's 00:00, so windows that touch merge."""
     h, m = int(hour), int(minute)
     if h == 24 and m == 0:
-        return time(23, 59, 59, 999999)  # "24:00": the end of the day
+        return time(0), 1
     if not (0 <= h < 24 and 0 <= m < 60):
         raise FreezeConfigError(f"{what}: {hour}:{minute} is not a time of day")
-    return time(h, m)
+    return time(h, m), 0
+
+
+def _instant(day: date, clock: time, tz: ZoneInfo, *, earliest: bool) -> datetime:
+    """The UTC instant a local wall-clock time names. Twice on the night clocks go back: the earlier or the
+    later one, as asked. Never on the night they go forward: the moment the clock jumps past it."""
+    naive = datetime.combine(day, clock)
+    real = [t for t in (naive.replace(tzinfo=tz, fold=0).astimezone(UTC), naive.replace(tzinfo=tz, fold=1)
+                        .astimezone(UTC)) if t.astimezone(tz).replace(tzinfo=None) == naive]
+    if real:
+        return min(real) if earliest else max(real)
+    low, high = sorted((naive.replace(tzinfo=tz, fold=f).astimezone(UTC) for f in (0, 1)))
+    while high - low > timedelta(seconds=1):  # the offset changes once between them: find when
+        mid = low + (high - low) / 2
+        if mid.astimezone(tz).utcoffset() == low.astimezone(tz).utcoffset():
+            low = mid
+        else:
+            high = mid
+    return high.replace(microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -90,51 +109,55 @@ class FreezeWindow:
             return cls(name, "weekly", values)
         if _LOCAL.match(start) and _LOCAL.match(end):
             window = cls(name, "span", values)
-            s, e = window._span(ZoneInfo("UTC"))
+            s, e = window._span(ZoneInfo("UTC"))  # in UTC: its order does not depend on the zone's offsets
             if e <= s:
                 raise FreezeConfigError(f"windows[{index}]: to ({end}) is not after from ({start})")
             return window
         raise FreezeConfigError(f"windows[{index}]: from and to must both be weekly times such as \"Fri 18:00\","
                                 f" or both local times such as \"2026-12-24 18:00\"; got {start!r} and {end!r}")
 
-    def _span(self, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    def _span(self, tz: ZoneInfo, widest: bool = True) -> tuple[datetime, datetime]:
         out = []
         for key in ("from", "to"):
             m = _LOCAL.match(self.raw[key].strip())
             assert m is not None
-            day = date.fromisoformat(m.group(1))
-            out.append(datetime.combine(day, _clock(m.group(2), m.group(3), key), tz))
+            clock, extra = _clock(m.group(2), m.group(3), key)
+            day = date.fromisoformat(m.group(1)) + timedelta(days=extra)
+            out.append(_instant(day, clock, tz, earliest=(key == "from") == widest))
         return out[0], out[1]
 
-    def occurrences(self, tz: ZoneInfo, start: datetime, end: datetime) -> Iterator[Interval]:
-        """Every occurrence that overlaps [start, end), in UTC."""
+    def occurrences(self, tz: ZoneInfo, start: datetime, end: datetime, widest: bool = True) -> Iterator[Interval]:
+        """Every occurrence that overlaps [start, end), in UTC. Where a wall-clock time is ambiguous (clocks
+        going back), `widest` takes the earlier start and the later end (a freeze); else the narrower."""
         def emit(s: datetime, e: datetime) -> Iterator[Interval]:
-            s_utc, e_utc = s.astimezone(UTC), e.astimezone(UTC)
-            if s_utc < end and e_utc > start:
-                yield Interval(s_utc, e_utc, self.name)
+            if s < end and e > start and e > s:
+                yield Interval(s, e, self.name)
+
+        def at(day: date, clock: time, is_start: bool) -> datetime:
+            return _instant(day, clock, tz, earliest=is_start == widest)
 
         if self.kind == "date":
             day = date.fromisoformat(self.raw["date"])
-            yield from emit(datetime.combine(day, time(0), tz), datetime.combine(day + timedelta(days=1), time(0), tz))
+            yield from emit(at(day, time(0), True), at(day + timedelta(days=1), time(0), False))
             return
         if self.kind == "span":
-            yield from emit(*self._span(tz))
+            yield from emit(*self._span(tz, widest))
             return
         m_from, m_to = _WEEKLY.match(self.raw["from"].strip()), _WEEKLY.match(self.raw["to"].strip())
         assert m_from is not None and m_to is not None
         from_day, to_day = DAYS.index(m_from.group(1)[:3].lower()), DAYS.index(m_to.group(1)[:3].lower())
-        from_time = _clock(m_from.group(2), m_from.group(3), "from")
-        to_time = _clock(m_to.group(2), m_to.group(3), "to")
+        from_time, from_extra = _clock(m_from.group(2), m_from.group(3), "from")
+        to_time, to_extra = _clock(m_to.group(2), m_to.group(3), "to")
         length = (to_day - from_day) % 7
-        if length == 0 and to_time <= from_time:
+        if length == 0 and (to_time, to_extra) <= (from_time, from_extra):
             length = 7
         day = start.astimezone(tz).date() - timedelta(days=8)
         last = end.astimezone(tz).date() + timedelta(days=1)
         while day <= last:
             if day.weekday() == from_day:
-                # wall-clock times: combine() in the zone keeps "09:00" at 09:00 whatever the offset that day
-                yield from emit(datetime.combine(day, from_time, tz),
-                                datetime.combine(day + timedelta(days=length), to_time, tz))
+                # wall-clock times in the zone: "09:00" stays 09:00 whatever the offset that day
+                yield from emit(at(day + timedelta(days=from_extra), from_time, True),
+                                at(day + timedelta(days=length + to_extra), to_time, False))
             day += timedelta(days=1)
 
 
@@ -183,7 +206,8 @@ class FreezeCalendar:
     def frozen_intervals(self, now: datetime, horizon: timedelta = HORIZON) -> list[Interval]:
         """The frozen periods overlapping [now - 8 days, now + horizon], merged where they touch."""
         start, end = now - timedelta(days=8), now + horizon
-        found = sorted((i for w in self.windows for i in w.occurrences(self.zone, start, end)),
+        # deny: a freeze as wide as its wall-clock times can mean; allow: a deploy window as narrow
+        found = sorted((i for w in self.windows for i in w.occurrences(self.zone, start, end, self.mode == "deny")),
                        key=lambda i: i.start)
         merged: list[Interval] = []
         for i in found:

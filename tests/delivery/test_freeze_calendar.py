@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -48,6 +48,33 @@ def test_daylight_saving_keeps_the_wall_clock_times():
     spring = ny.state_at(datetime(2027, 3, 12, 18, 0, tzinfo=NEW_YORK))
     assert spring.opens_at is not None
     assert (spring.opens_at - datetime(2027, 3, 12, 18, 0, tzinfo=NEW_YORK)).total_seconds() == 62 * 3600
+
+
+def test_a_freeze_covers_the_hour_clocks_skip_and_the_hour_they_repeat():
+    """Review finding: a window from "Sun 02:30" on the night US clocks jump from 02:00 to 03:00 opened at
+    03:30 (fold=0 read 02:30 as EST), leaving 03:00-03:30 open; an end at 01:30 on the night they go back
+    took the first 01:30, leaving the repeated hour open. A freeze starts when the clock jumps past its
+    start and ends at the last time its end is read."""
+    gap = calendar("America/New_York", {"name": "maintenance", "from": "Sun 02:30", "to": "Sun 05:00"})
+    assert gap.state_at(datetime(2026, 3, 8, 7, 0, tzinfo=UTC)).frozen  # 03:00 EDT, the jump
+    assert gap.state_at(datetime(2026, 3, 8, 7, 15, tzinfo=UTC)).frozen
+    assert not gap.state_at(datetime(2026, 3, 8, 6, 59, tzinfo=UTC)).frozen  # 01:59 EST
+    overlap = calendar("America/New_York", {"name": "batch", "from": "Sun 00:00", "to": "Sun 01:30"})
+    assert overlap.state_at(datetime(2026, 11, 1, 6, 29, tzinfo=UTC)).frozen  # the second 01:29 (EST)
+    assert not overlap.state_at(datetime(2026, 11, 1, 6, 30, tzinfo=UTC)).frozen
+    # an allow window is read the narrow way: it opens at its later start
+    allowed = calendar("America/New_York", {"name": "window", "from": "Sun 01:30", "to": "Sun 04:00"}, mode="allow")
+    assert allowed.state_at(datetime(2026, 11, 1, 5, 45, tzinfo=UTC)).frozen  # the first 01:45 (EDT)
+    assert not allowed.state_at(datetime(2026, 11, 1, 6, 45, tzinfo=UTC)).frozen  # the second (EST)
+
+
+def test_24_00_is_the_next_midnight_so_touching_windows_merge():
+    days = calendar("UTC", {"name": "saturday", "from": "Sat 00:00", "to": "Sat 24:00"},
+                    {"name": "sunday", "from": "Sun 00:00", "to": "Sun 24:00"})
+    state = days.state_at(datetime(2026, 12, 5, 12, 0, tzinfo=UTC))
+    assert state.frozen and state.opens_at == datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
+    assert state.window == "saturday, sunday"
+    assert days.state_at(datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC)).frozen
 
 
 def test_a_holiday_is_the_whole_local_day_and_joins_a_window_next_to_it():
@@ -107,7 +134,11 @@ def test_the_pipeline_gate_lets_only_the_holder_and_a_broken_glass_through():
     frozen = calendar("UTC", {"name": "all day", "date": "2026-12-02"})
     why = pipeline_refusal("prod", None, frozen, holder, now)
     assert why is not None and "frozen (all day) until Thu 03 Dec 00:00 UTC (in 21h)" in why
-    assert pipeline_refusal("prod", None, frozen, DeployGrant("e1", "U0APPR1", break_glass="hotfix"), now) is None
+    glass = DeployGrant("e1", "U0APPR1", break_glass="hotfix", glass_until=int(now.timestamp()) + 3600)
+    assert pipeline_refusal("prod", None, frozen, glass, now) is None
+    # the broken glass is for that freeze: a retry of the same execution a day later is refused again
+    assert pipeline_refusal("prod", None, frozen, glass, now + timedelta(hours=2)) is not None
+    assert pipeline_refusal("prod", None, frozen, DeployGrant("e1", "U0APPR1", break_glass="hotfix"), now)
 
 
 def test_durations_read_well_on_a_phone():

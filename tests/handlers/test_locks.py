@@ -222,3 +222,27 @@ def test_the_calendar_the_pipeline_reads_is_the_one_in_the_bots_config(
         deploy_gate({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": "e-1"}, "staging")
     with pytest.raises(StepFailed, match="STATE_TABLE is not set"):
         deploy_gate({"PIPELINE_EXECUTION_ID": "e-1"}, "prod")
+
+
+def test_an_extension_a_moment_before_expiry_is_neither_expired_nor_reminded_by_a_stale_read(
+        aws_resources: dict[str, str]):
+    """Review finding: the sweeper read lock L, the holder extended it (same lock, later end), and the
+    sweeper's delete still matched L's id: the extended lock vanished and the channel read "expired". Its
+    reminder could land on the extended lock too. Both now hold only for the lock as read, end included."""
+    import asyncio
+
+    from bot.aws.clients import AwsClients
+    from bot.aws.state import StateStore
+    from bot.delivery.deploy_gate import EnvLock
+
+    state = StateStore(AwsClients(), aws_resources["table"])
+    now = int(time.time())
+    read_by_sweeper = EnvLock("dev", "U0DEV1", "migration", now - 7200, now)
+    assert asyncio.run(state.take_lock(read_by_sweeper))
+    extended = EnvLock("dev", "U0DEV1", "migration", read_by_sweeper.since, now + 3600, id=read_by_sweeper.id)
+    assert asyncio.run(state.take_lock(extended, replacing=read_by_sweeper))
+    assert not asyncio.run(state.release_lock(read_by_sweeper))
+    assert not asyncio.run(state.mark_lock_reminded(read_by_sweeper))
+    still = asyncio.run(state.get_lock("dev"))
+    assert still is not None and still.until == now + 3600 and not still.reminded
+    assert asyncio.run(state.mark_lock_reminded(still)) and asyncio.run(state.release_lock(still))
