@@ -60,7 +60,7 @@ def _instant(day: date, clock: time, tz: ZoneInfo, *, earliest: bool) -> datetim
                         .astimezone(UTC)) if t.astimezone(tz).replace(tzinfo=None) == naive]
     if real:
         return min(real) if earliest else max(real)
-    low, high = sorted((naive.replace(tzinfo=tz, fold=f).astimezone(UTC) for f in (0, 1)))
+    low, high = sorted(naive.replace(tzinfo=tz, fold=f).astimezone(UTC) for f in (0, 1))
     while high - low > timedelta(seconds=1):  # the offset changes once between them: find when
         mid = low + (high - low) / 2
         if mid.astimezone(tz).utcoffset() == low.astimezone(tz).utcoffset():
