@@ -96,6 +96,10 @@ def _ci(args: argparse.Namespace) -> int:
         elif args.step == "scan-gate":
             steps.scan_gate(args.services, args.tag, notifier, wait_seconds=args.wait)
         elif args.step == "deploy":
+            promoting = os.environ.get("DEPLOY_PHASE") == "promote"
+            if promoting:  # the image must be what the source environment last deployed well
+                steps.promotion_gate(os.environ, args.environment,
+                                     steps.image_pairs(args.image_tags, {**os.environ, "CHART": args.chart}))
             if args.image_tags.strip():  # something to deploy: the lock and the freeze first, before helm
                 steps.deploy_gate(os.environ, args.environment)
             started = time.time()

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from slack_bolt.async_app import AsyncRespond
@@ -63,6 +63,8 @@ class Launch:
     variables: dict[str, str]
     note: str  # on the card: "Promoted from dev: ..."
     verb: str = "Promoting"
+    source_commit: str | None = None  # the Source action's revision: the chart and values dev ran with
+    audits: tuple[AuditRecord, ...] = ()  # recorded once the pipeline has started (an override, say)
 
 
 Answer = Callable[[str], Awaitable[None]]
@@ -126,6 +128,8 @@ async def run_deploy(command: ErpCommand, who: Invocation, runtime: Runtime, res
         return
     try:
         await audit("started", execution_id=card.execution_id)
+        for record in launch.audits if launch else ():
+            await runtime.state.record_audit(replace(record, execution_id=card.execution_id))
         # the event consumer may have made it already, from the same variables (but without the gate's note)
         if not await runtime.cards.create(card) and (card.gate_note or card.origin_note):
             gate_note, origin_note = card.gate_note, card.origin_note
@@ -227,6 +231,9 @@ async def _post_card_and_start(who: Invocation, runtime: Runtime, env: Environme
         started = await runtime.aws.call(
             "codepipeline", "start_pipeline_execution", name=runtime.config.pipeline,
             variables=[{"name": k, "value": v} for k, v in variables.items()],
+            **({"sourceRevisions": [{"actionName": "Source", "revisionType": "COMMIT_ID",
+                                     "revisionValue": launch.source_commit}]} if launch and launch.source_commit
+               else {}),
             clientRequestToken=str(uuid.uuid4()))  # botocore's retries reuse it: one execution per request
     except (ClientError, BotoCoreError) as e:
         code = error_code(e)

@@ -187,7 +187,9 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
     for name, env in runtime.config.environments.items():
         try:
             if name in unpublished:
-                await runtime.state.publish_freeze_calendar(name, env.freeze)
+                promotion = runtime.config.promotion
+                await runtime.state.publish_freeze_calendar(
+                    name, env.freeze, promotion.source if promotion and promotion.target == name else None)
                 unpublished.discard(name)
         except Exception as e:
             log.warning("could not publish %s's freeze calendar yet: %s", name, error_code(e))

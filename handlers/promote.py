@@ -11,6 +11,7 @@ runs that prod does not, with a Promote button each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,31 +24,40 @@ from bot.aws.ecr_scans import fetch_scan_report
 from bot.aws.state import AuditRecord
 from bot.delivery.command_parser import ErpCommand
 from bot.delivery.freeze_calendar import in_words
-from bot.delivery.image_tag import short_tag, split_ref
+from bot.delivery.image_tag import SHA, short_tag, split_ref
 from bot.delivery.scan_report import severity_counts
+from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from handlers.deploy import Answer, Audit, Launch, run_deploy
 from handlers.erp_command import Invocation
 
+log = logging.getLogger(__name__)
+
 PROMOTE_ACTION = "promote_service"
 
 
-def _tag(record: dict[str, Any]) -> str:
-    """The image a deploy record names: its `image` (tag, or tag@digest), else its commit (the built tag)."""
-    parts = split_ref(str(record.get("image") or record.get("commit") or ""))
-    return parts[0] if parts else ""
+def _image(record: dict[str, Any] | None) -> str:
+    """The image a deploy record names: `tag@sha256:<digest>` as the build pushed and the scan gate passed it
+    (or a bare tag, from records made before digests were kept); "" if none."""
+    ref = str((record or {}).get("image") or (record or {}).get("commit") or "")
+    return ref if split_ref(ref) else ""
+
+
+def _tag(record: dict[str, Any] | None) -> str:
+    return _image(record).partition("@")[0]
 
 
 def _ago(epoch: Any) -> str:
     return in_words(timedelta(seconds=max(0, time.time() - int(epoch or 0))))
 
 
-def _digest(runtime: Runtime, repository: str, tag: str) -> str:
-    resp = runtime.aws.client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageTag": tag}])
-    return str(resp["imageDetails"][0]["imageDigest"])
+def _image_exists(runtime: Runtime, repository: str, digest: str) -> None:
+    runtime.aws.client("ecr").describe_images(repositoryName=repository, imageIds=[{"imageDigest": digest}])
 
 
-async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
+async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond,
+                  expected: str | None = None) -> None:
+    """`expected`: the image a Promote button showed; refused if dev has moved on since."""
     if command.service is None:
         await _list(runtime, respond)
         return
@@ -63,14 +73,25 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
                          f" Deploy it there first: `/erp deploy {service} {source}`.")
             return None
         if attempt is not None and not attempt.get("ok", True):
-            await audit("refused", f"{source}'s last deploy failed")
-            await answer(f":no_entry: {source}'s last deploy of {service} failed (`{short_tag(_tag(attempt))}`,"
-                         f" {_ago(attempt.get('at'))} ago): fix {source} first; nothing was started.")
+            await audit("refused", f"{source}'s last change failed or was rolled back")
+            what = (f"was rolled back ({attempt['rolled_back']})" if attempt.get("rolled_back")
+                    else f"failed (`{short_tag(_tag(attempt))}`)")
+            await answer(f":no_entry: {source}'s last deploy of {service} {what}, {_ago(attempt.get('at'))} ago:"
+                         f" deploy it to {source} again first; nothing was started.")
             return None
-        tag = _tag(deployed)
+        image = _image(deployed)
+        tag, _, digest = image.partition("@")
+        if not digest:
+            await answer(f":no_entry: {source}'s record of {service} `{short_tag(tag)}` has no image digest (it was"
+                         f" deployed before digests were kept): deploy it to {source} again first.")
+            return None
+        if expected is not None and expected != image:
+            await answer(f"{source} has moved on since that list (it now runs {service} `{short_tag(image)}`):"
+                         " send `/erp promote` again.")
+            return None
         soaked = time.time() - int(deployed.get("at", 0))
         soak = runtime.config.promotion.soak_seconds if runtime.config.promotion else 0
-        override = None
+        audits: tuple[AuditRecord, ...] = ()
         if soaked < soak:
             if not command.override:
                 await audit("refused", "soak")
@@ -86,14 +107,15 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
                 await audit("refused", f"override: {decision.reason}"[:200])
                 await answer(f":no_entry: {decision.reason}")
                 return None
-            override = command.override
-        try:
-            digest = await asyncio.to_thread(_digest, runtime, repository, tag)
+            audits = (AuditRecord(actor=who.user_id, action="soak_override", environment=command.environment or "",
+                                  service=service, outcome="ok", detail=command.override[:200]),)
+        try:  # the very image dev ran, by its digest: whatever the tag points to now
+            await asyncio.to_thread(_image_exists, runtime, repository, digest)
             report = await fetch_scan_report(runtime.aws, repository, {"imageDigest": digest})
         except (ClientError, BotoCoreError) as e:
             code = error_code(e)
-            why = {"ImageNotFoundException": f"`{repository}:{short_tag(tag)}` is no longer in ECR",
-                   "ScanNotFoundException": f"`{repository}:{short_tag(tag)}` has never been scanned"}.get(
+            why = {"ImageNotFoundException": f"`{repository}@{digest[:19]}` is no longer in ECR",
+                   "ScanNotFoundException": f"`{repository}@{digest[:19]}` has never been scanned"}.get(
                 code, f"ECR answered `{code}`")
             await audit("refused", code)
             await answer(f":no_entry: {why}, so it cannot be promoted; nothing was started.")
@@ -103,18 +125,16 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
                      else f"has {report.counts['CRITICAL']} CRITICAL finding(s)")
             await audit("refused", f"scan: {state}")
             await answer(f":no_entry: `{repository}:{short_tag(tag)}` ({digest[:19]}) {state}: not promoting it."
-                         f" `/erp scan {service} {tag}` shows the findings.")
+                         f" `/erp scan {service} {digest}` shows the findings.")
             return None
-        if override:
-            await runtime.state.record_audit(AuditRecord(
-                actor=who.user_id, action="soak_override", environment=command.environment or "", service=service,
-                outcome="ok", detail=override[:200]))
         execution = str(deployed.get("execution") or "-")
         note = (f":arrow_double_up: Promoted from {source}: execution `{execution[:8]}`, image `{short_tag(tag)}`"
                 f" `{digest[:19]}…`, scan {severity_counts(report.counts)}, {_ago(deployed.get('at'))} in {source}")
-        if override:
+        if audits:
             note += f" · soak overridden by <@{who.user_id}>"
-        return Launch(variables={"PROMOTE_IMAGE": f"{service}={tag}@{digest}"}, note=note)
+        commit = str(deployed.get("commit") or "")
+        return Launch(variables={"PROMOTE_IMAGE": f"{service}={image}"}, note=note, audits=audits,
+                      source_commit=commit if SHA.match(commit) else None)
 
     await run_deploy(command, who, runtime, respond, action="promote", prepare=prepare)
 
@@ -140,8 +160,9 @@ async def _list(runtime: Runtime, respond: AsyncRespond) -> None:
     for at, service, dev_tag, prod_tag in sorted(rows, reverse=True):
         line = (f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} `{short_tag(prod_tag) or 'none'}` ·"
                 f" {in_words(timedelta(seconds=max(0, time.time() - at)))} in {source}")
+        image = _image(there[service]["deployed"])
         blocks.append(SectionBlock(text=line, accessory=ButtonElement(
-            text="Promote", action_id=PROMOTE_ACTION, value=service)).to_dict())
+            text="Promote", action_id=PROMOTE_ACTION, value=f"{service}={image}")).to_dict())
     await respond(response_type="ephemeral", replace_original=True, blocks=blocks[:50],
                   text=f"{len(rows)} service(s) to promote from {source} to {target}")
 
@@ -151,12 +172,31 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         await ack()
 
     async def from_list(body: dict[str, Any], respond: AsyncRespond) -> None:
-        service = str(body["actions"][0].get("value", ""))
+        service, _, shown = str(body["actions"][0].get("value", "")).partition("=")
         if service not in runtime.config.services or runtime.config.promotion is None:
             return
         who = Invocation(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
                          response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
-        command = ErpCommand(verb="promote", service=service, environment=runtime.config.promotion.target)
-        await promote(command, who, runtime, respond)
+
+        async def answer(text: str) -> None:
+            await respond(response_type="ephemeral", replace_original=False, text=text)
+
+        if runtime.draining:
+            await answer("I'm restarting; press Promote again in a few seconds.")
+            return
+        try:  # as `/erp promote <service>`: the same limits and the same one-line answers
+            wait = await runtime.state.count_use(f"{who.user_id}#changes", runtime.user_limits["changes"],
+                                                 runtime.user_limit_window)
+            if wait is not None:
+                await answer(f":hourglass: That is {runtime.user_limits['changes']} changes from you in"
+                             f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+                return
+            command = ErpCommand(verb="promote", service=service, environment=runtime.config.promotion.target)
+            await promote(command, who, runtime, respond, expected=shown)
+        except Exception as e:
+            log.warning("the Promote button failed: %s", error_code(e),
+                        extra=log_fields(user=who.user_id, service=service))
+            await answer(f":warning: Promoting {service} stopped on my side ({error_code(e)}); nothing more was"
+                         f" done. Try `/erp promote {service}` in a minute.")
 
     app.action(PROMOTE_ACTION)(ack=ack_click, lazy=[runtime.work.track(from_list)])

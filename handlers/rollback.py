@@ -393,6 +393,13 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
     if all(s.state == "complete" for s in states.values()):
         await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
         await audit("ok", f"revision {plan.current_revision} -> {plan.target_revision}")
+        changed = {name: tag for name, tag in plan.target_tags.items()
+                   if (plan.service is None or name == plan.service) and plan.current_tags.get(name) != tag}
+        try:  # the records `/erp promote` reads: this service's latest change here is a rollback
+            await runtime.state.record_rollback(plan.environment, changed,
+                                                f"revision {plan.current_revision} -> {plan.target_revision}")
+        except Exception as e:
+            log.warning("could not record the rollback of %s: %s", plan.what, type(e).__name__)
         try:  # the environment's `lock_after_rollback`: nobody redeploys the bad version straight away
             locked = await lock_after_rollback(runtime, plan.environment, confirmed_by, plan.what)
             if locked:

@@ -28,7 +28,7 @@ import yaml
 from aiohttp import web
 
 from bot.aws.clients import AwsClients
-from bot.ci.build_steps import StepFailed, deploy_gate, record_deploy
+from bot.ci.build_steps import StepFailed, deploy_gate, promotion_gate, record_deploy
 from bot.ci.notify import Notifier
 from sandbox.ecr_images import publish_image
 from sandbox.erp_services import SERVICES, repository_of
@@ -89,6 +89,7 @@ class Execution:
     task: asyncio.Task[None] | None = None
     status_summary: str | None = None
     events: list[dict[str, Any]] = field(default_factory=list)  # what it emitted, in order
+    digests: dict[str, str] = field(default_factory=dict)  # service -> the digest its Build pushed
 
 
 def _variable_check(operator: str, actual: str, value: str) -> bool:
@@ -99,6 +100,29 @@ def _variable_check(operator: str, actual: str, value: str) -> bool:
     if operator not in checks:
         raise ValueError(f"VariableCheck: unknown operator {operator!r}")
     return checks[operator]()
+
+
+def check_definition(pipeline: dict[str, Any]) -> None:
+    """What CodePipeline refuses when the pipeline is created or updated (botocore's model, BeforeEntry
+    Conditions: one condition; AWS's stage-conditions guide: an entry condition's result is FAIL or SKIP,
+    and SKIP takes VariableCheck or LambdaInvoke rules; the VariableCheck rule's operators), and what our
+    stand-in cannot run: a refusal at load, never an execution stuck halfway."""
+    declared = {v["name"] for v in pipeline.get("variables", [])}
+    for stage in pipeline["stages"]:
+        conditions = stage.get("beforeEntry", {}).get("conditions", [])
+        if len(conditions) > 1:
+            raise ValueError(f"{stage['name']}: beforeEntry takes one condition")
+        for condition in conditions:
+            if condition.get("result") not in ("FAIL", "SKIP"):
+                raise ValueError(f"{stage['name']}: an entry condition's result is FAIL or SKIP")
+            for rule in condition.get("rules", []):
+                if rule["ruleTypeId"]["provider"] != "VariableCheck":
+                    raise ValueError(f"{stage['name']}: the stand-in runs VariableCheck rules only")
+                cfg = rule["configuration"]
+                m = re.fullmatch(r"#\{variables\.(\w+)\}", cfg.get("Variable", ""))
+                if m is None or m.group(1) not in declared:
+                    raise ValueError(f"{stage['name']}: {cfg.get('Variable')!r} is not a declared pipeline variable")
+                _variable_check(cfg.get("Operator", ""), "", cfg.get("Value", ""))
 
 
 class Unresolvable(Exception):
@@ -130,6 +154,7 @@ class PipelineStandIn(JsonApi):
         self.aws = aws
         self.queue_url = events_queue_url
         self.pipeline = json.loads(definition.read_text())["pipeline"]
+        check_definition(self.pipeline)
         self.name = self.pipeline["name"]
         self.step = step_seconds
         self.faults = faults or Faults()
@@ -186,8 +211,22 @@ class PipelineStandIn(JsonApi):
                 raise PipelineError("ValidationException",
                                     f"Variable {var.get('name')} is not declared in the pipeline")
             declared[var["name"]] = var.get("value", "")
+        revision = None
+        sources = {a["name"]: a["actionTypeId"]["provider"] for st in self.pipeline["stages"] for a in st["actions"]
+                   if a["actionTypeId"]["category"] == "Source"}
+        for override in body.get("sourceRevisions", []):
+            # botocore's model: SourceRevisionOverride (actionName, revisionType, revisionValue); a Git source
+            # (CodeStarSourceConnection) takes a COMMIT_ID, the other types are for S3 and ECR sources
+            if override.get("actionName") not in sources:
+                raise PipelineError("ValidationException", f"{override.get('actionName')} is not a source action")
+            if override.get("revisionType") != "COMMIT_ID" or not re.fullmatch(r"[0-9a-f]{40}",
+                                                                               str(override.get("revisionValue"))):
+                raise PipelineError("ValidationException", "A CodeStarSourceConnection source takes a COMMIT_ID"
+                                                           " revision (a full commit SHA)")
+            revision = str(override["revisionValue"])
         execution = self.start(declared, trigger_type="StartPipelineExecution",
-                               trigger_detail=f"arn:aws:sts::{ACCOUNT}:assumed-role/erp-chatops/bot")
+                               trigger_detail=f"arn:aws:sts::{ACCOUNT}:assumed-role/erp-chatops/bot",
+                               revision=revision)
         if token:
             self._tokens[token] = execution.id
         return {"pipelineExecutionId": execution.id}
@@ -553,6 +592,8 @@ class PipelineStandIn(JsonApi):
         if failing is None and project == "erp-deploy" and self.state_table:
             gate_env = {"STATE_TABLE": self.state_table, "PIPELINE_EXECUTION_ID": e.id}
             try:
+                if given.get("DEPLOY_PHASE") == "promote":
+                    await asyncio.to_thread(promotion_gate, gate_env, env_name, refs)
                 await asyncio.to_thread(deploy_gate, gate_env, env_name)
             except StepFailed as refused:
                 gate_refused = True
@@ -585,8 +626,8 @@ class PipelineStandIn(JsonApi):
                                     + ", ".join(f"{s} `{t[:7]}`" for s, t in deploying))
         if failing is None and project == "erp-deploy" and self.deployer is not None:
             try:
-                for tag in dict.fromkeys(t for _, t in deploying):
-                    await self.deployer(env_name, [s for s, t in deploying if t == tag], tag)
+                for ref in dict.fromkeys(r for _, r in refs):  # tag, or tag@digest: set both, as the buildspec
+                    await self.deployer(env_name, [s for s, r in refs if r == ref], ref)
             except Exception as exc:
                 failing = ("BUILD", f"erp-chatops ci deploy --release erp --namespace erp-{env_name}",
                            f"deploy: helm upgrade failed: {exc}")
@@ -655,6 +696,7 @@ class PipelineStandIn(JsonApi):
             critical = 1 if service in self.faults.critical_scan else 0
             try:
                 counts, digest = await asyncio.to_thread(publish_image, self.aws, repo, e.revision, critical)
+                e.digests[service] = digest
             except Exception as exc:  # no such repository in this account: still emit a realistic event
                 log.info("stand-in could not push %s: %s", repo, exc)
                 counts = {"HIGH": 2, "MEDIUM": 5, "LOW": 3, **({"CRITICAL": critical} if critical else {})}
@@ -670,13 +712,15 @@ class PipelineStandIn(JsonApi):
             namespace, name = m.group(1), m.group(2)
             if namespace == "codepipeline" and name == "PipelineExecutionId":
                 return e.id
-            if namespace == "variables":
-                return e.variables.get(name, "")
+            if namespace == "variables" and name in e.variables:
+                return e.variables[name]
             if namespace == "BuildVariables" and name == "IMAGE_TAGS":
                 build = e.actions.get(("Build", "Build"))
                 if build is None or build.status != "Succeeded":  # Build was skipped: it exported nothing
                     raise Unresolvable(f"Unable to resolve the variable #{{{namespace}.{name}}}: its action did"
                                        " not run in this execution")
-                return ",".join(f"{s}={e.revision}" for s in e.services)
-            return ""
+                # as `erp-chatops ci image-tags` exports it: each pushed image by its digest
+                return ",".join(f"{s}={e.revision}" + (f"@{e.digests[s]}" if s in e.digests else "")
+                                for s in e.services)
+            raise Unresolvable(f"Unable to resolve the variable #{{{namespace}.{name}}}")
         return re.sub(r"#\{(\w+)\.(\w+)\}", sub, value)

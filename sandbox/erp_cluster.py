@@ -16,7 +16,7 @@ import os
 import time
 from pathlib import Path
 
-from bot.cluster.helm import HELM_DRIVER
+from bot.cluster.helm import HELM_DRIVER, image_values
 from sandbox.local_kube import LocalKube
 
 log = logging.getLogger(__name__)
@@ -77,11 +77,11 @@ class SandboxCluster:
                         await asyncio.to_thread(self.kube.observe, ns, meta["name"])
             await asyncio.sleep(0.25)
 
-    async def deploy(self, environment: str, services: list[str], tag: str) -> None:
-        """What the buildspec's deploy step does: only the built tags change."""
+    async def deploy(self, environment: str, services: list[str], ref: str) -> None:
+        """What the buildspec's deploy step does: only the built images change (tag, or tag@digest)."""
         args = ["upgrade", "erp", str(CHART), "-n", NAMESPACES.get(environment, "erp-dev"), "--reuse-values"]
         for service in services:
-            args += ["--set-string", f"services.{service}.image.tag={tag}"]
+            args += image_values(service, ref)
         await self._helm(*args)
 
     def stop(self) -> None:

@@ -341,11 +341,13 @@ class StateStore:
                 return False
             raise
 
-    async def publish_freeze_calendar(self, env: str, calendar: FreezeCalendar | None) -> None:
-        """What the pipeline's Deploy action checks: the config's calendar (or none, said explicitly)."""
+    async def publish_freeze_calendar(self, env: str, calendar: FreezeCalendar | None,
+                                      promotion_source: str | None = None) -> None:
+        """What the pipeline's Deploy and Promote actions check: the config's calendar (or none, said
+        explicitly), and where promotions to this environment come from (none: it takes none)."""
         rules = json.dumps(calendar.to_dict() if calendar is not None else None, sort_keys=True)
-        await self.aws.call("dynamodb", "put_item", TableName=self.table,
-                            Item=_to_item({**rules_key(env), "freeze": rules, "published": int(time.time())}))
+        await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
+            **rules_key(env), "freeze": rules, "published": int(time.time()), "promotion_source": promotion_source}))
 
     async def put_grant(self, env: str, grant: DeployGrant) -> None:
         await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
@@ -369,6 +371,15 @@ class StateStore:
             if "LastEvaluatedKey" not in resp:
                 return records
             params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    async def record_rollback(self, env: str, images: dict[str, str], detail: str) -> None:
+        """A rollback is the latest change of these services: `/erp promote` must not take the image the
+        pipeline deployed before it (the same records as `erp-chatops ci deploy`, attempt not ok)."""
+        now = int(time.time())
+        for service, image in images.items():
+            await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
+                "pk": f"LASTDEPLOY#{env}", "sk": f"ATTEMPT#{service}", "ok": False, "rolled_back": detail,
+                "image": image, "at": now, "execution": "-"}))
 
     # --- events -----------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,18 +105,11 @@ def changed_services(environ: Mapping[str, str], repo: str = ".") -> list[str]:
     return changed
 
 
-def deploy_gate(environ: Mapping[str, str], environment: str, now: datetime | None = None) -> None:
-    """Refuse (StepFailed, with the reason for the thread) to deploy into a locked or frozen environment.
-
-    A push to main or a start from the console never passes through the bot, so the Deploy action checks
-    itself, with read-only access to the lock, the freeze calendar the bot published from its config, and
-    the grant the bot wrote for this very execution (the lock holder's deploy, a broken glass). Anything it
-    cannot read stops the deploy: the gate fails closed.
-    """
+def _reader(environ: Mapping[str, str], what: str) -> Callable[[dict[str, str]], dict[str, Any] | None]:
+    """GetItem on the bot's table, as plain values; anything unreadable stops the deploy (fail closed)."""
     table = _state_table(environ)
-    execution_id = environ.get("PIPELINE_EXECUTION_ID", "").strip()
     if not table:
-        raise StepFailed(f"STATE_TABLE is not set, so {environment}'s lock and freeze cannot be checked; not deploying")
+        raise StepFailed(f"STATE_TABLE is not set, so {what} cannot be checked; not deploying")
     ddb = boto3.client("dynamodb", config=RETRIES)
 
     def read(key: dict[str, str]) -> dict[str, Any] | None:
@@ -125,9 +118,39 @@ def deploy_gate(environ: Mapping[str, str], environment: str, now: datetime | No
                                 Key={k: {"S": v} for k, v in key.items()}).get("Item")
         except ClientError as e:
             raise StepFailed(f"cannot read {key['pk']} from {table} ({e.response['Error']['Code']}), so"
-                             f" {environment}'s lock and freeze are unknown; not deploying") from None
+                             f" {what} cannot be checked; not deploying") from None
         return {k: next(iter(v.values())) for k, v in item.items()} if item else None
+    return read
 
+
+def promotion_gate(environ: Mapping[str, str], environment: str, pairs: list[tuple[str, str]]) -> None:
+    """A promotion (DEPLOY_PHASE=promote) deploys only what its source environment last deployed well, by
+    digest, and only to the environment the bot's config promotes to. PROMOTE_IMAGE is a pipeline variable
+    anyone who may start the pipeline can set: the bot's soak and scan checks are not the only guard."""
+    if not pairs or any("@" not in ref for _, ref in pairs):
+        raise StepFailed("a promotion names each image as <service>=<tag>@sha256:<digest> (PROMOTE_IMAGE); not"
+                         " deploying")
+    read = _reader(environ, f"the promotion to {environment}")
+    source = str((read(rules_key(environment)) or {}).get("promotion_source") or "")
+    if not source:
+        raise StepFailed(f"{environment} takes no promotions (the bot's config names none); not deploying")
+    for service, ref in pairs:
+        deployed = read({"pk": f"LASTDEPLOY#{source}", "sk": f"SERVICE#{service}"}) or {}
+        attempt = read({"pk": f"LASTDEPLOY#{source}", "sk": f"ATTEMPT#{service}"}) or {}
+        if deployed.get("image") != ref or attempt.get("ok") is False:
+            raise StepFailed(f"{service} {ref[:60]} is not what {source} last deployed well; not promoting it")
+
+
+def deploy_gate(environ: Mapping[str, str], environment: str, now: datetime | None = None) -> None:
+    """Refuse (StepFailed, with the reason for the thread) to deploy into a locked or frozen environment.
+
+    A push to main or a start from the console never passes through the bot, so the Deploy action checks
+    itself, with read-only access to the lock, the freeze calendar the bot published from its config, and
+    the grant the bot wrote for this very execution (the lock holder's deploy, a broken glass). Anything it
+    cannot read stops the deploy: the gate fails closed.
+    """
+    execution_id = environ.get("PIPELINE_EXECUTION_ID", "").strip()
+    read = _reader(environ, f"{environment}'s lock and freeze")
     rules = read(rules_key(environment))
     if rules is None:
         raise StepFailed(f"the bot has not published {environment}'s freeze calendar (start the bot with this"
@@ -159,9 +182,24 @@ def image_ref(service: str, tag: str, environ: Mapping[str, str], repo: str = ".
     return f"{registry}/{repositories[service]}:{tag}"
 
 
-def image_tags(services: list[str], tag: str) -> str:
-    """The exported variable the Deploy action reads: employee=<tag>,notification=<tag>."""
-    return ",".join(f"{s}={tag}" for s in services)
+def image_tags(services: list[str], tag: str, environ: Mapping[str, str] | None = None) -> str:
+    """The exported variable the Deploy action reads: employee=<tag>@sha256:<digest>,... The digest is the
+    image this build pushed and the scan gate passed, so what is deployed (and later promoted) is exactly
+    that image, whatever the tag points to by then."""
+    repositories = chart_services(os.environ if environ is None else environ)
+    ecr = boto3.client("ecr", config=RETRIES)
+    pairs = []
+    for service in services:
+        if service not in repositories:
+            raise StepFailed(f"{service!r} is not a service of the chart ({', '.join(repositories)})")
+        try:
+            found = ecr.describe_images(repositoryName=repositories[service], imageIds=[{"imageTag": tag}])
+            digest = str(found["imageDetails"][0]["imageDigest"])
+        except (ClientError, KeyError, IndexError) as e:
+            raise StepFailed(f"the pushed image {repositories[service]}:{tag[:7]} is not in ECR ({e}); not"
+                             " deploying") from None
+        pairs.append(f"{service}={tag}@{digest}")
+    return ",".join(pairs)
 
 
 def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: int = 900,

@@ -209,7 +209,10 @@ def test_only_changed_services_are_built_and_progress_reaches_the_thread(
     assert [c[-1] for c in builds] == ["services/employee"]
     assert [c for c in docker_calls(build) if c[0] == "push"] == [
         ["push", f"806332783810.dkr.ecr.ap-northeast-2.amazonaws.com/erp/employee-service:{head}"]]
-    assert result.exported["IMAGE_TAGS"] == f"employee={head}"
+    # the image the scan gate passed, by its digest: what is deployed and later promoted is exactly it
+    digest = boto3.client("ecr").describe_images(repositoryName="erp/employee-service", imageIds=[
+        {"imageTag": head}])["imageDetails"][0]["imageDigest"]
+    assert result.exported["IMAGE_TAGS"] == f"employee={head}@{digest}"
     messages = progress(build)
     expected_order = ["Build started for prod", "Building: employee", "Built and pushed employee-service",
                       "Scan of `erp/employee-service", "Build :white_check_mark: succeeded"]

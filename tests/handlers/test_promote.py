@@ -62,6 +62,7 @@ def test_a_promotion_deploys_the_digest_dev_ran_without_a_build_and_prod_approva
     assert "soak overridden by <@U0APPR1>" in shown and "critical" in shown
     [execution] = [e for e in gated.executions.values() if e.variables["ENVIRONMENT"] == "prod"]
     assert execution.variables["PROMOTE_IMAGE"] == f"employee={revision}@{digest}"
+    assert execution.revision == revision  # the Source action at dev's commit: the chart and values dev ran
     background_loop.run(slack.click("U0ONCALL", card, APPROVE_ACTION))
     wait_for_card(slack, "C0PROD", "Succeeded", timeout=40)
     # no build: Build and Deploy were skipped by their entry conditions, Promote deployed the dev image
@@ -98,8 +99,9 @@ def test_a_failed_dev_deploy_and_critical_findings_are_never_promoted(
 
     # an image whose scan found a CRITICAL after it reached dev
     tag = "c" * 40
-    publish_image(AwsClients(), repository_of("approval-request"), tag, 1)
-    record_deploy({"STATE_TABLE": table, "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", tag, ["approval-request"])
+    _, digest = publish_image(AwsClients(), repository_of("approval-request"), tag, 1)
+    record_deploy({"STATE_TABLE": table, "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", tag, ["approval-request"],
+                  images={"approval-request": f"{tag}@{digest}"})
     command(background_loop, slack, "U0APPR1", "C0PROD", 'promote approval-request override "urgent"')
     critical = answer(slack, "U0APPR1", "CRITICAL")
     assert "has 1 CRITICAL finding(s): not promoting it" in critical.text
@@ -117,3 +119,30 @@ def test_promote_mistakes_get_one_line_saying_what_to_type(bot: BotProcess, slac
     command(background_loop, slack, "U0DEV1", "C0PROD", text)
     reply = answer(slack, "U0DEV1", says)
     assert "\n" not in reply.text
+
+
+def test_a_promotion_started_from_the_console_must_name_what_dev_ran(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, gated: PipelineStandIn,  # noqa: F811
+        aws_resources: dict[str, str], erp_images: None):
+    """PROMOTE_IMAGE is a pipeline variable anyone who may start the pipeline can set: the Promote action
+    itself deploys only what the source environment last deployed well, and only where the bot's config
+    promotes to."""
+    from bot.ci.build_steps import StepFailed, promotion_gate
+
+    revision = deploy_to_dev(background_loop, slack, gated, "employee")
+    image = records(aws_resources["table"], "dev")["SERVICE#employee"]["image"]
+    environ = {"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": "console"}
+    promotion_gate(environ, "prod", [("employee", image)])  # what dev ran: fine
+    with pytest.raises(StepFailed, match="is not what dev last deployed well"):
+        promotion_gate(environ, "prod", [("employee", f"{revision}@sha256:{'0' * 64}")])
+    with pytest.raises(StepFailed, match="<tag>@sha256:<digest>"):
+        promotion_gate(environ, "prod", [("employee", revision)])
+    with pytest.raises(StepFailed, match="dev takes no promotions"):
+        promotion_gate(environ, "dev", [("employee", image)])
+
+    async def console_start() -> str:  # as the console would: no bot, a promotion to dev
+        execution = gated.start({"ENVIRONMENT": "dev", "SERVICE": "employee", "PROMOTE_IMAGE": f"employee={image}"})
+        return execution.id
+    execution_id = background_loop.run(console_start())
+    wait_until(lambda: gated.executions[execution_id].status == "Failed", 40, "the console promotion to fail")
+    assert gated.executions[execution_id].actions[("Promote", "Promote")].status == "Failed"

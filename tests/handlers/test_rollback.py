@@ -138,7 +138,11 @@ def test_history_lists_helm_revisions_with_tags(release: Release, slack: SlackWo
 
 
 def test_service_rollback_in_dev_changes_that_service_only_and_follows_the_rollout(
-        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop, aws_resources: dict[str, str]):
+    from bot.ci.build_steps import record_deploy
+    # as the pipeline recorded revision 3 (`erp-chatops ci deploy`)
+    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", "a" * 40,
+                  ["employee"], images={"employee": f"v1.2.0@sha256:{'d' * 64}"})
     answer = ask(background_loop, slack, "U0DEV1", "rollback employee dev", channel="C0DEV")
     assert "confirm it there" in answer
     plan = plan_message(slack, "C0DEV")
@@ -166,6 +170,9 @@ def test_service_rollback_in_dev_changes_that_service_only_and_follows_the_rollo
     assert ':lock: dev is locked by <@U0DEV1>' in status and 'rolled back employee' in status
     refused = ask(background_loop, slack, "U0ONCALL", "deploy employee dev", channel="C0DEV")
     assert refused.startswith(":lock: dev is locked by <@U0DEV1>")
+    # and what dev ran before the rollback is no longer what dev runs: it is not promoted
+    promote = ask(background_loop, slack, "U0APPR1", 'promote employee override "hotfix"', channel="C0PROD")
+    assert "dev's last deploy of employee was rolled back (revision 3 -> 2)" in promote
 
 
 def test_prod_rollback_needs_an_approver_who_did_not_ask(release: Release, slack: SlackWorkspace,
