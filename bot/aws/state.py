@@ -105,6 +105,16 @@ class StateStore:
     def _seal(self, record: AuditRecord) -> str:
         return hmac.new(self.seal_key, record.sealed_fields().encode(), hashlib.sha256).hexdigest()
 
+    async def _conditional(self, operation: str, **params: Any) -> bool:
+        """One conditional write: True if it applied, False if its condition did not hold."""
+        try:
+            await self.aws.call("dynamodb", operation, **params)
+            return True
+        except ClientError as e:
+            if _is_conditional_failure(e):
+                return False
+            raise
+
     async def ping(self) -> None:
         """Raises unless the table is reachable with our credentials (for /readyz)."""
         await self.aws.call("dynamodb", "describe_table", TableName=self.table)
@@ -303,43 +313,24 @@ class StateStore:
         else:
             params["ConditionExpression"] = "lock_id = :id AND #until = :until"
             params["ExpressionAttributeValues"] = _to_item({":id": replacing.id, ":until": replacing.until})
-        try:
-            await self.aws.call("dynamodb", "put_item", **params)
-            return True
-        except ClientError as e:
-            if _is_conditional_failure(e):
-                return False
-            raise
+        return await self._conditional("put_item", **params)
 
     async def release_lock(self, lock: EnvLock) -> bool:
         """Remove this lock (not one taken or extended since); False if it is no longer this one."""
-        try:
-            # its end too: the holder may have extended it (same id) a moment after the caller read it
-            await self.aws.call("dynamodb", "delete_item", TableName=self.table,
-                                Key=_to_item(lock_key(lock.environment)),
-                                ConditionExpression="lock_id = :id AND #until = :until",
-                                ExpressionAttributeNames={"#until": "until"},
-                                ExpressionAttributeValues=_to_item({":id": lock.id, ":until": lock.until}))
-            return True
-        except ClientError as e:
-            if _is_conditional_failure(e):
-                return False
-            raise
+        # its end too: the holder may have extended it (same id) a moment after the caller read it
+        return await self._conditional("delete_item", TableName=self.table, Key=_to_item(lock_key(lock.environment)),
+                                       ConditionExpression="lock_id = :id AND #until = :until",
+                                       ExpressionAttributeNames={"#until": "until"},
+                                       ExpressionAttributeValues=_to_item({":id": lock.id, ":until": lock.until}))
 
     async def mark_lock_reminded(self, lock: EnvLock) -> bool:
         """True for the one replica that sends this lock's reminder."""
-        try:
-            await self.aws.call("dynamodb", "update_item", TableName=self.table,
-                                Key=_to_item(lock_key(lock.environment)), UpdateExpression="SET reminded = :yes",
-                                ConditionExpression="lock_id = :id AND #until = :until AND reminded = :no",
-                                ExpressionAttributeNames={"#until": "until"},
-                                ExpressionAttributeValues=_to_item({":yes": True, ":no": False, ":id": lock.id,
-                                                                    ":until": lock.until}))
-            return True
-        except ClientError as e:
-            if _is_conditional_failure(e):
-                return False
-            raise
+        return await self._conditional("update_item", TableName=self.table, Key=_to_item(lock_key(lock.environment)),
+                                       UpdateExpression="SET reminded = :yes",
+                                       ConditionExpression="lock_id = :id AND #until = :until AND reminded = :no",
+                                       ExpressionAttributeNames={"#until": "until"},
+                                       ExpressionAttributeValues=_to_item({":yes": True, ":no": False,
+                                                                           ":id": lock.id, ":until": lock.until}))
 
     async def publish_freeze_calendar(self, env: str, calendar: FreezeCalendar | None,
                                       promotion_source: str | None = None) -> None:
