@@ -46,6 +46,8 @@ async def _main(host: str, port: int) -> int:
         seeded = seed_all(AwsClients(), bot_token, signing_secret)
         config_path = workdir / "config.yaml"
         config = sandbox_config(seeded["queue_url"], seeded["table"], seeded["progress_queue_url"])
+        if os.environ.get("SANDBOX_FREEZE", "1") == "0":  # no demo freeze (tests that run on any day)
+            config["environments"]["prod"].pop("freeze", None)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         cluster = await _start_cluster()

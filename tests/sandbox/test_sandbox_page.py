@@ -25,7 +25,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def sandbox(tmp_path: Path, tools: Path) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
-    env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3", ERP_TOOLS_BIN=str(tools))
+    # the demo freeze (weekends in Seoul, holidays) would refuse the prod deploy on those days
+    env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3", ERP_TOOLS_BIN=str(tools), SANDBOX_FREEZE="0")
     log = (tmp_path / "sandbox.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
