@@ -8,7 +8,8 @@
                              directly, with the token CodeBuild reads: moving them to the bot is the
                              security issue's work)
     bot/config.py, metrics,  shared by every room: they import nothing of ours but each other
-    jsonlog
+    jsonlog, the freeze
+    calendar
     handlers/                one module per capability: logic, adapters, and of the wiring only the Runtime
                              they are given, the config, metrics and logging
     bot/*.py                 the wiring (app, runtime, HTTP server, consumer, card store, readiness); only
@@ -27,7 +28,9 @@ import pytest
 from tests.support import ROOT
 
 ADAPTERS = ("bot.aws", "bot.slack", "bot.cluster")
-SHARED = ("bot.config", "bot.metrics", "bot.jsonlog")  # every room may log, count and read the config's types
+# every room may log, count and read the config's types; the freeze calendar is one of them (a config key
+# the config validates with it), pure and importing nothing of ours
+SHARED = ("bot.config", "bot.metrics", "bot.jsonlog", "bot.delivery.freeze_calendar")
 IO_LIBRARIES = ("boto3", "botocore", "aiobotocore", "aiohttp", "httpx", "requests", "urllib3", "urllib.request",
                 "http", "socket", "ssl", "subprocess", "asyncio", "threading", "os", "shutil", "pathlib", "tempfile",
                 "slack_sdk", "slack_bolt", "kubernetes", "prometheus_client")
@@ -181,3 +184,15 @@ def test_relative_imports_are_resolved(tmp_path: Path):
     (tmp_path / "sandbox").mkdir()
     found = violations(tmp_path)
     assert len(found) == 1 and "bot.aws" in found[0]
+
+
+def test_the_heavy_clients_are_imported_only_when_used():
+    """Issue 21 item 4: the kubernetes client (about 40 MB, 0.4 s) and Pillow were imported at start by every
+    replica, whether or not it ever answered `/erp status` or drew a chart."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import sys, bot.app, bot.__main__, handlers; print(sorted("
+                          "m for m in ('kubernetes', 'PIL') if m in sys.modules))"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
