@@ -103,9 +103,13 @@ def _ci(args: argparse.Namespace) -> int:
             if args.image_tags.strip():  # something to deploy: the lock and the freeze first, before helm
                 steps.deploy_gate(os.environ, args.environment)
             started = time.time()
-            result = steps.deploy(args.release, args.chart, args.namespace, args.environment, args.image_tags,
-                                  notifier, rollout_timeout=args.rollout_timeout,
-                                  execution_id=os.environ.get("PIPELINE_EXECUTION_ID", "").strip())
+            try:
+                result = steps.deploy(args.release, args.chart, args.namespace, args.environment, args.image_tags,
+                                      notifier, rollout_timeout=args.rollout_timeout,
+                                      execution_id=os.environ.get("PIPELINE_EXECUTION_ID", "").strip())
+            except Exception as e:  # helm may have run: whatever stopped it, this attempt did not go well
+                detail = str(e) if isinstance(e, steps.StepFailed) else f"{type(e).__name__}: {e}"
+                result = steps.DeployResult(False, None, f"the deploy stopped: {detail[-300:]}")
             ended = time.time()
             try:
                 steps.xray_segment("erp-deploy", started, ended, result.ok, {
@@ -122,8 +126,9 @@ def _ci(args: argparse.Namespace) -> int:
                         steps.record_deploy(os.environ, args.environment, tag if digest else args.commit, [service],
                                             ok=result.ok, images={service: ref})
                     except Exception as e:
-                        if result.ok:
-                            raise
+                        if result.ok:  # deployed, but the next build and /erp promote would not know it
+                            raise steps.StepFailed(f"deployed, but could not record {service}'s deploy"
+                                                   f" ({type(e).__name__}); deploy it again") from None
                         print(f"ci deploy: could not record the failed attempt: {type(e).__name__}", file=sys.stderr)
             if not result.ok:
                 raise steps.StepFailed(f"{result.message} (after {took})")

@@ -168,9 +168,10 @@ async def _gate(command: ErpCommand, who: Invocation, runtime: Runtime, env: Env
         state = env.freeze.state_at(moment)
         if state.frozen and not command.break_glass:
             await audit("refused", f"frozen: {state.window}")
+            again = (f"/erp promote {command.service}" if command.verb == "promote"
+                     else f"/erp deploy {command.service or '<service>'} {env.name}")
             await answer(f":snowflake: {freeze_summary(env.name, env.freeze, state, moment)}. An approver can break"
-                         f" the glass for one deploy: `/erp deploy {command.service or '<service>'} {env.name}"
-                         " break-glass <reason>`.")
+                         f" the glass for one deploy: `{again} break-glass <reason>`.")
             return False
         if state.frozen:
             decision = await runtime.policy.is_approver(who.user_id, env.name, "You can't break the glass: only")

@@ -133,8 +133,12 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         if audits:
             note += f" · soak overridden by <@{who.user_id}>"
         commit = str(deployed.get("commit") or "")
+        if not SHA.match(commit):  # the pipeline would run at main's head: not the chart dev ran with
+            await answer(f":no_entry: {source}'s record of {service} names no commit (`{commit[:40]}`), so I can't"
+                         f" run the promotion at the commit {source} ran; deploy it to {source} again first.")
+            return None
         return Launch(variables={"PROMOTE_IMAGE": f"{service}={image}"}, note=note, audits=audits,
-                      source_commit=commit if SHA.match(commit) else None)
+                      source_commit=commit)
 
     await run_deploy(command, who, runtime, respond, action="promote", prepare=prepare)
 

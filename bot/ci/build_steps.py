@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 import yaml
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from bot.aws.ecr_scans import read_findings
 from bot.ci.notify import Notifier
@@ -116,9 +116,10 @@ def _reader(environ: Mapping[str, str], what: str) -> Callable[[dict[str, str]],
         try:
             item = ddb.get_item(TableName=table, ConsistentRead=True,
                                 Key={k: {"S": v} for k, v in key.items()}).get("Item")
-        except ClientError as e:
-            raise StepFailed(f"cannot read {key['pk']} from {table} ({e.response['Error']['Code']}), so"
-                             f" {what} cannot be checked; not deploying") from None
+        except (ClientError, BotoCoreError) as e:
+            code = e.response["Error"]["Code"] if isinstance(e, ClientError) else type(e).__name__
+            raise StepFailed(f"cannot read {key['pk']} from {table} ({code}), so {what} cannot be checked;"
+                             " not deploying") from None
         return {k: next(iter(v.values())) for k, v in item.items()} if item else None
     return read
 
@@ -195,7 +196,7 @@ def image_tags(services: list[str], tag: str, environ: Mapping[str, str] | None 
         try:
             found = ecr.describe_images(repositoryName=repositories[service], imageIds=[{"imageTag": tag}])
             digest = str(found["imageDetails"][0]["imageDigest"])
-        except (ClientError, KeyError, IndexError) as e:
+        except (ClientError, BotoCoreError, KeyError, IndexError) as e:
             raise StepFailed(f"the pushed image {repositories[service]}:{tag[:7]} is not in ECR ({e}); not"
                              " deploying") from None
         pairs.append(f"{service}={tag}@{digest}")

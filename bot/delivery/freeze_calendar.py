@@ -149,7 +149,7 @@ class FreezeWindow:
         from_time, from_extra = _clock(m_from.group(2), m_from.group(3), "from")
         to_time, to_extra = _clock(m_to.group(2), m_to.group(3), "to")
         length = (to_day - from_day) % 7
-        if length == 0 and (to_time, to_extra) <= (from_time, from_extra):
+        if length == 0 and (to_extra, to_time) <= (from_extra, from_time):  # "Fri 24:00" is after "Fri 18:00"
             length = 7
         day = start.astimezone(tz).date() - timedelta(days=8)
         last = end.astimezone(tz).date() + timedelta(days=1)

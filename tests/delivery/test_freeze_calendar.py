@@ -75,6 +75,11 @@ def test_24_00_is_the_next_midnight_so_touching_windows_merge():
     assert state.frozen and state.opens_at == datetime(2026, 12, 7, 0, 0, tzinfo=UTC)
     assert state.window == "saturday, sunday"
     assert days.state_at(datetime(2026, 12, 5, 23, 59, 59, 999999, tzinfo=UTC)).frozen
+    # a same-day window to 24:00 is that evening, not a week-long one (review: it froze for good)
+    evening = calendar("UTC", {"name": "evening", "from": "Fri 18:00", "to": "Fri 24:00"})
+    assert not evening.state_at(datetime(2026, 3, 10, 12, 0, tzinfo=UTC)).frozen
+    friday = evening.state_at(datetime(2026, 3, 13, 20, 0, tzinfo=UTC))
+    assert friday.frozen and friday.opens_at == datetime(2026, 3, 14, 0, 0, tzinfo=UTC)
 
 
 def test_a_holiday_is_the_whole_local_day_and_joins_a_window_next_to_it():
