@@ -48,7 +48,8 @@ class Bot:
         """What runs beside the HTTP server, each supervised (see bot.http_server.serve)."""
         return [*(c.run for c in self.consumers), self.runtime.publisher.run, self.runtime.membership.run,
                 functools.partial(handlers.CARD_SWEEPER, self.runtime),
-                functools.partial(handlers.LOCK_SWEEPER, self.runtime)]
+                functools.partial(handlers.LOCK_SWEEPER, self.runtime),
+                functools.partial(handlers.APPROVAL_SWEEPER, self.runtime)]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
@@ -92,6 +93,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
     runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
     runtime.lock_sweep_seconds = float(environ.get("LOCK_SWEEP_SECONDS", "30"))
+    runtime.approval_sweep_seconds = float(environ.get("APPROVAL_SWEEP_SECONDS", "60"))
     runtime.user_limits = {"changes": int(environ.get("USER_CHANGES_PER_WINDOW", "6")),
                            "log queries": int(environ.get("USER_LOG_QUERIES_PER_WINDOW", "10"))}
     runtime.user_limit_window = int(environ.get("USER_LIMIT_WINDOW_SECONDS", "60"))

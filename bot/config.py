@@ -25,6 +25,17 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ApprovalReminders:
+    """A waiting approval reminds its approvers every `every_seconds`; after `escalate_after_seconds` it
+    mentions `escalate_to` too; a newer execution's approval of the same service supersedes it."""
+
+    every_seconds: int
+    escalate_after_seconds: int | None = None
+    escalate_to: tuple[str, ...] = ()
+    reject_superseded: bool = False
+
+
+@dataclass(frozen=True)
 class Environment:
     name: str
     namespace: str
@@ -36,6 +47,7 @@ class Environment:
     readers: tuple[str, ...] | None = None  # who may read its logs; None: the default (see Config.readers_of)
     freeze: FreezeCalendar | None = None  # when it takes no deploys (bot/delivery/freeze_calendar.py)
     lock_after_rollback: int | None = None  # seconds: a rollback locks it this long, so nobody redeploys at once
+    approval_reminders: ApprovalReminders | None = None  # None: an approval waits quietly (handlers/approval_reminders)
 
 
 @dataclass(frozen=True)
@@ -224,7 +236,8 @@ def parse_config(data: Any, source: str) -> Config:
         key = f"environments.{name}"
         r.string(name, key, NAME, "a lower-case environment name")
         e = r.mapping(raw, key, required={"namespace", "release", "channel", "approval"},
-                      optional={"approvers", "deployers", "readers", "freeze", "lock_after_rollback"})
+                      optional={"approvers", "deployers", "readers", "freeze", "lock_after_rollback",
+                                "approval_reminders"})
         approval = r.boolean(e["approval"], f"{key}.approval")
         approvers = r.id_list(e.get("approvers", []), f"{key}.approvers", SLACK_PRINCIPAL,
                               "Slack user or user-group IDs (U..., W..., S...)")
@@ -244,6 +257,21 @@ def parse_config(data: Any, source: str) -> Config:
                 freeze = FreezeCalendar.parse(e["freeze"])
             except FreezeConfigError as problem:
                 raise ConfigError(f"{source}: {key}.freeze: {problem}") from None
+        reminders = None
+        if "approval_reminders" in e:
+            raw = r.mapping(e["approval_reminders"], f"{key}.approval_reminders", required={"every"},
+                            optional={"escalate_after", "escalate_to", "reject_superseded"})
+            reminders = ApprovalReminders(
+                every_seconds=r.duration(raw["every"], f"{key}.approval_reminders.every"),
+                escalate_after_seconds=r.duration(raw["escalate_after"], f"{key}.approval_reminders.escalate_after")
+                if "escalate_after" in raw else None,
+                escalate_to=r.id_list(raw.get("escalate_to", []), f"{key}.approval_reminders.escalate_to",
+                                      SLACK_PRINCIPAL, "Slack user or user-group IDs (U..., W..., S...)"),
+                reject_superseded=r.boolean(raw.get("reject_superseded", False),
+                                            f"{key}.approval_reminders.reject_superseded"))
+            if reminders.escalate_after_seconds is not None and not reminders.escalate_to:
+                raise r.fail(f"{key}.approval_reminders.escalate_to", "who to mention when escalate_after passes",
+                             raw.get("escalate_to"))
         environments[name] = Environment(
             name=name,
             namespace=r.string(e["namespace"], f"{key}.namespace", NAME, "a Kubernetes namespace"),
@@ -256,6 +284,7 @@ def parse_config(data: Any, source: str) -> Config:
             freeze=freeze,
             lock_after_rollback=r.duration(e["lock_after_rollback"], f"{key}.lock_after_rollback")
             if "lock_after_rollback" in e else None,
+            approval_reminders=reminders,
         )
     svcs_raw = top["services"]
     if not isinstance(svcs_raw, dict) or not svcs_raw:

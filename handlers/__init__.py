@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import approval, erp_command, locks, promote, rollback, scan
+from handlers import approval, approval_reminders, erp_command, locks, promote, rollback, scan
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.freeze import freeze
@@ -32,6 +32,7 @@ VERBS: dict[str, VerbHandler] = {
 EVENT_HANDLER = handle_pipeline_event  # what the queue consumer calls for each event
 EVENT_PUBLISHER = publish_changes  # and, once per batch, to bring the touched cards up to date
 CARD_SWEEPER = sweep_forever  # in the background: cards left waiting for an invite, published again
+APPROVAL_SWEEPER = approval_reminders.sweep_approvals_forever  # and: reminders of approvals left waiting
 LOCK_SWEEPER = locks.sweep_locks_forever  # and: lock reminders and expiry, the freeze calendars for the pipeline
 
 

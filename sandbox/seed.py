@@ -35,6 +35,9 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE, progress_queue_url:
             "prod": {"namespace": "erp-prod", "release": "erp", "channel": "C0PROD", "approval": True,
                      "approvers": ["U0APPR1", "S0ONCALL"], "deployers": ["U0DEV1", "S0APPROVERS"],
                      "lock_after_rollback": "1h",
+                     # short, so the sandbox shows a reminder and an escalation within minutes
+                     "approval_reminders": {"every": "2m", "escalate_after": "6m", "escalate_to": ["S0DEVS"],
+                                            "reject_superseded": False},
                      # the sandbox's demo freeze: a weekend in Seoul and the holidays (README "Freeze windows")
                      "freeze": {"timezone": "Asia/Seoul", "mode": "deny", "windows": [
                          {"name": "weekend", "from": "Sat 00:00", "to": "Mon 07:00"},

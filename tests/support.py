@@ -71,7 +71,7 @@ def base_config(queue_url: str, table: str, progress_queue_url: str | None = Non
     """The sandbox's config without its demo calendar: a test that needs a freeze, a lock after a rollback
     or a soak time sets its own, relative to its own clock."""
     config = sandbox_config(queue_url, table, progress_queue_url)
-    for key in ("freeze", "lock_after_rollback"):
+    for key in ("freeze", "lock_after_rollback", "approval_reminders"):
         config["environments"]["prod"].pop(key, None)
     config.pop("promotion", None)
     return config

@@ -287,6 +287,14 @@ class StateStore:
         await self.put_marker(f"PENDING#{environment}", service, PENDING_TTL_SECONDS, only_if_absent=False,
                               execution_id=execution_id, channel=channel, ts=ts)
 
+    async def pending_approvals(self, environment: str) -> list[dict[str, Any]]:
+        """Every execution waiting for approval in this environment (one per service, or "all")."""
+        resp = await self.aws.call("dynamodb", "query", TableName=self.table, ConsistentRead=True,
+                                   KeyConditionExpression="pk = :pk",
+                                   ExpressionAttributeValues=_to_item({":pk": f"PENDING#{environment}"}))
+        now = time.time()
+        return [item for item in map(_from_item, resp.get("Items", [])) if int(item.get("ttl", 0)) > now]
+
     async def clear_pending_approval(self, environment: str, service: str, execution_id: str) -> None:
         """Clears the marker only if it is this execution's (a newer one may have replaced it)."""
         marker = await self.pending_approval(environment, service)

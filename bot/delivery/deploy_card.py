@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.delivery.escaping import escape_text
+from bot.delivery.freeze_calendar import in_words
 from bot.delivery.pipeline_events import PipelineEvent
 from bot.delivery.scan_report import scan_failed
 
@@ -107,6 +108,7 @@ class DeployCard:
     links: dict[str, str] = field(default_factory=dict)
     needs_approval: bool = False
     notes: list[str] = field(default_factory=list)
+    superseded_by: str | None = None  # a newer execution of the service waits for approval (approval_reminders)
     origin_note: str | None = None  # a promotion: from where, which execution, digest and scan (handlers/promote)
     gate_note: str | None = None  # what it went through: its requester's own lock, a broken freeze (deploy_gate)
     posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
@@ -389,3 +391,40 @@ def duration_text(start: str | None, end: str | None) -> str:
     if seconds < 60:
         return f"{seconds}s"
     return f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def approval_reminders(card: DeployCard, now: datetime, every: timedelta, approvers: str,
+                       escalate_after: timedelta | None = None, escalation: str = "") -> list[ThreadNote]:
+    """While nobody has decided: one note per `every` waited, never more (the latest interval's, whatever
+    sweeps were missed); from `escalate_after` on, the note mentions the escalation group too. Nothing once
+    anyone decides, in Slack (a claim counts) or in the console."""
+    a = card.approval
+    if not card.awaiting_approval or a.decision is not None or not a.requested_at or every <= timedelta(0):
+        return []
+    waited = now - datetime.fromisoformat(a.requested_at)
+    intervals = int(waited / every)
+    if intervals < 1:
+        return []
+    expires = f" It expires {slack_date(a.expires_at)}." if a.expires_at else ""
+    if escalate_after is not None and escalation and waited >= escalate_after:
+        text = (f":rotating_light: This {card.environment} deploy has waited {in_words(waited)} for approval:"
+                f" {escalation}, can you decide, or find who can? ({approvers} were asked.){expires}")
+    else:
+        text = f":alarm_clock: Still waiting for approval after {in_words(waited)}: {approvers}.{expires}"
+    return card.note(a.note_key(f"reminder-{intervals}"), text)
+
+
+def superseded(card: DeployCard, newer: str, where: str) -> list[ThreadNote]:
+    """A newer execution of the same service reached the approval: this one is out of date."""
+    if not card.awaiting_approval:
+        return []
+    card.superseded_by = newer
+    return card.note(card.approval.note_key("superseded"), f":arrow_heading_down: Superseded: a newer deploy of"
+                                                           f" {card.service_label} (execution `{newer[:8]}`) is"
+                                                           f" waiting for approval: {where}.")
+
+
+def slack_date(iso: str) -> str:
+    """An ISO time as Slack shows it to each reader, in their own zone."""
+    epoch = int(datetime.fromisoformat(iso).timestamp())
+    return f"<!date^{epoch}^{{date_short_pretty}} at {{time}}|{iso[:16]} UTC>"

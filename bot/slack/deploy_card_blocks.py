@@ -31,6 +31,7 @@ from bot.delivery.deploy_card import (
     duration_text,
     failure_reason,
     is_aws_console_link,
+    slack_date,
 )
 from bot.delivery.escaping import escape_text
 
@@ -98,7 +99,13 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
             at = f" at {_slack_time(a.decided_at)}" if a.decided_at else ""
             fields.append(MarkdownTextObject(text=f"*{a.decision} by*\n{who}{at}"))
         else:
-            fields.append(MarkdownTextObject(text="*Approval*\nwaiting" if a.requested_at else "*Approval*\nnot yet"))
+            if a.requested_at:  # how long it has waited and when it expires, each in the reader's own zone
+                waiting = f"waiting since {slack_date(a.requested_at)}" + \
+                    (f"\nexpires {slack_date(a.expires_at)}" if a.expires_at else "") + \
+                    (f"\nsuperseded by `{card.superseded_by[:8]}`" if card.superseded_by else "")
+                fields.append(MarkdownTextObject(text=f"*Approval*\n{waiting}"))
+            else:
+                fields.append(MarkdownTextObject(text="*Approval*\nnot yet"))
     if card.scans:
         worst = {k: sum(s.counts.get(k, 0) for s in card.scans.values()) for k in ("CRITICAL", "HIGH")}
         failed = [s for s in card.scans.values() if s.failed]
