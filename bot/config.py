@@ -103,6 +103,7 @@ class Config:
     oncall_readers: tuple[str, ...] = field(default=())  # the on-call group: reads every environment
     locks: LockSettings = field(default_factory=lambda: LockSettings())
     promotion: Promotion | None = None  # None: no `/erp promote` (the config names no source and target)
+    alarm_window_seconds: int = 1800  # an alarm this soon after a deploy is answered in its thread (handlers/alarms)
 
     def readers_of(self, env: str) -> tuple[str, ...] | None:
         """Who may read an environment's logs: its `readers` if set; else its deployers, approvers and the
@@ -226,7 +227,7 @@ def parse_config(data: Any, source: str) -> Config:
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
         optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url", "locks",
-                  "promotion"},
+                  "promotion", "alarms"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -337,6 +338,8 @@ def parse_config(data: Any, source: str) -> Config:
                                  "Slack user or user-group IDs (U..., W..., S...)"),
         locks=locks,
         promotion=promotion,
+        alarm_window_seconds=r.duration(r.mapping(top["alarms"], "alarms", required={"window"}, optional=set())
+                                        ["window"], "alarms.window") if "alarms" in top else 1800,
     )
 
 

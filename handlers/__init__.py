@@ -5,7 +5,7 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import approval, approval_reminders, erp_command, locks, promote, rollback, scan
+from handlers import alarms, approval, approval_reminders, erp_command, locks, promote, rollback, scan
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.freeze import freeze
@@ -39,6 +39,7 @@ LOCK_SWEEPER = locks.sweep_locks_forever  # and: lock reminders and expiry, the 
 def register(app: AsyncApp, runtime: Runtime) -> None:
     erp_command.register(app, runtime, VERBS)
     approval.register(app, runtime)
+    alarms.register(app, runtime)
     rollback.register(app, runtime)
     locks.register(app, runtime)
     promote.register(app, runtime)

@@ -29,6 +29,7 @@ from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE
+from handlers.alarms import handle_alarm
 from handlers.approval_reminders import supersede
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,9 @@ class CardChange:
 async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardChange | None:
     if event.kind in ("pipeline", "stage", "action") and event.detail.get("pipeline") != runtime.config.pipeline:
         log.debug("event of another pipeline ignored: %s", event.detail.get("pipeline"))
+        return None
+    if event.kind == "alarm":  # a service's error alarm: answered where its last deploy is
+        await handle_alarm(event, runtime)
         return None
     execution_id = event.execution_id
     report: ScanReport | None = None

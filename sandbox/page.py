@@ -8,6 +8,7 @@ POST /ui/click         {user, channel, ts, action_id}: press a button
 POST /ui/submit        {user, view_id, values}: submit a modal
 POST /ui/push          {environment}: a push to main starts the pipeline without Slack
 POST /ui/advance       {days}: move the CodePipeline stand-in's clock forward (an approval expires after 7)
+POST /ui/alarm         {environment, service, firing}: a service's error alarm goes to ALARM, or back to OK
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
+from sandbox.alarms import set_alarm
 from sandbox.codepipeline import PipelineStandIn
+from sandbox.erp_services import SERVICES
 from sandbox.slack_workspace import SlackWorkspace
 
 STATIC = Path(__file__).parent / "static"
@@ -33,7 +36,7 @@ def _visible(workspace: SlackWorkspace, user: str) -> list[dict[str, Any]]:
             continue
         out.append({"channel": m.channel, "ts": m.ts, "text": m.text, "blocks": m.blocks, "thread_ts": m.thread_ts,
                     "ephemeral": bool(m.ephemeral_for), "files": m.files, "edited": m.edited,
-                    "user": m.user})
+                    "user": m.user, **({"subtype": "thread_broadcast"} if m.broadcast else {})})
     return out
 
 
@@ -116,6 +119,16 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
         pipeline.advance(float(days) * 86400)
         return web.json_response({"ok": True})
 
+    async def alarm(request: web.Request) -> web.StreamResponse:
+        if pipeline is None:
+            return web.json_response({"ok": False, "error": "no local AWS in this sandbox"}, status=404)
+        body = await request.json()
+        env, service = str(body.get("environment", "dev")), str(body.get("service", "employee"))
+        if env not in ("dev", "prod") or service not in SERVICES:
+            return web.json_response({"ok": False, "error": "environment dev or prod, and an ERP service"}, status=400)
+        await asyncio.to_thread(set_alarm, pipeline.aws, pipeline.queue_url, env, service, bool(body.get("firing")))
+        return web.json_response({"ok": True})
+
     async def membership(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         channel = str(body.get("channel", ""))
@@ -127,6 +140,7 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
     app.router.add_post("/ui/membership", membership)
     app.router.add_post("/ui/push", push)
     app.router.add_post("/ui/advance", advance)
+    app.router.add_post("/ui/alarm", alarm)
     app.router.add_get("/", index)
     app.router.add_get("/ui/state", state)
     app.router.add_get("/ui/events", events)

@@ -64,6 +64,7 @@ class Message:
     files: list[dict[str, Any]] = field(default_factory=list)
     edited: int = 0
     metadata: dict[str, Any] | None = None  # message metadata: {"event_type": ..., "event_payload": {...}}
+    broadcast: bool = False  # a thread reply also shown in the channel (chat.postMessage reply_broadcast)
 
     def as_slack(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "message", "user": self.user, "text": self.text, "ts": self.ts,
@@ -72,6 +73,8 @@ class Message:
             out["bot_id"] = BOT_ID
         if self.thread_ts:
             out["thread_ts"] = self.thread_ts
+        if self.broadcast:
+            out["subtype"] = "thread_broadcast"
         if self.files:
             out["files"] = self.files
         return out
@@ -181,7 +184,7 @@ class SlackWorkspace:
 
     def channel_messages(self, channel: str, *, top_level: bool = True) -> list[Message]:
         return [m for m in self.messages if m.channel == channel and not m.ephemeral_for
-                and (not top_level or m.thread_ts is None or m.thread_ts == m.ts)]
+                and (not top_level or m.thread_ts is None or m.thread_ts == m.ts or m.broadcast)]
 
     def thread(self, channel: str, ts: str) -> list[Message]:
         return [m for m in self.messages if m.channel == channel and m.thread_ts == ts and m.ts != ts]
@@ -517,8 +520,12 @@ class SlackWorkspace:
         if metadata is not None and not (isinstance(metadata, dict) and isinstance(metadata.get("event_type"), str)
                                          and isinstance(metadata.get("event_payload"), dict)):
             return {"ok": False, "error": "invalid_metadata_format"}
+        # reply_broadcast: "Used in conjunction with thread_ts and indicates whether reply should be made
+        # visible to everyone in the channel" (chat.postMessage's reference); without thread_ts it means nothing
+        broadcast = bool(thread_ts) and str(args.get("reply_broadcast", "")).lower() in ("1", "true")
         msg = self._add(Message(channel=channel, ts=self._next_ts(), user=BOT_USER_ID, text=args.get("text", ""),
-                                blocks=args.get("blocks") or [], thread_ts=thread_ts, metadata=metadata))
+                                blocks=args.get("blocks") or [], thread_ts=thread_ts, metadata=metadata,
+                                broadcast=broadcast))
         return {"ok": True, "channel": channel, "ts": msg.ts, "message": msg.as_slack()}
 
     def m_conversations_history(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def test_a_good_event_outlives_a_long_outage_and_only_poison_is_dead_lettered():
 
 def test_event_rules_cover_every_event_the_bot_reads():
     patterns = [TF[f"resource.aws_cloudwatch_event_rule.{r}"]["event_pattern"] for r in ("codepipeline", "codebuild",
-                                                                                         "scans")]
+                                                                                         "scans", "alarms")]
     text = " ".join(patterns)
     for detail_type in set(KNOWN) - {PROGRESS}:  # the buildspec's progress is sent to the queue directly
         assert detail_type in text, detail_type
@@ -459,3 +459,28 @@ def test_the_provider_lower_bound_has_the_stage_conditions_the_pipeline_uses():
         f"{constraint!r} admits a provider without stage.before_entry; the first with it is 5.90.1"
     )
     assert upper is not None and upper <= (6, 0, 0), f"{constraint!r} admits provider 6, untested here"
+
+
+def test_each_service_has_an_error_alarm_in_each_environment_routed_to_the_bot():
+    """Issue 20: a metric filter counting ERROR lines on the service's log group, an alarm on it, named as the
+    bot reads it (bot/delivery/pipeline_events.alarm_name), and its state changes on the events queue."""
+    from bot.delivery.pipeline_events import alarm_name
+
+    metric_filter = TF["resource.aws_cloudwatch_log_metric_filter.errors"]
+    alarm = TF["resource.aws_cloudwatch_metric_alarm.errors"]
+    assert metric_filter["for_each"] == alarm["for_each"] == "${local.service_environments}"
+    assert metric_filter["log_group_name"] == "/erp/${each.value.environment}/${each.value.service}-service"
+    assert metric_filter["pattern"] == "ERROR"
+    transformation = metric_filter["metric_transformation"][0]
+    assert (transformation["namespace"], transformation["name"]) == (alarm["namespace"], alarm["metric_name"])
+    # the name the module gives for every service and environment is the one the bot matches
+    assert alarm["alarm_name"] == "erp-${each.key}-errors" and LOCALS["service_environments"]
+    for service in VARIABLES["services"]:
+        for env in VARIABLES["alarm_environments"]:
+            assert f"erp-{env}-{service}-errors" == alarm_name(env, service)
+    rule = TF["resource.aws_cloudwatch_event_rule.alarms"]["event_pattern"]
+    assert "CloudWatch Alarm State Change" in rule and "aws_cloudwatch_metric_alarm.errors" in rule
+    assert TF["resource.aws_cloudwatch_event_target.to_queue"]["for_each"]["alarms"] == \
+        "${aws_cloudwatch_event_rule.alarms.name}"
+    for statement in TF["data.aws_iam_policy_document.events_to_queue"]["statement"]:
+        assert "${aws_cloudwatch_event_rule.alarms.arn}" in statement["condition"][0]["values"]

@@ -23,8 +23,14 @@ BUILD_PHASE = "CodeBuild Build Phase Change"
 ECR_SCAN = "ECR Image Scan"
 INSPECTOR_SCAN = "Inspector2 Scan"
 PROGRESS = "ERP Deploy Progress"  # the buildspec's own progress lines (bot/ci/notify.py), for the card's thread
+ALARM = "CloudWatch Alarm State Change"  # a service's error alarm (the Terraform module's erp-<env>-<svc>-errors)
 KNOWN = {PIPELINE: "pipeline", STAGE: "stage", ACTION: "action", BUILD: "build", BUILD_PHASE: "build_phase",
-         ECR_SCAN: "scan", INSPECTOR_SCAN: "scan", PROGRESS: "progress"}
+         ECR_SCAN: "scan", INSPECTOR_SCAN: "scan", PROGRESS: "progress", ALARM: "alarm"}
+
+
+def alarm_name(environment: str, service: str) -> str:
+    """The error alarm of a service in an environment, as infra/terraform names it."""
+    return f"erp-{environment}-{service}-errors"
 MAX_PROGRESS_TEXT = 3000
 MAX_BODY = 256 * 1024  # SQS's own limit; anything bigger is not ours
 
@@ -48,13 +54,15 @@ class EventScope:
     # the kinds this queue carries: AWS's events on the events queue (EventBridge's rules alone may send
     # there), the buildspec's progress lines on the progress queue (CI may send there, and nowhere else)
     kinds: frozenset[str] = frozenset(k for k in KNOWN.values() if k != "progress")
+    alarms: frozenset[str] = frozenset()  # the error alarms of our services, by name
 
     @classmethod
     def of(cls, config: Config) -> EventScope:
         match = QUEUE_ACCOUNT.match(config.events_queue_url)
         return cls(pipeline=config.pipeline,
                    repositories=frozenset(s.image_repository for s in config.services.values()),
-                   account=match.group(1) if match else None)
+                   account=match.group(1) if match else None,
+                   alarms=frozenset(alarm_name(e, s) for e in config.environments for s in config.services))
 
     @classmethod
     def progress_of(cls, config: Config) -> EventScope:
@@ -77,6 +85,10 @@ class EventScope:
                 if isinstance(detail.get("additional-information"), dict) else None
             if isinstance(initiator, str) and initiator != f"codepipeline/{self.pipeline}":
                 return f"a build started by {initiator}"
+        elif kind == "alarm":
+            name = detail.get("alarmName")
+            if isinstance(name, str) and name not in self.alarms:
+                return f"alarm {name[:80]}"
         elif kind == "scan":
             repository = detail.get("repository-name")
             if isinstance(repository, str) and repository.startswith("arn:"):  # Inspector names it by ARN
@@ -92,7 +104,7 @@ class EventScope:
 @dataclass(frozen=True)
 class PipelineEvent:
     event_id: str
-    kind: str  # pipeline | stage | action | build | build_phase | scan | progress
+    kind: str  # pipeline | stage | action | build | build_phase | scan | progress | alarm
     time: datetime
     state: str  # STARTED, SUCCEEDED, FAILED, IN_PROGRESS, COMPLETE ...
     execution_id: str | None = None
@@ -174,6 +186,12 @@ def parse_event(body: str, scope: EventScope | None = None) -> PipelineEvent | N
             raise MalformedEvent(f"a progress line of {len(text)} characters")
         return PipelineEvent(event_id=event_id, kind=kind, time=when, state="NOTE",
                              execution_id=_require(detail, "execution-id"), detail={"text": text})
+    if kind == "alarm":  # AWS's CloudWatch event reference: detail.alarmName, detail.state.value/reason/timestamp
+        _require(detail, "alarmName")
+        state = detail.get("state")
+        if not isinstance(state, dict) or not isinstance(state.get("value"), str):
+            raise MalformedEvent("`detail.state.value` is missing")
+        return PipelineEvent(event_id=event_id, kind=kind, time=when, state=state["value"], detail=detail)
     if kind in ("build", "build_phase"):
         _require(detail, "build-id")
         event = PipelineEvent(event_id=event_id, kind=kind, time=when,

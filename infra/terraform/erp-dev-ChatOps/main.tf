@@ -169,11 +169,57 @@ resource "aws_cloudwatch_event_rule" "scans" {
   })
 }
 
+# --- errors after a deploy: a metric filter and an alarm per service and environment ------------------
+
+locals {
+  # "prod-employee" -> {service, environment}: the alarm's name says both (the bot reads them from it)
+  service_environments = { for pair in setproduct(var.services, var.alarm_environments) :
+  "${pair[1]}-${pair[0]}" => { service = pair[0], environment = pair[1] } }
+}
+
+resource "aws_cloudwatch_log_metric_filter" "errors" {
+  for_each       = local.service_environments
+  name           = "erp-${each.key}-errors"
+  log_group_name = "/erp/${each.value.environment}/${each.value.service}-service"
+  pattern        = "ERROR" # the services' Spring Boot lines carry their level as a word
+  metric_transformation {
+    name          = "${each.value.service}-errors"
+    namespace     = "ERP/${each.value.environment}"
+    value         = "1"
+    default_value = "0"
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "errors" {
+  for_each            = local.service_environments
+  alarm_name          = "erp-${each.key}-errors" # erp-<environment>-<service>-errors
+  alarm_description   = "ERROR lines of ${each.value.service} in ${each.value.environment}: erp-chatops posts it in the last deploy's thread"
+  namespace           = "ERP/${each.value.environment}"
+  metric_name         = "${each.value.service}-errors"
+  statistic           = "Sum"
+  period              = 60
+  evaluation_periods  = 1
+  threshold           = var.error_alarm_threshold
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+}
+
+resource "aws_cloudwatch_event_rule" "alarms" {
+  name        = "erp-chatops-alarms"
+  description = "State changes of the ERP services' error alarms"
+  event_pattern = jsonencode({
+    source      = ["aws.cloudwatch"]
+    detail-type = ["CloudWatch Alarm State Change"]
+    resources   = [for a in aws_cloudwatch_metric_alarm.errors : a.arn]
+  })
+}
+
 resource "aws_cloudwatch_event_target" "to_queue" {
   for_each = {
     codepipeline = aws_cloudwatch_event_rule.codepipeline.name
     codebuild    = aws_cloudwatch_event_rule.codebuild.name
     scans        = aws_cloudwatch_event_rule.scans.name
+    alarms       = aws_cloudwatch_event_rule.alarms.name
   }
   rule = each.value
   arn  = aws_sqs_queue.events.arn
@@ -192,7 +238,7 @@ data "aws_iam_policy_document" "events_to_queue" {
       test     = "ArnEquals"
       variable = "aws:SourceArn"
       values = [aws_cloudwatch_event_rule.codepipeline.arn, aws_cloudwatch_event_rule.codebuild.arn,
-      aws_cloudwatch_event_rule.scans.arn]
+      aws_cloudwatch_event_rule.scans.arn, aws_cloudwatch_event_rule.alarms.arn]
     }
   }
   statement {
@@ -208,7 +254,7 @@ data "aws_iam_policy_document" "events_to_queue" {
       test     = "ArnNotEquals" # also true when there is no source ARN (any role or user)
       variable = "aws:SourceArn"
       values = [aws_cloudwatch_event_rule.codepipeline.arn, aws_cloudwatch_event_rule.codebuild.arn,
-      aws_cloudwatch_event_rule.scans.arn]
+      aws_cloudwatch_event_rule.scans.arn, aws_cloudwatch_event_rule.alarms.arn]
     }
   }
 }

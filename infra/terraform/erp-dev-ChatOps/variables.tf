@@ -50,3 +50,15 @@ variable "bot_service_account" {
   type    = string
   default = "erp-chatops"
 }
+
+variable "alarm_environments" {
+  description = "The environments whose services get an error alarm (the bot posts it in the deploy's thread)."
+  type        = list(string)
+  default     = ["dev", "prod"]
+}
+
+variable "error_alarm_threshold" {
+  description = "ERROR log lines per minute that put a service's alarm in ALARM."
+  type        = number
+  default     = 5
+}

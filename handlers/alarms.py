@@ -1,0 +1,196 @@
+"""A service's error alarm, where its deploy is.
+
+"CloudWatch Alarm State Change" events of `erp-<env>-<service>-errors` (the Terraform module's alarms)
+arrive on the events queue. An ALARM within `alarms.window` of the last deploy of that service to that
+environment is answered in that deploy card's thread, broadcast to the channel: which alarm, how long
+after the deploy, the metric's value, and *Logs* (what `/erp logs <service> <env> 30m` shows), *Roll back*
+(the plan for exactly that deploy) and *Lock <env>*. Otherwise it goes to the on-call channel with *Logs*
+and the service's last three deploys. Back to OK, the same message says resolved, and after how long. One
+message per alarm and deploy: a flapping alarm edits it, never posts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
+
+from bot.delivery.command_parser import ErpCommand, parse_since
+from bot.delivery.escaping import escape_text
+from bot.delivery.freeze_calendar import in_words
+from bot.delivery.image_tag import short_tag
+from bot.delivery.pipeline_events import PipelineEvent, alarm_name
+from bot.runtime import Runtime
+from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
+from handlers import locks
+from handlers.erp_command import Invocation
+from handlers.logs import logs
+
+log = logging.getLogger(__name__)
+
+LOGS_ACTION = "alarm_logs"
+LOCK_ACTION = "alarm_lock"
+MARKER_TTL = 7 * 86400
+POSTING_GRACE = timedelta(seconds=60)  # a claim this old without a message: its replica died, take it over
+
+
+class PostingElsewhere(Exception):
+    """Another replica is posting this alarm's message right now: the event comes back later (SQS)."""
+
+
+def _owner(runtime: Runtime, name: str) -> tuple[str, str] | None:
+    for env in runtime.config.environments:
+        for service in runtime.config.services:
+            if alarm_name(env, service) == name:
+                return env, service
+    return None
+
+
+def _value(detail: dict[str, Any]) -> str:
+    """`7 errors (threshold 5)` from the state's reasonData (CloudWatch's JSON), or its reason's first part."""
+    state = detail.get("state") or {}
+    try:
+        data = json.loads(state.get("reasonData") or "{}")
+        points = data.get("recentDatapoints") or []
+        if points:
+            return f"{points[-1]:g} errors a minute (threshold {data.get('threshold', '?'):g})"
+    except (ValueError, TypeError, AttributeError):
+        pass
+    return escape_text(str(state.get("reason", ""))[:200])
+
+
+def _blocks(text: str, buttons: list[ButtonElement]) -> list[dict[str, Any]]:
+    blocks: list[Any] = [SectionBlock(text=text[:2900])]
+    if buttons:
+        blocks.append(ActionsBlock(elements=buttons))
+    return [b.to_dict() for b in blocks]
+
+
+async def handle_alarm(event: PipelineEvent, runtime: Runtime) -> None:
+    name = str(event.detail.get("alarmName", ""))
+    owner = _owner(runtime, name)
+    if owner is None:
+        return
+    env, service = owner
+    deployed = (await runtime.state.deploy_records(env)).get(service, {}).get("deployed") or {}
+    execution = str(deployed.get("execution") or "-")
+    key = (f"ALARM#{name}", execution)  # one message per alarm and deploy
+    marker = await runtime.state.get_marker(*key)
+    if event.state == "ALARM":
+        if marker is None or (not marker.get("ts") and _stale(marker, event.time)):
+            await _first_message(runtime, event, env, service, deployed, key, marker)
+        elif not marker.get("ts"):
+            raise PostingElsewhere(name)
+        elif not marker.get("firing"):
+            count = int(marker.get("count", 1)) + 1
+            await _edit(runtime, marker, f":rotating_light: *{name}* is in ALARM again ({count} times since the"
+                                         f" deploy): {_value(event.detail)}.", firing=True)
+            await _save(runtime, key, {**marker, "firing": True, "count": count, "since": event.time.isoformat()})
+    elif event.state == "OK" and marker is not None and marker.get("ts") and marker.get("firing"):
+        since = datetime.fromisoformat(str(marker.get("since")))
+        await _edit(runtime, marker, f":white_check_mark: *{name}* is back to OK: resolved after"
+                                     f" {in_words(event.time - since)}.", firing=False)
+        await _save(runtime, key, {**marker, "firing": False})
+
+
+async def _save(runtime: Runtime, key: tuple[str, str], fields: dict[str, Any]) -> None:
+    kept = {k: v for k, v in fields.items() if k not in ("pk", "sk", "ttl")}
+    await runtime.state.put_marker(*key, MARKER_TTL, only_if_absent=False, **kept)
+
+
+def _stale(marker: dict[str, Any], now: datetime) -> bool:
+    return now - datetime.fromisoformat(str(marker.get("claimed", now.isoformat()))) > POSTING_GRACE
+
+
+async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, service: str,
+                         deployed: dict[str, Any], key: tuple[str, str], marker: dict[str, Any] | None) -> None:
+    name = str(event.detail.get("alarmName"))
+    claim: dict[str, Any] = {"claimed": event.time.isoformat(), "since": event.time.isoformat(), "firing": True,
+                             "count": 1}
+    if not await runtime.state.put_marker(*key, MARKER_TTL, only_if_absent=marker is None, **claim):
+        raise PostingElsewhere(name)  # another replica claimed it a moment ago
+    at = datetime.fromtimestamp(int(deployed["at"]), event.time.tzinfo) if deployed.get("at") else None
+    window = timedelta(seconds=runtime.config.alarm_window_seconds)
+    card = await runtime.state.get_card(str(deployed.get("execution"))) if at and event.time - at <= window else None
+    logs_button = ButtonElement(text="Logs", action_id=LOGS_ACTION, value=f"{service} {env}")
+    try:
+        if card is not None and card.get("ts"):
+            tag = short_tag(str(deployed.get("image") or deployed.get("commit") or "?"))
+            after = in_words(event.time - at) if at else "?"
+            text = (f":rotating_light: *{name}* went to ALARM {after} after the deploy of {service} `{tag}` to"
+                    f" {env}: {_value(event.detail)}.")
+            buttons = [logs_button,
+                       ButtonElement(text="Roll back", action_id=ROLLBACK_ACTION, style="danger",
+                                     value=f"{service} {env} {deployed.get('execution')}"),
+                       ButtonElement(text=f"Lock {env}", action_id=LOCK_ACTION, value=f"{env} {name}")]
+            posted = await runtime.slack.chat_postMessage(
+                channel=str(card["channel"]), thread_ts=str(card["ts"]), reply_broadcast=True, text=text,
+                blocks=_blocks(text, buttons))
+        else:
+            recent = [r for r in await runtime.state.list_audit([env], service, limit=30)
+                      if r.action in ("deploy", "promote") and r.outcome == "started"][:3]
+            history = "\n".join(f"• <@{r.actor}> {r.action}ed {r.service} {r.at[:16]}" for r in recent) or \
+                "• no deploys recorded"
+            text = (f":rotating_light: *{name}* went to ALARM: {_value(event.detail)}. No deploy of {service} to"
+                    f" {env} in the last {in_words(window)}. Its last deploys:\n{history}")
+            channel = (runtime.config.oncall_channels or (runtime.config.environments[env].channel,))[0]
+            posted = await runtime.slack.chat_postMessage(channel=channel, text=text,
+                                                          blocks=_blocks(text, [logs_button]))
+    except Exception:
+        await runtime.state.delete_marker(*key)  # nothing posted: the event comes back and tries again
+        raise
+    await _save(runtime, key, {**claim, "ts": str(posted["ts"]), "channel": str(posted["channel"]), "text": text,
+                               "logs": f"{service} {env}"})
+
+
+async def _edit(runtime: Runtime, marker: dict[str, Any], status: str, firing: bool) -> None:
+    """The one message, edited: its first text (what and where) stays, the latest state is added; while it
+    fires, Logs stays (Roll back and Lock were on the first message, and the plan or lock they made stands)."""
+    text = f"{marker.get('text', '')}\n{status}"
+    buttons = [ButtonElement(text="Logs", action_id=LOGS_ACTION, value=str(marker.get("logs", "")))] \
+        if firing and marker.get("logs") else []
+    await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=text,
+                                    blocks=_blocks(text, buttons))
+
+
+class AnswerBeside:
+    """`respond` for a button on a public message: the verbs answer with replace_original=True (right for
+    a slash command's own answer), which here would overwrite the alarm message for everyone; this answers
+    the clicker alone, beside it."""
+
+    def __init__(self, respond: AsyncRespond) -> None:
+        self._respond = respond
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        return await self._respond(**{**kwargs, "replace_original": False, "response_type": "ephemeral"})
+
+
+def register(app: AsyncApp, runtime: Runtime) -> None:
+    async def ack_click(ack: AsyncAck) -> None:
+        await ack()
+
+    def who_clicked(body: dict[str, Any]) -> Invocation:
+        return Invocation(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
+                          response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
+
+    async def show_logs(body: dict[str, Any], respond: AsyncRespond) -> None:
+        service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
+        if service not in runtime.config.services or env not in runtime.config.environments:
+            return
+        # exactly `/erp logs <service> <env> 30m`, as the clicker (their read access is checked there)
+        command = ErpCommand(verb="logs", service=service, environment=env, since=parse_since("30m"))
+        await logs(command, who_clicked(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
+
+    async def lock_env(body: dict[str, Any], respond: AsyncRespond) -> None:
+        env, _, name = str(body["actions"][0].get("value", "")).partition(" ")
+        if env not in runtime.config.environments:
+            return
+        command = ErpCommand(verb="lock", environment=env, reason=f"{name[:80]} in ALARM")
+        await locks.lock(command, who_clicked(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
+
+    app.action(LOGS_ACTION)(ack=ack_click, lazy=[runtime.work.track(show_logs)])
+    app.action(LOCK_ACTION)(ack=ack_click, lazy=[runtime.work.track(lock_env)])
