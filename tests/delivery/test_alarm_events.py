@@ -25,7 +25,7 @@ def test_our_alarms_are_read_and_others_are_not_ours():
     assert event is not None and event.kind == "alarm" and event.state == "ALARM"
     with pytest.raises(NotOurs):
         parse_event(alarm_event("billing-cpu-high"), scope)
-    with pytest.raises(MalformedEvent, match="state.value"):
+    with pytest.raises(MalformedEvent, match=r"state\.value"):
         parse_event(alarm_event("erp-prod-employee-errors", {"reason": "no value"}), scope)
     # the progress queue carries no alarms
     with pytest.raises(NotOurs):
