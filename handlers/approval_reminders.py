@@ -20,10 +20,15 @@ from bot.aws.clients import error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.state import AuditRecord
 from bot.delivery.access_policy import mention_list
+from bot.delivery.card_lifecycle import claim, record_decision, release_claim
 from bot.delivery.deploy_card import DeployCard, ThreadNote, approval_reminders, superseded
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+BOT_ACTOR = "erp-chatops"  # who rejects a superseded approval, in the card and the audit trail
+CLAIM_LEASE = timedelta(seconds=60)
+REJECT_TTL = 8 * 86400
 
 
 def _remind(c: DeployCard, *, now: datetime, every: timedelta, approvers: str, escalate_after: timedelta | None,
@@ -52,6 +57,12 @@ async def sweep_approvals(runtime: Runtime, now: datetime | None = None) -> None
         remind = functools.partial(_remind, now=now, every=timedelta(seconds=settings.every_seconds),
                                    approvers=approvers, escalate_after=escalate_after, escalation=escalation)
 
+        if settings.reject_superseded:
+            try:
+                for pending in await runtime.state.markers(f"SUPERSEDED#{env.name}"):
+                    await reject_superseded(runtime, env.name, str(pending["sk"]), str(pending.get("newer", "")))
+            except Exception as e:
+                log.warning("could not reject a superseded approval in %s yet: %s", env.name, error_code(e))
         for marker in waiting:
             execution_id = str(marker.get("execution_id", ""))
             try:
@@ -73,6 +84,22 @@ async def sweep_approvals_forever(runtime: Runtime) -> None:
             log.warning("the approval sweep failed: %s", error_code(e))
 
 
+async def supersede_older(runtime: Runtime, card: DeployCard, other_id: str) -> None:
+    """`card` has just reached the approval while `other_id` waits there too: the one that started first
+    is superseded by the other (a "Retry failed stage" of an old execution does not supersede a newer one)."""
+    loaded = await runtime.cards.load(other_id)
+    if loaded is None:
+        return
+    other = loaded[0]
+    if (other.started or "") <= (card.started or ""):
+        older, newer = other_id, card
+    else:  # the other one is newer: it stays the one waiting
+        older, newer = card.execution_id, other
+        await runtime.state.swap_pending_approval(other.environment, other.service, other.execution_id,
+                                                  channel=other.channel, ts=other.ts or "")
+    await supersede(runtime, older, newer)
+
+
 async def supersede(runtime: Runtime, older: str, newer: DeployCard) -> None:
     """`older` waited for the approval `newer` has now reached: say so on it, and reject it if asked."""
     env = runtime.config.environments[newer.environment]
@@ -90,18 +117,49 @@ async def supersede(runtime: Runtime, older: str, newer: DeployCard) -> None:
         return notes
 
     result = await runtime.cards.mutate(older, mark)
-    if result is None or not result[1]:
-        return  # decided meanwhile, or already said
-    await runtime.publisher.enqueue([older])
-    if not (env.approval_reminders and env.approval_reminders.reject_superseded):
+    if result is not None and result[1]:
+        await runtime.publisher.enqueue([older])
+    if result is None or not result[0].superseded_by:
+        return  # decided meanwhile
+    if env.approval_reminders and env.approval_reminders.reject_superseded:
+        # durable: the sweep retries it until it is done, decided by someone, or gone
+        await runtime.state.put_marker(*_reject_key(newer.environment, older), REJECT_TTL, only_if_absent=False,
+                                       newer=newer.execution_id)
+        await reject_superseded(runtime, newer.environment, older, newer.execution_id)
+
+
+def _reject_key(env: str, execution_id: str) -> tuple[str, str]:
+    return f"SUPERSEDED#{env}", execution_id
+
+
+async def reject_superseded(runtime: Runtime, env: str, older: str, newer: str) -> None:
+    """Reject `older` as superseded by `newer`, as an approver's click would: the decision claimed on its card
+    first (never over a person who is deciding it), CodePipeline told, then recorded."""
+    now = datetime.now(UTC)
+    won = {"claim": False}
+
+    def take(c: DeployCard) -> None:
+        won["claim"] = claim(c, BOT_ACTOR, "Rejected", now, CLAIM_LEASE)
+
+    result = await runtime.cards.mutate(older, take)
+    if result is None or not result[0].awaiting_approval:
+        await runtime.state.delete_marker(*_reject_key(env, older))  # decided or gone: nothing to do
         return
-    token = await approval_token(runtime.aws, runtime.config.pipeline, older)
-    if token is None:
-        return  # answered or expired meanwhile: nothing to reject
-    await runtime.aws.call("codepipeline", "put_approval_result", pipelineName=runtime.config.pipeline,
-                           stageName=APPROVAL_STAGE, actionName=APPROVAL_STAGE, token=token,
-                           result={"status": "Rejected",
-                                   "summary": f"Superseded by execution {newer.execution_id} (erp-chatops)"})
+    if not won["claim"]:
+        return  # someone is deciding it right now: their decision stands, or the next sweep tries again
+    summary = f"Superseded by execution {newer} (erp-chatops)"
+    try:
+        token = await approval_token(runtime.aws, runtime.config.pipeline, older)
+        if token is not None:
+            await runtime.aws.call("codepipeline", "put_approval_result", pipelineName=runtime.config.pipeline,
+                                   stageName=APPROVAL_STAGE, actionName=APPROVAL_STAGE, token=token,
+                                   result={"status": "Rejected", "summary": summary})
+    except Exception:
+        await runtime.cards.mutate(older, lambda c: release_claim(c, BOT_ACTOR))  # the buttons work again
+        raise
+    await runtime.cards.mutate(older, lambda c: record_decision(c, BOT_ACTOR, "Rejected", summary, datetime.now(UTC)))
+    await runtime.state.delete_marker(*_reject_key(env, older))
     await runtime.state.record_audit(AuditRecord(
-        actor="erp-chatops", action="reject", environment=newer.environment, service=newer.service, outcome="ok",
-        detail=f"superseded by {newer.execution_id}", execution_id=older))
+        actor=BOT_ACTOR, action="reject", environment=env, service=result[0].service, outcome="ok",
+        detail=f"superseded by {newer}", execution_id=older))
+    await runtime.publisher.enqueue([older])

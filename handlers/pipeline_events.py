@@ -30,7 +30,7 @@ from bot.runtime import Runtime
 from bot.slack.channel_membership import UNPOSTABLE
 from bot.slack.deploy_card_blocks import CARD_EVENT_TYPE
 from handlers.alarms import handle_alarm
-from handlers.approval_reminders import supersede
+from handlers.approval_reminders import supersede_older
 
 log = logging.getLogger(__name__)
 EXECUTION_ID = re.compile(r"^[0-9a-zA-Z-]{1,100}$")  # CodePipeline's execution ids
@@ -231,14 +231,13 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
             def set_token(c: DeployCard) -> None:
                 c.approval.token = token
             await runtime.cards.mutate(execution_id, set_token)
-            older = await runtime.state.pending_approval(card.environment, card.service)
-            await runtime.state.record_pending_approval(card.environment, card.service, execution_id,
-                                                        channel=card.channel, ts=card.ts or "")
-            if older and older.get("execution_id") not in (None, execution_id):
-                try:  # a newer deploy of the service waits now: the older one is out of date
-                    await supersede(runtime, str(older["execution_id"]), card)
-                except Exception as e:  # its card still shows it waiting; the newer one goes on
-                    log.warning("could not mark %s superseded: %s", older.get("execution_id"), error_code(e))
+            other = await runtime.state.swap_pending_approval(card.environment, card.service, execution_id,
+                                                              channel=card.channel, ts=card.ts or "")
+            if other and other.get("execution_id") not in (None, execution_id):
+                try:  # two executions of the service wait: the one that started first is out of date
+                    await supersede_older(runtime, card, str(other["execution_id"]))
+                except Exception as e:  # its card still shows it waiting; the sweep retries a rejection
+                    log.warning("could not mark %s superseded: %s", other.get("execution_id"), error_code(e))
     if card.commit and event.kind == "action" and event.stage == "Source":
         await _index_images(runtime, card)
     if card.finished or (card.approval.decision in ("Approved", "Rejected")):

@@ -287,11 +287,26 @@ class StateStore:
         await self.put_marker(f"PENDING#{environment}", service, PENDING_TTL_SECONDS, only_if_absent=False,
                               execution_id=execution_id, channel=channel, ts=ts)
 
+    async def swap_pending_approval(self, environment: str, service: str, execution_id: str, *, channel: str,
+                                    ts: str) -> dict[str, Any] | None:
+        """Record this execution as the one waiting, in one write, and return the marker it replaced (so two
+        replicas recording two executions at once each see the other's)."""
+        now = int(time.time())
+        resp = await self.aws.call("dynamodb", "put_item", TableName=self.table, ReturnValues="ALL_OLD",
+                                   Item=_to_item({"pk": f"PENDING#{environment}", "sk": service,
+                                                  "ttl": now + PENDING_TTL_SECONDS, "execution_id": execution_id,
+                                                  "channel": channel, "ts": ts}))
+        old = _from_item(resp["Attributes"]) if resp.get("Attributes") else None
+        return old if old is not None and int(old.get("ttl", 0)) > now else None
+
     async def pending_approvals(self, environment: str) -> list[dict[str, Any]]:
         """Every execution waiting for approval in this environment (one per service, or "all")."""
+        return await self.markers(f"PENDING#{environment}")
+
+    async def markers(self, pk: str) -> list[dict[str, Any]]:
+        """The unexpired markers of one partition (a few: a page is enough)."""
         resp = await self.aws.call("dynamodb", "query", TableName=self.table, ConsistentRead=True,
-                                   KeyConditionExpression="pk = :pk",
-                                   ExpressionAttributeValues=_to_item({":pk": f"PENDING#{environment}"}))
+                                   KeyConditionExpression="pk = :pk", ExpressionAttributeValues=_to_item({":pk": pk}))
         now = time.time()
         return [item for item in map(_from_item, resp.get("Items", [])) if int(item.get("ttl", 0)) > now]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bot.delivery.deploy_card import DeployCard
+from bot.delivery.deploy_card import DeployCard, drop_reminders
 
 # phase -> (when, buttons)
 PHASES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -109,6 +109,7 @@ def claim(card: DeployCard, user: str, status: str, now: datetime, lease: timede
         return False
     a.decision = "Approving" if status == "Approved" else "Rejecting"
     a.decided_by, a.claimed_until = user, (now + lease).isoformat(timespec="seconds")
+    drop_reminders(card)  # "still waiting" would land after the click
     return True
 
 

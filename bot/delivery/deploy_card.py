@@ -293,6 +293,7 @@ def _apply_action(card: DeployCard, event: PipelineEvent, approvers: str) -> lis
             if claimed != outcome:  # not what the claimant asked for: the console's doing, or the clock's
                 card.approval.decided_by = None
             card.approval.decision, card.approval.claimed_until = outcome, None
+            drop_reminders(card)
             card.approval.decided_at = card.approval.decided_at or when
             card.approval.reason = card.approval.reason or (summary if event.state == "FAILED" else None)
             notes += _expiry(card)
@@ -399,7 +400,11 @@ def approval_reminders(card: DeployCard, now: datetime, every: timedelta, approv
     sweeps were missed); from `escalate_after` on, the note mentions the escalation group too. Nothing once
     anyone decides, in Slack (a claim counts) or in the console."""
     a = card.approval
-    if not card.awaiting_approval or a.decision is not None or not a.requested_at or every <= timedelta(0):
+    if not card.awaiting_approval or not a.requested_at or every <= timedelta(0):
+        return []
+    if a.decision is not None and not a.claim_expired(now):  # a claim that ran out (its pod died) waits again
+        return []
+    if a.expires_at and now >= datetime.fromisoformat(a.expires_at):  # expired, even if its event was lost
         return []
     waited = now - datetime.fromisoformat(a.requested_at)
     intervals = int(waited / every)
@@ -414,9 +419,14 @@ def approval_reminders(card: DeployCard, now: datetime, every: timedelta, approv
     return card.note(a.note_key(f"reminder-{intervals}"), text)
 
 
+def drop_reminders(card: DeployCard) -> None:
+    """Someone decided: reminders still waiting in the outbox would land after the decision; they go."""
+    card.outbox = [entry for entry in card.outbox if not entry[0].split("#")[0].startswith("reminder-")]
+
+
 def superseded(card: DeployCard, newer: str, where: str) -> list[ThreadNote]:
     """A newer execution of the same service reached the approval: this one is out of date."""
-    if not card.awaiting_approval:
+    if not card.awaiting_approval or card.approval.decision in DECIDED:
         return []
     card.superseded_by = newer
     return card.note(card.approval.note_key("superseded"), f":arrow_heading_down: Superseded: a newer deploy of"

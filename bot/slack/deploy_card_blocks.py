@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -36,6 +37,7 @@ from bot.delivery.deploy_card import (
 from bot.delivery.escaping import escape_text
 
 REGION = "ap-northeast-2"  # the console links' region
+SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 
 APPROVE_ACTION = "deploy_approve"
 REJECT_ACTION = "deploy_reject"
@@ -95,7 +97,8 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         if a.decision == "Expired":
             fields.append(MarkdownTextObject(text=f"*Approval*\nexpired after {APPROVAL_LIFETIME.days} days"))
         elif a.decision in ("Approved", "Rejected"):
-            who = f"<@{a.decided_by}>" if a.decided_by else "the console"
+            who = (f"<@{a.decided_by}>" if SLACK_USER.match(a.decided_by) else escape_text(a.decided_by)) \
+                if a.decided_by else "the console"  # the bot itself rejects a superseded approval
             at = f" at {_slack_time(a.decided_at)}" if a.decided_at else ""
             fields.append(MarkdownTextObject(text=f"*{a.decision} by*\n{who}{at}"))
         else:

@@ -41,7 +41,12 @@ def test_one_reminder_per_interval_then_one_escalation_and_nothing_once_decided(
     assert "<!subteam^S0ONCALL>" in again and "8h" in again
     decided = waiting_card()
     decided.approval.decision = "Approving"  # someone pressed Approve: its claim counts
+    decided.approval.claimed_until = (ASKED + 3 * HOUR + timedelta(minutes=1)).isoformat()
     assert remind(decided, 3 * HOUR) == []
+    # a claim whose pod died runs out: the approval waits again, and so do its reminders (review finding)
+    assert remind(decided, 4 * HOUR)
+    # expired, even if the pipeline's FAILED event never came (review finding)
+    assert remind(waiting_card(), timedelta(days=7, hours=1)) == []
     console = waiting_card()
     console.stage("Approval").state = "SUCCEEDED"  # decided in the console
     assert remind(console, 3 * HOUR) == []
@@ -62,3 +67,15 @@ def test_superseded_once_and_only_while_waiting():
     done = waiting_card()
     done.stage("Approval").state = "FAILED"
     assert superseded(done, "e-3", "x") == []
+
+
+def test_a_decision_drops_the_reminders_not_yet_posted():
+    """Review finding: a reminder queued in the outbox was posted after the approver's click."""
+    from bot.delivery.card_lifecycle import claim
+
+    card = waiting_card()
+    [note] = approval_reminders(card, ASKED + 2 * HOUR, 2 * HOUR, "<@U0APPR1>")
+    card.outbox.append([note.key, note.text])
+    card.outbox.append(["scan:erp/employee-service", "a scan note stays"])
+    assert claim(card, "U0APPR1", "Approved", ASKED + 2 * HOUR, timedelta(seconds=60))
+    assert card.outbox == [["scan:erp/employee-service", "a scan note stays"]]

@@ -66,8 +66,8 @@ def test_a_newer_deploy_at_the_approval_supersedes_and_rejects_the_older(
         assert f"execution `{newer.id[:8]}`" in note and "its card" in note
         wait_until(lambda: older.status == "Failed", 30, "the older execution to be rejected")
         assert older.actions[("Approval", "Approval")].summary == f"Superseded by execution {newer.id} (erp-chatops)"
-        shown = json.dumps([m.blocks for m in slack.channel_messages("C0PROD")])
-        assert "Rejected" in shown
+        wait_until(lambda: "Rejected by*\\nerp-chatops" in json.dumps(older_card.blocks), 20,
+                   "the older card to say the bot rejected it")
         assert newer.status == "InProgress"  # the newer one still waits for its approver
     finally:
         process.stop()
