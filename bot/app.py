@@ -49,7 +49,8 @@ class Bot:
         return [*(c.run for c in self.consumers), self.runtime.publisher.run, self.runtime.membership.run,
                 functools.partial(handlers.CARD_SWEEPER, self.runtime),
                 functools.partial(handlers.LOCK_SWEEPER, self.runtime),
-                functools.partial(handlers.APPROVAL_SWEEPER, self.runtime)]
+                functools.partial(handlers.APPROVAL_SWEEPER, self.runtime),
+                functools.partial(handlers.DRIFT_CHECK, self.runtime)]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
@@ -94,6 +95,8 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
     runtime.lock_sweep_seconds = float(environ.get("LOCK_SWEEP_SECONDS", "30"))
     runtime.approval_sweep_seconds = float(environ.get("APPROVAL_SWEEP_SECONDS", "60"))
+    drift_check = environ.get("DRIFT_CHECK_SECONDS") or config.drift_check_seconds
+    runtime.drift_check_seconds = float(drift_check) if drift_check else None
     runtime.user_limits = {"changes": int(environ.get("USER_CHANGES_PER_WINDOW", "6")),
                            "log queries": int(environ.get("USER_LOG_QUERIES_PER_WINDOW", "10"))}
     runtime.user_limit_window = int(environ.get("USER_LIMIT_WINDOW_SECONDS", "60"))

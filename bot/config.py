@@ -104,6 +104,7 @@ class Config:
     locks: LockSettings = field(default_factory=lambda: LockSettings())
     promotion: Promotion | None = None  # None: no `/erp promote` (the config names no source and target)
     alarm_window_seconds: int = 1800  # an alarm this soon after a deploy is answered in its thread (handlers/alarms)
+    drift_check_seconds: int | None = None  # how often to look for drift (handlers/drift); None: only on request
 
     def readers_of(self, env: str) -> tuple[str, ...] | None:
         """Who may read an environment's logs: its `readers` if set; else its deployers, approvers and the
@@ -227,7 +228,7 @@ def parse_config(data: Any, source: str) -> Config:
         data, "",
         required={"pipeline", "events_queue_url", "state_table", "environments", "services"},
         optional={"oncall_channels", "oncall_readers", "audit_table", "progress_queue_url", "locks",
-                  "promotion", "alarms"},
+                  "promotion", "alarms", "drift_check"},
     )
     envs_raw = top["environments"]
     if not isinstance(envs_raw, dict) or not envs_raw:
@@ -340,6 +341,7 @@ def parse_config(data: Any, source: str) -> Config:
         promotion=promotion,
         alarm_window_seconds=r.duration(r.mapping(top["alarms"], "alarms", required={"window"}, optional=set())
                                         ["window"], "alarms.window") if "alarms" in top else 1800,
+        drift_check_seconds=r.duration(top["drift_check"], "drift_check") if "drift_check" in top else None,
     )
 
 

@@ -44,6 +44,7 @@ class Runtime:
     exit_code: int = 0
     sweep_seconds: float = 30.0  # how often cards left waiting (a replica died, bot not invited) are retried
     lock_sweep_seconds: float = 30.0  # how often locks are looked at (reminders, expiry; handlers/locks.py)
+    drift_check_seconds: float | None = None  # the config's drift_check, or DRIFT_CHECK_SECONDS (handlers/drift)
     approval_sweep_seconds: float = 60.0  # how often waiting approvals are looked at (handlers/approval_reminders)
     log_query_budget: float = 25.0  # seconds before a Logs Insights query is stopped
     helm: Helm | None = None  # None: no cluster configured for this bot

@@ -9,6 +9,7 @@ POST /ui/submit        {user, view_id, values}: submit a modal
 POST /ui/push          {environment}: a push to main starts the pipeline without Slack
 POST /ui/advance       {days}: move the CodePipeline stand-in's clock forward (an approval expires after 7)
 POST /ui/alarm         {environment, service, firing}: a service's error alarm goes to ALARM, or back to OK
+POST /ui/drift         {}: patch employee's Deployment in erp-dev behind Helm's back (drift)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 from sandbox.alarms import set_alarm
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.erp_services import SERVICES
+from sandbox.local_kube import LocalKube
 from sandbox.slack_workspace import SlackWorkspace
 
 STATIC = Path(__file__).parent / "static"
@@ -40,7 +42,8 @@ def _visible(workspace: SlackWorkspace, user: str) -> list[dict[str, Any]]:
     return out
 
 
-def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: PipelineStandIn | None = None) -> None:
+def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: PipelineStandIn | None = None,
+                    kube: LocalKube | None = None) -> None:
     async def index(_: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "index.html")
 
@@ -129,6 +132,17 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
         await asyncio.to_thread(set_alarm, pipeline.aws, pipeline.queue_url, env, service, bool(body.get("firing")))
         return web.json_response({"ok": True})
 
+    async def drift(_: web.Request) -> web.StreamResponse:
+        if kube is None:
+            return web.json_response({"ok": False, "error": "no cluster in this sandbox (make tools)"}, status=404)
+        # what `kubectl set image` does: a strategic merge patch of one container's image
+        patch = {"spec": {"template": {"spec": {"containers": [{"name": "employee", "image":
+                 "806332783810.dkr.ecr.ap-northeast-2.amazonaws.com/erp/employee-service:hotfix-by-hand"}]}}}}
+        status, _ = await asyncio.to_thread(
+            kube.request, "PATCH", "/apis/apps/v1/namespaces/erp-dev/deployments/employee-service", patch,
+            content_type="application/strategic-merge-patch+json")
+        return web.json_response({"ok": status == 200}, status=200 if status == 200 else 502)
+
     async def membership(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         channel = str(body.get("channel", ""))
@@ -141,6 +155,7 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
     app.router.add_post("/ui/push", push)
     app.router.add_post("/ui/advance", advance)
     app.router.add_post("/ui/alarm", alarm)
+    app.router.add_post("/ui/drift", drift)
     app.router.add_get("/", index)
     app.router.add_get("/ui/state", state)
     app.router.add_get("/ui/events", events)

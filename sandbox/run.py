@@ -70,7 +70,7 @@ async def _main(host: str, port: int) -> int:
 
         workspace = SlackWorkspace(bot_token=bot_token, signing_secret=signing_secret)
         app = workspace.web_app()
-        add_page_routes(app, workspace, pipeline)
+        add_page_routes(app, workspace, pipeline, cluster.kube if cluster else None)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()

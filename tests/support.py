@@ -74,6 +74,7 @@ def base_config(queue_url: str, table: str, progress_queue_url: str | None = Non
     for key in ("freeze", "lock_after_rollback", "approval_reminders"):
         config["environments"]["prod"].pop(key, None)
     config.pop("promotion", None)
+    config.pop("drift_check", None)
     return config
 
 

@@ -94,6 +94,21 @@ class Cluster:
             return cls(in_cluster)
         return None
 
+    async def deployments(self, namespace: str) -> dict[str, dict[str, Any]]:
+        """The namespace's Deployments as the API serves them (plain JSON-shaped dicts), by name."""
+        def listing() -> dict[str, dict[str, Any]]:
+            apps = self._apps_api()
+            found = apps.list_namespaced_deployment(namespace, _request_timeout=10)
+            plain = apps.api_client.sanitize_for_serialization(found)
+            return {str(d["metadata"]["name"]): d for d in plain.get("items", [])}
+        try:
+            return await asyncio.to_thread(listing)
+        except Exception as e:
+            if type(e).__name__ == "ApiException":
+                raise ClusterUnavailable(f"the API server answered {getattr(e, 'status', '?')}"
+                                         f" {getattr(e, 'reason', '')}") from None
+            raise ClusterUnavailable(f"cannot reach the cluster ({type(e).__name__})") from None
+
     async def rollouts(self, namespace: str, names: list[str] | None = None) -> dict[str, RolloutState]:
         def listing() -> Any:
             return self._apps_api().list_namespaced_deployment(namespace, _request_timeout=10)

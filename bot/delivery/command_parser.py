@@ -57,6 +57,11 @@ VERBS: dict[str, VerbHelp] = {
         "Every environment's lock: who, why, since and until when.",
         ("/erp locks",),
     ),
+    "drift": VerbHelp(
+        "/erp drift [env]",
+        "What runs differently from what was deployed: the pipeline's record, the Helm release, the cluster.",
+        ("/erp drift", "/erp drift prod"),
+    ),
     "freeze": VerbHelp(
         "/erp freeze [env]",
         "Whether an environment is frozen now, until when, and its next freeze windows.",
@@ -339,6 +344,10 @@ class CommandParser:
     def _locks(self, args: list[str]) -> ErpCommand:
         self._too_many(args, 0, "locks")
         return ErpCommand(verb="locks")
+
+    def _drift(self, args: list[str]) -> ErpCommand:
+        self._too_many(args, 1, "drift")
+        return ErpCommand(verb="drift", environment=self._environment(args[0], "drift") if args else None)
 
     def _freeze(self, args: list[str]) -> ErpCommand:
         self._too_many(args, 1, "freeze")
