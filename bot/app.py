@@ -50,7 +50,9 @@ class Bot:
                 functools.partial(handlers.CARD_SWEEPER, self.runtime),
                 functools.partial(handlers.LOCK_SWEEPER, self.runtime),
                 functools.partial(handlers.APPROVAL_SWEEPER, self.runtime),
-                functools.partial(handlers.DRIFT_CHECK, self.runtime)]
+                # the drift check only where it is asked for and there is a cluster to compare with
+                *([functools.partial(handlers.DRIFT_CHECK, self.runtime)]
+                  if self.runtime.drift_check_seconds and self.runtime.helm and self.runtime.cluster else [])]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:

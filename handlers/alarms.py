@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
 
 from bot.delivery.command_parser import ErpCommand, parse_since
@@ -36,6 +38,8 @@ LOGS_ACTION = "alarm_logs"
 LOCK_ACTION = "alarm_lock"
 MARKER_TTL = 7 * 86400
 POSTING_GRACE = timedelta(seconds=60)  # a claim this old without a message: its replica died, take it over
+SKEW = timedelta(seconds=60)  # AWS's clocks and ours differ a little
+LATEST = "LATEST"  # the alarm's newest state change seen, by its time
 
 
 class PostingElsewhere(Exception):
@@ -76,25 +80,38 @@ async def handle_alarm(event: PipelineEvent, runtime: Runtime) -> None:
     if owner is None:
         return
     env, service = owner
+    at = event.time.isoformat()
+    # SQS does not keep order: the newest state change wins, an older one is ignored (OKs are kept too)
+    latest = await runtime.state.get_marker(f"ALARM#{name}", LATEST)
+    if latest is not None and str(latest.get("at", "")) > at:
+        return
+    await runtime.state.put_marker(f"ALARM#{name}", LATEST, MARKER_TTL, only_if_absent=False, at=at,
+                                   value=event.state)
+    if event.state == "OK":  # whatever deploy it was posted under (a fix may have been deployed since)
+        for posted in await runtime.state.markers(f"ALARM#{name}"):
+            if posted.get("ts") and posted.get("firing") and str(posted["sk"]) != LATEST:
+                since = datetime.fromisoformat(str(posted.get("since")))
+                await _edit(runtime, posted, f":white_check_mark: *{name}* is back to OK: resolved after"
+                                             f" {in_words(event.time - since)}.", firing=False)
+                await _save(runtime, (f"ALARM#{name}", str(posted["sk"])), {**posted, "firing": False})
+        return
+    if event.state != "ALARM":
+        return  # INSUFFICIENT_DATA says nothing about errors
     deployed = (await runtime.state.deploy_records(env)).get(service, {}).get("deployed") or {}
-    execution = str(deployed.get("execution") or "-")
-    key = (f"ALARM#{name}", execution)  # one message per alarm and deploy
+    key = (f"ALARM#{name}", str(deployed.get("execution") or "-"))  # one message per alarm and deploy
     marker = await runtime.state.get_marker(*key)
-    if event.state == "ALARM":
-        if marker is None or (not marker.get("ts") and _stale(marker, event.time)):
-            await _first_message(runtime, event, env, service, deployed, key, marker)
-        elif not marker.get("ts"):
-            raise PostingElsewhere(name)
-        elif not marker.get("firing"):
-            count = int(marker.get("count", 1)) + 1
-            await _edit(runtime, marker, f":rotating_light: *{name}* is in ALARM again ({count} times since the"
-                                         f" deploy): {_value(event.detail)}.", firing=True)
-            await _save(runtime, key, {**marker, "firing": True, "count": count, "since": event.time.isoformat()})
-    elif event.state == "OK" and marker is not None and marker.get("ts") and marker.get("firing"):
-        since = datetime.fromisoformat(str(marker.get("since")))
-        await _edit(runtime, marker, f":white_check_mark: *{name}* is back to OK: resolved after"
-                                     f" {in_words(event.time - since)}.", firing=False)
-        await _save(runtime, key, {**marker, "firing": False})
+    if marker is None or (not marker.get("ts") and _stale(marker)):
+        await _first_message(runtime, event, env, service, deployed, key, marker)
+    elif not marker.get("ts"):
+        raise PostingElsewhere(name)
+    elif not marker.get("firing"):
+        count = int(marker.get("count", 1)) + 1
+        if await _edit(runtime, marker, f":rotating_light: *{name}* is in ALARM again ({count} times since the"
+                                        f" deploy): {_value(event.detail)}.", firing=True):
+            await _save(runtime, key, {**marker, "firing": True, "count": count, "since": at})
+        else:  # the message was deleted: say it afresh
+            await runtime.state.delete_marker(*key)
+            await _first_message(runtime, event, env, service, deployed, key, None)
 
 
 async def _save(runtime: Runtime, key: tuple[str, str], fields: dict[str, Any]) -> None:
@@ -102,25 +119,34 @@ async def _save(runtime: Runtime, key: tuple[str, str], fields: dict[str, Any]) 
     await runtime.state.put_marker(*key, MARKER_TTL, only_if_absent=False, **kept)
 
 
-def _stale(marker: dict[str, Any], now: datetime) -> bool:
-    return now - datetime.fromisoformat(str(marker.get("claimed", now.isoformat()))) > POSTING_GRACE
+def _stale(marker: dict[str, Any]) -> bool:
+    """A claim without a message, older than the grace by the wall clock: its replica died."""
+    claimed = float(marker.get("claimed_at", 0))
+    return time.time() - claimed > POSTING_GRACE.total_seconds()
 
 
 async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, service: str,
                          deployed: dict[str, Any], key: tuple[str, str], marker: dict[str, Any] | None) -> None:
     name = str(event.detail.get("alarmName"))
-    claim: dict[str, Any] = {"claimed": event.time.isoformat(), "since": event.time.isoformat(), "firing": True,
+    claim: dict[str, Any] = {"claimed_at": int(time.time()), "since": event.time.isoformat(), "firing": True,
                              "count": 1}
-    if not await runtime.state.put_marker(*key, MARKER_TTL, only_if_absent=marker is None, **claim):
+    if marker is not None:  # a dead replica's claim: removed only if still the one read, then claimed afresh
+        if not await runtime.state.delete_marker_if(*key, "claimed_at", marker.get("claimed_at", 0)):
+            raise PostingElsewhere(name)
+    if not await runtime.state.put_marker(*key, MARKER_TTL, **claim):
         raise PostingElsewhere(name)  # another replica claimed it a moment ago
     at = datetime.fromtimestamp(int(deployed["at"]), event.time.tzinfo) if deployed.get("at") else None
     window = timedelta(seconds=runtime.config.alarm_window_seconds)
-    card = await runtime.state.get_card(str(deployed.get("execution"))) if at and event.time - at <= window else None
+    # after the deploy (a minute of clock skew allowed), within the window: an alarm older than the deploy is
+    # not that deploy's doing
+    gap = event.time - at if at else None
+    card = await runtime.state.get_card(str(deployed.get("execution"))) \
+        if gap is not None and -SKEW <= gap <= window else None
     logs_button = ButtonElement(text="Logs", action_id=LOGS_ACTION, value=f"{service} {env}")
     try:
         if card is not None and card.get("ts"):
             tag = short_tag(str(deployed.get("image") or deployed.get("commit") or "?"))
-            after = in_words(event.time - at) if at else "?"
+            after = in_words(gap) if gap is not None else "?"
             text = (f":rotating_light: *{name}* went to ALARM {after} after the deploy of {service} `{tag}` to"
                     f" {env}: {_value(event.detail)}.")
             buttons = [logs_button,
@@ -147,14 +173,21 @@ async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, servi
                                "logs": f"{service} {env}"})
 
 
-async def _edit(runtime: Runtime, marker: dict[str, Any], status: str, firing: bool) -> None:
+async def _edit(runtime: Runtime, marker: dict[str, Any], status: str, firing: bool) -> bool:
     """The one message, edited: its first text (what and where) stays, the latest state is added; while it
-    fires, Logs stays (Roll back and Lock were on the first message, and the plan or lock they made stands)."""
+    fires, Logs stays (Roll back and Lock were on the first message, and the plan or lock they made stands).
+    False if the message is gone (someone deleted it)."""
     text = f"{marker.get('text', '')}\n{status}"
     buttons = [ButtonElement(text="Logs", action_id=LOGS_ACTION, value=str(marker.get("logs", "")))] \
         if firing and marker.get("logs") else []
-    await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=text,
-                                    blocks=_blocks(text, buttons))
+    try:
+        await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=text,
+                                        blocks=_blocks(text, buttons))
+    except SlackApiError as e:
+        if e.response.get("error") in ("message_not_found", "cant_update_message"):
+            return False
+        raise
+    return True
 
 
 class AnswerBeside:

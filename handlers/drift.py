@@ -104,34 +104,55 @@ def _message(env: str, d: Drift, note: str = "") -> tuple[str, list[dict[str, An
     return text, blocks
 
 
-async def check_environment(runtime: Runtime, env_name: str) -> None:
-    """One message per drift: posted once, edited when it changes or clears."""
-    env = runtime.config.environments[env_name]
-    found = {(d.service, d.source): d for d in await find_drift(runtime, env_name)}
-    known = {str(m["sk"]): m for m in await runtime.state.markers(f"DRIFT#{env_name}")}
-    now = int(time.time())
-    for d in found.values():
-        key = _key(env_name, d)
-        marker = known.pop(key[1], None)
-        if marker is not None and marker.get("fingerprint") == d.fingerprint:
-            continue  # said already, unchanged
-        if marker is not None and int(marker.get("ignored_until", 0)) > now:
-            continue
-        text, blocks = _message(env_name, d)
-        if marker is not None and marker.get("ts"):
+async def _show(runtime: Runtime, env: str, marker: dict[str, Any] | None, text: str,
+                blocks: list[dict[str, Any]]) -> tuple[str, str]:
+    """Edit the drift's message, or post one when there is none (or a person deleted it)."""
+    if marker is not None and marker.get("ts"):
+        try:
             await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=text,
                                             blocks=blocks)
-            channel, ts = str(marker["channel"]), str(marker["ts"])
-        else:
-            posted = await runtime.slack.chat_postMessage(channel=env.channel, text=text, blocks=blocks)
-            channel, ts = str(posted["channel"]), str(posted["ts"])
-        await runtime.state.put_marker(*key, MARKER_TTL, only_if_absent=False, fingerprint=d.fingerprint,
-                                       channel=channel, ts=ts, diff=diff_text([d])[:20000])
+            return str(marker["channel"]), str(marker["ts"])
+        except SlackApiError as e:
+            if e.response.get("error") not in ("message_not_found", "cant_update_message"):
+                raise
+    posted = await runtime.slack.chat_postMessage(channel=runtime.config.environments[env].channel, text=text,
+                                                  blocks=blocks)
+    return str(posted["channel"]), str(posted["ts"])
+
+
+async def check_environment(runtime: Runtime, env_name: str) -> None:
+    """One message per drift: posted once it is seen twice in a row (a deploy in progress is not drift: the
+    release changes before the pipeline records it), edited when it changes or clears, never repeated."""
+    found = {f"{d.service}#{d.source}": d for d in await find_drift(runtime, env_name)}
+    known = {str(m["sk"]): m for m in await runtime.state.markers(f"DRIFT#{env_name}")}
+    now = int(time.time())
+    for sk, d in found.items():
+        marker = known.pop(sk, None)
+        fields = {k: v for k, v in (marker or {}).items() if k not in ("pk", "sk", "ttl")}
+        ignored_until = int(fields.get("ignored_until", 0))
+        if ignored_until > now:
+            continue
+        if marker is None or (not marker.get("ts") and marker.get("fingerprint") != d.fingerprint):
+            # seen once: wait for the next check before saying anything
+            await runtime.state.put_marker(f"DRIFT#{env_name}", sk, MARKER_TTL, only_if_absent=False,
+                                           fingerprint=d.fingerprint)
+            continue
+        if marker.get("ts") and marker.get("fingerprint") == d.fingerprint and not ignored_until:
+            continue  # said already, unchanged
+        text, blocks = _message(env_name, d)
+        # an ignore that ran out, or a first sighting confirmed: a new message people see; else an edit
+        channel, ts = await _show(runtime, env_name, None if ignored_until else marker, text, blocks)
+        await runtime.state.put_marker(f"DRIFT#{env_name}", sk, MARKER_TTL, only_if_absent=False,
+                                       fingerprint=d.fingerprint, channel=channel, ts=ts,
+                                       diff=diff_text([d])[:20000])
     for sk, marker in known.items():  # gone: the message says so, once
         if marker.get("ts"):
-            with_note = f":white_check_mark: *Drift in {env_name} cleared*: {escape_text(sk.replace('#', ': ', 1))}"
-            await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=with_note,
-                                            blocks=[SectionBlock(text=with_note[:2900]).to_dict()])
+            note = f":white_check_mark: *Drift in {env_name} cleared*: {escape_text(sk.replace('#', ': ', 1))}"
+            try:
+                await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=note,
+                                                blocks=[SectionBlock(text=note[:2900]).to_dict()])
+            except SlackApiError as e:  # deleted by someone: nothing left to edit
+                log.info("the cleared drift's message is gone: %s", e.response.get("error"))
         await runtime.state.delete_marker(f"DRIFT#{env_name}", sk)
 
 

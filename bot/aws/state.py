@@ -273,6 +273,12 @@ class StateStore:
             if not _is_conditional_failure(e):
                 raise
 
+    async def delete_marker_if(self, pk: str, sk: str, field: str, value: Any) -> bool:
+        """Delete the marker only if `field` still holds `value` (nobody took it over meanwhile)."""
+        return await self._conditional("delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}),
+                                       ConditionExpression="#f = :v", ExpressionAttributeNames={"#f": field},
+                                       ExpressionAttributeValues=_to_item({":v": value}))
+
     async def delete_marker(self, pk: str, sk: str) -> None:
         await self.aws.call("dynamodb", "delete_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
@@ -63,7 +64,50 @@ def _subset(declared: Any, live: Any) -> bool:
 
 
 def _env(container: dict[str, Any]) -> dict[str, Any]:
-    return {str(e.get("name")): e.get("value", e.get("valueFrom")) for e in container.get("env") or []}
+    """name -> value or valueFrom; an empty value is no value (the API server drops it)."""
+    return {str(e.get("name")): e.get("value") or e.get("valueFrom") for e in container.get("env") or []}
+
+
+def _env_drift(want: dict[str, Any], have: dict[str, Any]) -> str | None:
+    """Which variables differ, by name only: values may be secrets, and the message goes to a channel."""
+    declared, live = _env(want), _env(have)
+    changed = sorted(n for n, v in declared.items() if n in live and not _subset(v, live[n]))
+    removed, added = sorted(set(declared) - set(live)), sorted(set(live) - set(declared))
+    parts = [f"{label}: {', '.join(names)}" for label, names in
+             (("changed", changed), ("removed", removed), ("added", added)) if names]
+    return "; ".join(parts) or None
+
+
+_SUFFIX = {"m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
+           "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18, "Ki": Decimal(2) ** 10,
+           "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50,
+           "Ei": Decimal(2) ** 60}
+
+
+def quantity(value: Any) -> Decimal | None:
+    """A Kubernetes quantity ("500m", "0.5Gi", 1) as a number: the API server may write it another way."""
+    text = str(value).strip()
+    for suffix in sorted(_SUFFIX, key=len, reverse=True):
+        if text.endswith(suffix):
+            try:
+                return Decimal(text[: -len(suffix)]) * _SUFFIX[suffix]
+            except InvalidOperation:
+                return None
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return None
+
+
+def _resources_drift(want: dict[str, Any], have: dict[str, Any]) -> list[str]:
+    """The declared requests and limits that differ in amount (a LimitRange's additions are not drift)."""
+    out = []
+    for kind in ("requests", "limits"):
+        for name, amount in ((want or {}).get(kind) or {}).items():
+            live = ((have or {}).get(kind) or {}).get(name)
+            if live is None or quantity(amount) != quantity(live):
+                out.append(f"{kind}.{name} {amount} -> {live}")
+    return out
 
 
 def _show(value: Any) -> str:
@@ -83,16 +127,19 @@ def cluster_drift(service: str, declared: dict[str, Any], live: dict[str, Any] |
             continue
         if want.get("image") != have.get("image"):
             drifts.append(Drift(service, "image changed outside Helm", str(want.get("image")), str(have.get("image"))))
-        if _env(want) != _env(have):
-            drifts.append(Drift(service, "environment changed outside Helm", _show(_env(want)), _show(_env(have))))
-        for field in COMPARED[2:]:
-            if field in want or field in have:
-                if field == "resources" and _show(want.get(field) or {}) != _show(have.get(field) or {}):
-                    drifts.append(Drift(service, "resources changed outside Helm", _show(want.get(field) or {}),
-                                        _show(have.get(field) or {})))
-                elif field != "resources" and not _subset(want.get(field), have.get(field)):
-                    drifts.append(Drift(service, f"{field} changed outside Helm", _show(want.get(field)),
-                                        _show(have.get(field))))
+        env = _env_drift(want, have)
+        if env:
+            drifts.append(Drift(service, "environment changed outside Helm", "the chart's variables", env))
+        resources = _resources_drift(want.get("resources") or {}, have.get("resources") or {})
+        if resources:
+            drifts.append(Drift(service, "resources changed outside Helm", "the chart's resources",
+                                "; ".join(resources)))
+        for field in COMPARED[3:]:  # probes: what the chart sets, the API server may add defaults
+            if field in want and not _subset(want.get(field), have.get(field)):
+                drifts.append(Drift(service, f"{field} changed outside Helm", _show(want.get(field)),
+                                    _show(have.get(field))))
+            elif field in have and field not in want:
+                drifts.append(Drift(service, f"{field} added outside Helm", "none", _show(have.get(field))))
     return drifts
 
 

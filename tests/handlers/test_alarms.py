@@ -4,6 +4,12 @@ local Slack Web API."""
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+
+import boto3
+
 from bot.aws.clients import AwsClients
 from handlers.alarms import LOCK_ACTION, LOGS_ACTION
 from sandbox.alarms import set_alarm
@@ -50,8 +56,14 @@ def test_an_alarm_after_a_deploy_lands_in_its_thread_once_with_logs_rollback_and
     # back to OK: the same message says so; flapping edits it, never a second message
     set_alarm(AwsClients(), queue, "dev", "employee", firing=False)
     wait_until(lambda: "resolved after" in message.text, 20, "the message to say resolved")
-    set_alarm(AwsClients(), queue, "dev", "employee", firing=True)
+    again = set_alarm(AwsClients(), queue, "dev", "employee", firing=True)
     wait_until(lambda: "in ALARM again (2 times" in message.text, 20, "the message to say it fires again")
+    # an OK from before that ALARM, delivered late (SQS keeps no order), changes nothing
+    late = {**again, "id": str(uuid.uuid4()), "time": "2026-01-01T00:00:00Z",
+            "detail": {**again["detail"], "state": {**again["detail"]["state"], "value": "OK"}}}
+    boto3.client("sqs").send_message(QueueUrl=queue, MessageBody=json.dumps(late))
+    time.sleep(3)
+    assert "in ALARM again (2 times" in message.text and "resolved" not in message.text
     assert len(alarm_messages(slack, "C0DEV", name)) == 1
     assert "went to ALARM 0m after the deploy" in message.text  # the clicks answered beside it, not over it
 
