@@ -21,7 +21,7 @@ from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
 from bot.aws.state import AuditRecord
 from bot.delivery.access_policy import mention_list
 from bot.delivery.card_lifecycle import claim, record_decision, release_claim
-from bot.delivery.deploy_card import DeployCard, ThreadNote, approval_reminders, superseded
+from bot.delivery.deploy_card import DeployCard, ThreadNote, approval_reminders, started_first, superseded
 from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ async def supersede_older(runtime: Runtime, card: DeployCard, other_id: str) -> 
     if loaded is None:
         return
     other = loaded[0]
-    if (other.started or "") <= (card.started or ""):
+    if started_first(other, card):
         older, newer = other_id, card
     else:  # the other one is newer: it stays the one waiting
         older, newer = card.execution_id, other

@@ -424,6 +424,15 @@ def drop_reminders(card: DeployCard) -> None:
     card.outbox = [entry for entry in card.outbox if not entry[0].split("#")[0].startswith("reminder-")]
 
 
+def started_first(a: DeployCard, b: DeployCard) -> bool:
+    """Whether `a`'s execution started before `b`'s. Events of one batch are handled at once, so a card may not
+    know its start yet (seen in CI: the newer one was taken for the older): then by when each reached the
+    approval."""
+    if a.started and b.started:
+        return a.started <= b.started
+    return (a.approval.requested_at or "") <= (b.approval.requested_at or "")
+
+
 def superseded(card: DeployCard, newer: str, where: str) -> list[ThreadNote]:
     """A newer execution of the same service reached the approval: this one is out of date."""
     if not card.awaiting_approval or card.approval.decision in DECIDED:

@@ -79,3 +79,16 @@ def test_a_decision_drops_the_reminders_not_yet_posted():
     card.outbox.append(["scan:erp/employee-service", "a scan note stays"])
     assert claim(card, "U0APPR1", "Approved", ASKED + 2 * HOUR, timedelta(seconds=60))
     assert card.outbox == [["scan:erp/employee-service", "a scan note stays"]]
+
+
+def test_which_started_first_when_a_card_does_not_know_its_start_yet():
+    """CI found it: the newer execution's Approval STARTED was handled before its pipeline STARTED, so its card
+    had no start, and the older execution was taken for the newer one."""
+    from bot.delivery.deploy_card import started_first
+
+    older, newer = waiting_card(), waiting_card()
+    older.started = ASKED.isoformat()
+    newer.approval.requested_at = (ASKED + HOUR).isoformat()  # its start not known yet
+    assert started_first(older, newer) and not started_first(newer, older)
+    newer.started = (ASKED + timedelta(minutes=30)).isoformat()
+    assert started_first(older, newer)
