@@ -288,11 +288,6 @@ class StateStore:
         """The execution waiting for approval for this service (or "all") in this environment, if any."""
         return await self.get_marker(f"PENDING#{environment}", service)
 
-    async def record_pending_approval(self, environment: str, service: str, execution_id: str, *,
-                                      channel: str, ts: str) -> None:
-        await self.put_marker(f"PENDING#{environment}", service, PENDING_TTL_SECONDS, only_if_absent=False,
-                              execution_id=execution_id, channel=channel, ts=ts)
-
     async def swap_pending_approval(self, environment: str, service: str, execution_id: str, *, channel: str,
                                     ts: str) -> dict[str, Any] | None:
         """Record this execution as the one waiting, in one write, and return the marker it replaced (so two
