@@ -343,8 +343,13 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
     by = f"confirmed by <@{confirmed_by}>"
 
     async def show(status: str) -> None:
-        await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text=f"Rollback of {plan.what}: {status}",
-                                        blocks=plan_blocks(plan, runtime, status, buttons=False))
+        # a card Slack will not edit is stale, never a reason to stop a rollback half way or leave it unaudited
+        try:
+            await runtime.slack.chat_update(channel=plan.channel, ts=plan.ts, text=f"Rollback of {plan.what}: {status}",
+                                            blocks=plan_blocks(plan, runtime, status, buttons=False))
+        except Exception as e:
+            why = e.response.get("error") if isinstance(e, SlackApiError) else type(e).__name__
+            log.warning("could not edit the rollback plan of %s: %s", plan.what, why)
 
     async def audit(outcome: str, detail: str) -> None:
         await runtime.state.record_audit(AuditRecord(actor=confirmed_by, action="rollback",
@@ -374,9 +379,10 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
                 advice = (f"\nThe release is left `{stuck.status}` (revision {stuck.number}): no deploy or rollback"
                           f" can run until it is cleared. Check the Deployments, then run `helm rollback"
                           f" {plan.release} {max(1, stuck.number - 1)} -n {plan.namespace}`, and try again.")
-        await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts,
-                                             text=f"helm said:\n```{e}```{advice}")
         await audit("failed", f"helm: {str(e)[:200]}")
+        with contextlib.suppress(Exception):  # the card already says helm failed; this is the detail
+            await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts,
+                                                 text=f"helm said:\n```{e}```{advice}")
         return
 
     async def progress(states: dict[str, RolloutState]) -> None:
@@ -386,12 +392,12 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
         states = await runtime.cluster.wait_rollout(plan.namespace, _deployments(runtime, plan),
                                                     runtime.rollout_timeout, progress)
     except ClusterUnavailable as e:
-        await show(f":warning: helm rolled back, but I can't watch the rollout: {e} ({by}).")
         await audit("failed", f"rollout not watched: {e}")
+        await show(f":warning: helm rolled back, but I can't watch the rollout: {e} ({by}).")
         return
     took = f"{time.monotonic() - started:.0f}s"
     if all(s.state == "complete" for s in states.values()):
-        await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
+        # the audit first: a replica dying after the card says "Rolled back" must not leave it unaccounted for
         await audit("ok", f"revision {plan.current_revision} -> {plan.target_revision}")
         changed = {name: tag for name, tag in plan.target_tags.items()
                    if (plan.service is None or name == plan.service) and plan.current_tags.get(name) != tag}
@@ -400,6 +406,7 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
                                                 f"revision {plan.current_revision} -> {plan.target_revision}")
         except Exception as e:
             log.warning("could not record the rollback of %s: %s", plan.what, type(e).__name__)
+        await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
         try:  # the environment's `lock_after_rollback`: nobody redeploys the bad version straight away
             locked = await lock_after_rollback(runtime, plan.environment, confirmed_by, plan.what)
             if locked:
@@ -407,12 +414,12 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
         except Exception as e:  # the rollback is done whatever happens here; the plan must still end
             log.warning("could not lock %s after the rollback: %s", plan.environment, type(e).__name__)
     elif any(s.state == "failed" for s in states.values()):
-        await show(f":red_circle: *The rollout failed* after {took} ({by})\n{_progress_line(states)}")
         await audit("failed", "rollout failed")
+        await show(f":red_circle: *The rollout failed* after {took} ({by})\n{_progress_line(states)}")
     else:
+        await audit("failed", "rollout timed out")
         await show(f":warning: *The rollout did not finish* within {runtime.rollout_timeout:.0f}s ({by})\n"
                    f"{_progress_line(states)}")
-        await audit("failed", "rollout timed out")
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

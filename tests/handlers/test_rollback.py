@@ -23,7 +23,7 @@ from bot.slack.deploy_card_blocks import ROLLBACK_ACTION, render_card
 from handlers.rollback import CANCEL_ACTION, CONFIRM_ACTION
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import LocalKube
-from sandbox.slack_workspace import Message, SlackWorkspace
+from sandbox.slack_workspace import Fault, Message, SlackWorkspace
 from tests.support import ROOT, BackgroundLoop, BotProcess, base_config, wait_until, write_config
 
 CHART = ROOT / "charts" / "erp"
@@ -479,3 +479,20 @@ def test_a_plan_planted_in_the_table_runs_nothing(release: Release, slack: Slack
     wait_until(lambda: [m for m in slack.ephemerals("U0DEV1") if "not one I made" in m.text], what="the refusal")
     time.sleep(1)
     assert release.tags("dev")["employee"] == "v1.2.0"
+
+
+def test_a_slack_outage_while_the_plan_is_edited_loses_neither_the_audit_nor_the_lock(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    """helm has rolled back: whatever Slack answers to the plan's edits, the rollback is audited, recorded and
+    dev locked (a lost edit is a stale card; a lost audit record is a rollback nobody can account for)."""
+    ask(background_loop, slack, "U0DEV1", "rollback employee dev", channel="C0DEV")
+    plan = plan_message(slack, "C0DEV")
+    slack.faults.append(Fault("chat.update", error="fatal_error", times=10**6))
+    background_loop.run(slack.click("U0DEV1", plan, CONFIRM_ACTION))
+    release.wait_images("dev", employee="v1.1.0")
+    release.kube.set_rollout(release.namespaces["dev"], "employee-service")
+    wait_until(lambda: any("dev is locked for <@U0DEV1>" in m.text for m in slack.thread("C0DEV", plan.ts)),
+               what="the lock note in the plan's thread")
+    slack.faults.clear()
+    text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
+    assert "<@U0DEV1> rolled back employee in dev" in text
