@@ -48,6 +48,7 @@ class Environment:
     freeze: FreezeCalendar | None = None  # when it takes no deploys (bot/delivery/freeze_calendar.py)
     lock_after_rollback: int | None = None  # seconds: a rollback locks it this long, so nobody redeploys at once
     approval_reminders: ApprovalReminders | None = None  # None: an approval waits quietly (handlers/approval_reminders)
+    rollback_on_alarm: bool = False  # an alarm within alarms.window of a deploy rolls it back (handlers/alarms)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def parse_config(data: Any, source: str) -> Config:
         r.string(name, key, NAME, "a lower-case environment name")
         e = r.mapping(raw, key, required={"namespace", "release", "channel", "approval"},
                       optional={"approvers", "deployers", "readers", "freeze", "lock_after_rollback",
-                                "approval_reminders"})
+                                "approval_reminders", "rollback_on_alarm"})
         approval = r.boolean(e["approval"], f"{key}.approval")
         approvers = r.id_list(e.get("approvers", []), f"{key}.approvers", SLACK_PRINCIPAL,
                               "Slack user or user-group IDs (U..., W..., S...)")
@@ -287,6 +288,7 @@ def parse_config(data: Any, source: str) -> Config:
             lock_after_rollback=r.duration(e["lock_after_rollback"], f"{key}.lock_after_rollback")
             if "lock_after_rollback" in e else None,
             approval_reminders=reminders,
+            rollback_on_alarm=r.boolean(e.get("rollback_on_alarm", False), f"{key}.rollback_on_alarm"),
         )
     svcs_raw = top["services"]
     if not isinstance(svcs_raw, dict) or not svcs_raw:

@@ -6,7 +6,8 @@ environment is answered in that deploy card's thread, broadcast to the channel: 
 after the deploy, the metric's value, and *Logs* (what `/erp logs <service> <env> 30m` shows), *Roll back*
 (the plan for exactly that deploy) and *Lock <env>*. Otherwise it goes to the on-call channel with *Logs*
 and the service's last three deploys. Back to OK, the same message says resolved, and after how long. One
-message per alarm and deploy: a flapping alarm edits it, never posts again.
+message per alarm and deploy: a flapping alarm edits it, never posts again. Where the environment has
+`rollback_on_alarm`, an alarm within the window also rolls that deploy back (handlers/rollback.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers import locks
 from handlers.erp_command import Invocation
 from handlers.logs import logs
+from handlers.rollback import roll_back_for_alarm
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,9 @@ async def handle_alarm(event: PipelineEvent, runtime: Runtime) -> None:
     deployed = (await runtime.state.deploy_records(env)).get(service, {}).get("deployed") or {}
     key = (f"ALARM#{name}", str(deployed.get("execution") or "-"))  # one message per alarm and deploy
     marker = await runtime.state.get_marker(*key)
+    gap = _after_deploy(runtime, event, deployed)
     if marker is None or (not marker.get("ts") and _stale(marker)):
-        await _first_message(runtime, event, env, service, deployed, key, marker)
+        await _first_message(runtime, event, env, service, deployed, gap, key, marker)
     elif not marker.get("ts"):
         raise PostingElsewhere(name)
     elif not marker.get("firing"):
@@ -111,7 +114,22 @@ async def handle_alarm(event: PipelineEvent, runtime: Runtime) -> None:
             await _save(runtime, key, {**marker, "firing": True, "count": count, "since": at})
         else:  # the message was deleted: say it afresh
             await runtime.state.delete_marker(*key)
-            await _first_message(runtime, event, env, service, deployed, key, None)
+            await _first_message(runtime, event, env, service, deployed, gap, key, None)
+    if gap is not None and runtime.config.environments[env].rollback_on_alarm:
+        # the deploy's own thread, as the message: the rollback is announced where the deploy is
+        card = await runtime.state.get_card(str(deployed["execution"]))
+        if card is not None and card.get("ts"):
+            await roll_back_for_alarm(runtime, name, env, service, str(deployed["execution"]), str(card["channel"]),
+                                      str(card["ts"]))
+
+
+def _after_deploy(runtime: Runtime, event: PipelineEvent, deployed: dict[str, Any]) -> timedelta | None:
+    """How long after the last deploy the alarm fired, if within `alarms.window` of it (a minute of clock
+    skew allowed); None otherwise: an alarm older than the deploy is not that deploy's doing."""
+    if not deployed.get("at") or not deployed.get("execution"):
+        return None
+    gap = event.time - datetime.fromtimestamp(int(deployed["at"]), event.time.tzinfo)
+    return gap if -SKEW <= gap <= timedelta(seconds=runtime.config.alarm_window_seconds) else None
 
 
 async def _save(runtime: Runtime, key: tuple[str, str], fields: dict[str, Any]) -> None:
@@ -125,8 +143,8 @@ def _stale(marker: dict[str, Any]) -> bool:
     return time.time() - claimed > POSTING_GRACE.total_seconds()
 
 
-async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, service: str,
-                         deployed: dict[str, Any], key: tuple[str, str], marker: dict[str, Any] | None) -> None:
+async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, service: str, deployed: dict[str, Any],
+                         gap: timedelta | None, key: tuple[str, str], marker: dict[str, Any] | None) -> None:
     name = str(event.detail.get("alarmName"))
     claim: dict[str, Any] = {"claimed_at": int(time.time()), "since": event.time.isoformat(), "firing": True,
                              "count": 1}
@@ -135,13 +153,8 @@ async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, servi
             raise PostingElsewhere(name)
     if not await runtime.state.put_marker(*key, MARKER_TTL, **claim):
         raise PostingElsewhere(name)  # another replica claimed it a moment ago
-    at = datetime.fromtimestamp(int(deployed["at"]), event.time.tzinfo) if deployed.get("at") else None
     window = timedelta(seconds=runtime.config.alarm_window_seconds)
-    # after the deploy (a minute of clock skew allowed), within the window: an alarm older than the deploy is
-    # not that deploy's doing
-    gap = event.time - at if at else None
-    card = await runtime.state.get_card(str(deployed.get("execution"))) \
-        if gap is not None and -SKEW <= gap <= window else None
+    card = await runtime.state.get_card(str(deployed.get("execution"))) if gap is not None else None
     logs_button = ButtonElement(text="Logs", action_id=LOGS_ACTION, value=f"{service} {env}")
     try:
         if card is not None and card.get("ts"):
@@ -159,7 +172,7 @@ async def _first_message(runtime: Runtime, event: PipelineEvent, env: str, servi
         else:
             recent = [r for r in await runtime.state.list_audit([env], service, limit=30)
                       if r.action in ("deploy", "promote") and r.outcome == "started"][:3]
-            history = "\n".join(f"• <@{r.actor}> {r.action}ed {r.service} {r.at[:16]}" for r in recent) or \
+            history = "\n".join(f"• {r.who} {r.action}ed {r.service} {r.at[:16]}" for r in recent) or \
                 "• no deploys recorded"
             text = (f":rotating_light: *{name}* went to ALARM: {_value(event.detail)}. No deploy of {service} to"
                     f" {env} in the last {in_words(window)}. Its last deploys:\n{history}")

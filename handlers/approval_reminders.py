@@ -18,7 +18,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.aws.clients import error_code
 from bot.aws.codepipeline import APPROVAL_STAGE, approval_token
-from bot.aws.state import AuditRecord
+from bot.aws.state import BOT_ACTOR, AuditRecord
 from bot.delivery.access_policy import mention_list
 from bot.delivery.card_lifecycle import claim, record_decision, release_claim
 from bot.delivery.deploy_card import DeployCard, ThreadNote, approval_reminders, started_first, superseded
@@ -26,7 +26,6 @@ from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-BOT_ACTOR = "erp-chatops"  # who rejects a superseded approval, in the card and the audit trail
 CLAIM_LEASE = timedelta(seconds=60)
 REJECT_TTL = 8 * 86400
 

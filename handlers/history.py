@@ -110,7 +110,7 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
             continue
         what = describe(r.action, r.outcome, target)
         altered = " :warning: _not sealed by the bot: written or changed outside it_" if r.altered else ""
-        lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} <@{r.actor}> {what}{detail}{reason}{altered}")
+        lines.append(f"{OUTCOME_ICON.get(r.outcome, '•')} {when} {r.who} {what}{detail}{reason}{altered}")
     text = f"*Recent activity, {scope}* (newest first)\n" + "\n".join(lines)
     if command.environment and runtime.helm is not None:
         text += "\n\n" + await release_history(runtime, command.environment, command.service)

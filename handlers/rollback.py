@@ -33,7 +33,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from bot.aws.state import AuditRecord
+from bot.aws.state import BOT_ACTOR, AuditRecord
 from bot.cluster.helm import HelmError, Revision, service_tags
 from bot.cluster.kube import ClusterUnavailable, RolloutState
 from bot.cluster.release_diff import changes_besides_the_image
@@ -49,12 +49,18 @@ log = logging.getLogger(__name__)
 CONFIRM_ACTION = "rollback_confirm"
 CANCEL_ACTION = "rollback_cancel"
 PLAN_TTL = 3600  # a plan not confirmed within an hour is stale
+AUTO_TTL = 7 * 86400  # one automatic rollback per deploy: remembered as long as an alarm can follow it
+AUTO_GRACE = 120.0  # seconds past the rollout timeout after which an automatic rollback's claim is a dead replica's
 NO_CLUSTER = ("No cluster is configured for this bot (no kubeconfig or in-cluster credentials, or no helm), so"
               " I can't read or change releases here.")
 
 
 class RollbackRefused(Exception):
     """A one-line answer: nothing to roll back to, no such revision, ..."""
+
+
+class RollingBackElsewhere(Exception):
+    """Another replica is running this deploy's automatic rollback: the alarm event comes back later (SQS)."""
 
 
 @dataclass
@@ -338,9 +344,9 @@ def _progress_line(states: dict[str, RolloutState]) -> str:
     return "\n".join(parts) or "no deployments found"
 
 
-async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> None:
+async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: str | None = None) -> None:
     assert runtime.helm is not None and runtime.cluster is not None
-    by = f"confirmed by <@{confirmed_by}>"
+    by = by or f"confirmed by <@{confirmed_by}>"
 
     async def show(status: str) -> None:
         # a card Slack will not edit is stale, never a reason to stop a rollback half way or leave it unaudited
@@ -408,7 +414,9 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
             log.warning("could not record the rollback of %s: %s", plan.what, type(e).__name__)
         await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")
         try:  # the environment's `lock_after_rollback`: nobody redeploys the bad version straight away
-            locked = await lock_after_rollback(runtime, plan.environment, confirmed_by, plan.what)
+            # (a person's rollback: the bot holds no lock, its rollback is the on-call's to follow up)
+            locked = await lock_after_rollback(runtime, plan.environment, confirmed_by, plan.what) \
+                if confirmed_by != BOT_ACTOR else None
             if locked:
                 await runtime.slack.chat_postMessage(channel=plan.channel, thread_ts=plan.ts, text=locked)
         except Exception as e:  # the rollback is done whatever happens here; the plan must still end
@@ -420,6 +428,52 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str) -> No
         await audit("failed", "rollout timed out")
         await show(f":warning: *The rollout did not finish* within {runtime.rollout_timeout:.0f}s ({by})\n"
                    f"{_progress_line(states)}")
+
+
+async def roll_back_for_alarm(runtime: Runtime, alarm: str, environment: str, service: str, execution_id: str,
+                             channel: str, thread_ts: str) -> None:
+    """The environment's `rollback_on_alarm`: the plan the deploy card's Roll back button would make, run
+    without a click, announced in the card's thread and audited as the bot's. Once per deploy, whichever
+    alarm or replica comes first: a claim in the table. A replica dying mid-way leaves its claim, and the
+    alarm event comes back (SQS) until the claim is older than a rollout could take; then it is taken over,
+    and the plan, made afresh from helm's history, refuses what was already rolled back."""
+    if runtime.helm is None or runtime.cluster is None:
+        return
+    key, now = (f"AUTOROLLBACK#{execution_id}", "CLAIM"), int(time.time())
+    claim: dict[str, Any] = {"status": "running", "claimed_at": now, "alarm": alarm}
+    if not await runtime.state.put_marker(*key, AUTO_TTL, **claim):
+        held = await runtime.state.get_marker(*key)
+        if held is not None and held.get("status") != "running":
+            return  # done (or refused) already: one automatic rollback per deploy
+        if held is None or now - int(held.get("claimed_at", now)) <= runtime.rollout_timeout + AUTO_GRACE:
+            raise RollingBackElsewhere(execution_id)
+        if not await runtime.state.delete_marker_if(*key, "claimed_at", held.get("claimed_at")) or \
+                not await runtime.state.put_marker(*key, AUTO_TTL, **claim):
+            raise RollingBackElsewhere(execution_id)
+    why = f"*{alarm}* went to ALARM soon after this deploy and {environment} rolls back on alarm"
+    try:
+        try:
+            plan = await plan_for_execution(runtime, environment, service, execution_id, BOT_ACTOR)
+            if plan.service:
+                await check_only_the_image_changes(runtime, plan)
+        except (RollbackRefused, HelmError) as e:
+            await runtime.state.record_audit(AuditRecord(actor=BOT_ACTOR, action="rollback", environment=environment,
+                                                         service=service, outcome="refused", detail=str(e)[:200],
+                                                         execution_id=execution_id))
+            await runtime.slack.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                                 text=f":warning: Not rolled back automatically ({why}): {e}")
+            await runtime.state.transition(*key, "running", "refused")
+            return
+        status = f":hourglass_flowing_sand: Rolling back automatically: {why}."
+        posted = await runtime.slack.chat_postMessage(channel=channel, thread_ts=thread_ts,
+                                                      text=f"Rolling back {plan.what} automatically",
+                                                      blocks=plan_blocks(plan, runtime, status, buttons=False))
+    except Exception:
+        await runtime.state.delete_marker(*key)  # nothing ran: the event comes back and tries again at once
+        raise
+    plan.channel, plan.ts = channel, str(posted["ts"])
+    await execute(runtime, plan, BOT_ACTOR, by=f"automatically, {alarm} in ALARM")
+    await runtime.state.transition(*key, "running", "done")
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

@@ -45,6 +45,7 @@ def test_good_config_loads_with_log_groups_per_environment(tmp_path: Path):
     ("surprise", 1, "surprise: unknown key, expected one of:"),
     ("environments.prod.channel", "erp-prod", "environments.prod.channel: expected a Slack channel ID such as C0PROD, got 'erp-prod'"),
     ("environments.prod.approval", "yes", "environments.prod.approval: expected true or false, got 'yes'"),
+    ("environments.prod.rollback_on_alarm", "on", "environments.prod.rollback_on_alarm: expected true or false"),
     ("environments.prod.approvers", "U0AAA", "environments.prod.approvers: expected a list of Slack user or user-group IDs"),
     ("environments.prod.approvers", ["alice"], "environments.prod.approvers[0]: expected Slack user or user-group IDs"),
     ("environments.prod.approvers", [], "environments.prod.approvers: expected at least one approver when approval is true"),

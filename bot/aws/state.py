@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, replace
@@ -76,9 +77,12 @@ def _is_conditional_failure(e: ClientError) -> bool:
     return e.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+BOT_ACTOR = "erp-chatops"  # the actor of what the bot does by itself (a superseded approval, an alarm's rollback)
+
+
 @dataclass(frozen=True)
 class AuditRecord:
-    actor: str  # Slack user ID, or "pipeline" for what the pipeline did by itself
+    actor: str  # Slack user ID, BOT_ACTOR, or "pipeline" for what the pipeline did by itself
     action: str  # deploy, approve, reject, rollback, ...
     environment: str
     outcome: str  # ok, refused, failed, started
@@ -90,6 +94,11 @@ class AuditRecord:
 
     def sealed_fields(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if k != "altered"}, sort_keys=True)
+
+    @property
+    def who(self) -> str:
+        """The actor as Slack shows it: a person mentioned, the bot or the pipeline by name."""
+        return f"<@{self.actor}>" if re.fullmatch(r"[UW][A-Z0-9]{2,}", self.actor) else self.actor
 
 
 class StateStore:

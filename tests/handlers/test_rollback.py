@@ -15,12 +15,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import pytest
 
+from bot.aws.clients import AwsClients
 from bot.cluster.helm import revision_description
 from bot.delivery.deploy_card import DeployCard
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION, render_card
 from handlers.rollback import CANCEL_ACTION, CONFIRM_ACTION
+from sandbox.alarms import set_alarm
 from sandbox.erp_services import SERVICES
 from sandbox.local_kube import LocalKube
 from sandbox.slack_workspace import Fault, Message, SlackWorkspace
@@ -82,6 +85,7 @@ def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWor
     namespaces = {"dev": f"erp-dev-{suffix}", "prod": f"erp-prod-{suffix}"}
     config = base_config(aws_resources["queue_url"], aws_resources["table"])
     config["environments"]["dev"]["lock_after_rollback"] = "1h"  # issue 19: nobody redeploys the bad version
+    config["environments"]["dev"]["rollback_on_alarm"] = True  # issue 20: an alarm soon after a deploy undoes it
     for env, ns in namespaces.items():
         config["environments"][env]["namespace"] = ns
         kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
@@ -496,3 +500,50 @@ def test_a_slack_outage_while_the_plan_is_edited_loses_neither_the_audit_nor_the
     slack.faults.clear()
     text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
     assert "<@U0DEV1> rolled back employee in dev" in text
+
+
+def succeeded_deploy_card(slack: SlackWorkspace, aws_resources: dict[str, str], service: str, execution: str) -> Message:
+    """A dev deploy card that succeeded, as the bot posts and stores it (its channel and ts by execution)."""
+    card = DeployCard(execution_id=execution, pipeline="erp-dev-ChatOps", environment="dev", service=service,
+                      channel="C0DEV", requested_by="U0DEV1", status="Succeeded")
+    text, blocks = render_card(card)
+    posted = slack.m_chat_postMessage({"channel": "C0DEV", "text": text, "blocks": blocks})
+    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={
+        "pk": {"S": f"EXEC#{execution}"}, "sk": {"S": "CARD"}, "execution_id": {"S": execution},
+        "channel": {"S": "C0DEV"}, "ts": {"S": posted["ts"]}, "version": {"N": "0"}})
+    return next(m for m in slack.channel_messages("C0DEV") if m.ts == posted["ts"])
+
+
+def test_an_alarm_soon_after_a_deploy_rolls_it_back_where_the_environment_asks(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop, aws_resources: dict[str, str]):
+    """dev's `rollback_on_alarm`: the deploy's plan runs without a click, announced in its thread and audited;
+    the alarm firing again (flapping) or the event delivered twice never rolls back a second time."""
+    from bot.ci.build_steps import record_deploy
+    ns, execution = release.namespaces["dev"], str(uuid.uuid4())
+    install(release.helm, release.kube, ns, "dev", {"employee": "v2.0.0"}, execution=execution)  # revision 4
+    release.complete_rollouts("dev")
+    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": execution}, "dev", "b" * 40,
+                  ["employee"], images={"employee": "v2.0.0"})
+    card = succeeded_deploy_card(slack, aws_resources, "employee", execution)
+    event = set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=True)
+    boto3.client("sqs").send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(event))  # twice
+
+    def auto() -> list[Message]:
+        return [m for m in slack.thread("C0DEV", card.ts) if "automatically" in m.text]
+    [note] = wait_until(auto, what="the automatic rollback in the deploy's thread")
+    assert "erp-dev-employee-errors" in note.text
+    release.wait_images("dev", employee="v1.2.0")  # what ran before the deploy
+    release.complete_rollouts("dev")
+    wait_until(lambda: "Rolled back" in shown(auto()[0]), what="the rollback's result in the thread")
+    text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
+    assert "erp-chatops rolled back employee in dev" in text
+    # flapping: OK, then ALARM again within the window: one rollback, one note
+    set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=False)
+    set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=True)
+    wait_until(lambda: any("in ALARM again" in m.text for m in slack.messages if m.thread_ts == card.ts),
+               what="the alarm message to say it fires again")
+    time.sleep(2)
+    assert len(auto()) == 1 and release.tags("dev")["employee"] == "v1.2.0"
+    history = subprocess.run([release.helm, "history", "erp", "-n", ns, "-o", "json", "--kubeconfig",
+                              str(release.kube.kubeconfig)], capture_output=True, text=True, check=True).stdout
+    assert json.loads(history)[-1]["revision"] == 5  # the deploy's revision 4, one rollback: revision 5
