@@ -30,7 +30,7 @@ from bot.delivery.pipeline_events import PipelineEvent, alarm_name
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
 from handlers import locks
-from handlers.erp_command import Invocation
+from handlers.erp_command import AnswerBeside, Invocation
 from handlers.logs import logs
 from handlers.rollback import roll_back_for_alarm
 
@@ -203,25 +203,9 @@ async def _edit(runtime: Runtime, marker: dict[str, Any], status: str, firing: b
     return True
 
 
-class AnswerBeside:
-    """`respond` for a button on a public message: the verbs answer with replace_original=True (right for
-    a slash command's own answer), which here would overwrite the alarm message for everyone; this answers
-    the clicker alone, beside it."""
-
-    def __init__(self, respond: AsyncRespond) -> None:
-        self._respond = respond
-
-    async def __call__(self, **kwargs: Any) -> Any:
-        return await self._respond(**{**kwargs, "replace_original": False, "response_type": "ephemeral"})
-
-
 def register(app: AsyncApp, runtime: Runtime) -> None:
     async def ack_click(ack: AsyncAck) -> None:
         await ack()
-
-    def who_clicked(body: dict[str, Any]) -> Invocation:
-        return Invocation(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
-                          response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
 
     async def show_logs(body: dict[str, Any], respond: AsyncRespond) -> None:
         service, _, env = str(body["actions"][0].get("value", "")).partition(" ")
@@ -229,14 +213,14 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             return
         # exactly `/erp logs <service> <env> 30m`, as the clicker (their read access is checked there)
         command = ErpCommand(verb="logs", service=service, environment=env, since=parse_since("30m"))
-        await logs(command, who_clicked(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
+        await logs(command, Invocation.from_click(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
 
     async def lock_env(body: dict[str, Any], respond: AsyncRespond) -> None:
         env, _, name = str(body["actions"][0].get("value", "")).partition(" ")
         if env not in runtime.config.environments:
             return
         command = ErpCommand(verb="lock", environment=env, reason=f"{name[:80]} in ALARM")
-        await locks.lock(command, who_clicked(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
+        await locks.lock(command, Invocation.from_click(body), runtime, cast(AsyncRespond, AnswerBeside(respond)))
 
     app.action(LOGS_ACTION)(ack=ack_click, lazy=[runtime.work.track(show_logs)])
     app.action(LOCK_ACTION)(ack=ack_click, lazy=[runtime.work.track(lock_env)])

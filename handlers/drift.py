@@ -3,7 +3,9 @@
 Compares, per service, the pipeline's record of its last deploy, the Helm release, and the Deployment in
 the cluster (bot/delivery/drift.py says what counts). The periodic check (`drift_check: 10m` in the config;
 one replica at a time, by a lease in the state table) posts one message per drift in the environment's
-channel, edited as it changes or clears, never repeated, with *Show diff* (a file) and *Ignore for 24h*.
+channel, edited as it changes or clears, never repeated, with *Show diff* (a file), *Re-deploy via the
+pipeline* (handlers/redeploy.py: the recorded version, through the pipeline and its prod approval) and
+*Ignore for 24h*.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
-from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ConfirmObject, SectionBlock
 
 from bot.aws.clients import error_code
 from bot.cluster.helm import HelmError, service_tags
@@ -24,13 +26,15 @@ from bot.delivery.command_parser import ErpCommand
 from bot.delivery.drift import Drift, cluster_drift, diff_text, manifest_deployments, release_drift
 from bot.delivery.escaping import escape_text
 from bot.runtime import Runtime
-from handlers.erp_command import Invocation
+from handlers.erp_command import AnswerBeside, Invocation
+from handlers.redeploy import redeploy_recorded
 from handlers.rollback import NO_CLUSTER
 
 log = logging.getLogger(__name__)
 
 DIFF_ACTION = "drift_diff"
 IGNORE_ACTION = "drift_ignore"
+REDEPLOY_ACTION = "drift_redeploy"
 IGNORE_SECONDS = 86400
 MARKER_TTL = 30 * 86400
 
@@ -100,6 +104,10 @@ def _message(env: str, d: Drift, note: str = "") -> tuple[str, list[dict[str, An
     value = f"{env}|{d.service}|{d.source}"[:1900]
     blocks = [SectionBlock(text=text[:2900]).to_dict(), ActionsBlock(elements=[
         ButtonElement(text="Show diff", action_id=DIFF_ACTION, value=value),
+        ButtonElement(text="Re-deploy via the pipeline", action_id=REDEPLOY_ACTION, value=value,
+                      confirm=ConfirmObject(title="Re-deploy?", text=f"{d.service} in {env}: the version the pipeline"
+                                            " last deployed, through the pipeline (approval where it applies).",
+                                            confirm="Re-deploy", deny="Not yet")),
         ButtonElement(text="Ignore for 24h", action_id=IGNORE_ACTION, value=value)]).to_dict()]
     return text, blocks
 
@@ -228,5 +236,29 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         await runtime.slack.chat_update(channel=str(marker["channel"]), ts=str(marker["ts"]), text=text,
                                         blocks=[SectionBlock(text=text[:2900]).to_dict()])
 
+    async def redeploy(body: dict[str, Any], respond: AsyncRespond) -> None:
+        found = parse(body)
+        if found is None:
+            return
+        env, service, _ = found
+        who = Invocation.from_click(body)
+        answer = AnswerBeside(respond)
+        if runtime.draining:
+            await answer(text="I'm restarting; press Re-deploy again in a few seconds.")
+            return
+        try:  # as `/erp deploy`: the same per-person limit, checks and one-line answers
+            wait = await runtime.state.count_use(f"{who.user_id}#changes", runtime.user_limits["changes"],
+                                                 runtime.user_limit_window)
+            if wait is not None:
+                await answer(text=f":hourglass: That is {runtime.user_limits['changes']} changes from you in"
+                                  f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+                return
+            await redeploy_recorded(service, env, who, runtime, cast(AsyncRespond, answer))
+        except Exception as e:
+            log.warning("the Re-deploy button failed: %s", error_code(e))
+            await answer(text=f":warning: Re-deploying {service} stopped on my side ({error_code(e)}); nothing more"
+                              f" was done. Try `/erp deploy {service} {env}` or the button again in a minute.")
+
     app.action(DIFF_ACTION)(ack=ack_click, lazy=[runtime.work.track(show_diff)])
+    app.action(REDEPLOY_ACTION)(ack=ack_click, lazy=[runtime.work.track(redeploy)])
     app.action(IGNORE_ACTION)(ack=ack_click, lazy=[runtime.work.track(ignore)])

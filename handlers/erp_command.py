@@ -45,6 +45,25 @@ class Invocation:
         )
 
 
+    @classmethod
+    def from_click(cls, body: dict[str, Any]) -> Invocation:
+        """Who pressed a button, where."""
+        return cls(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
+                   response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
+
+
+class AnswerBeside:
+    """`respond` for a button on a public message: the verbs answer with replace_original=True (right for
+    a slash command's own answer), which there would overwrite the message for everyone; this answers the
+    clicker alone, beside it."""
+
+    def __init__(self, respond: AsyncRespond) -> None:
+        self._respond = respond
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        return await self._respond(**{**kwargs, "replace_original": False, "response_type": "ephemeral"})
+
+
 LIMITED = {"deploy": "changes", "promote": "changes", "rollback": "changes", "lock": "changes",
            "logs": "log queries"}  # verb -> per-person limit
 VerbHandler = Callable[[ErpCommand, Invocation, Runtime, AsyncRespond], Awaitable[None]]

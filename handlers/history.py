@@ -19,7 +19,7 @@ from handlers.erp_command import Invocation
 
 OUTCOME_ICON = {"ok": ":white_check_mark:", "started": ":rocket:", "refused": ":no_entry:", "failed": ":x:"}
 TRY = {"rollback": "roll back", "lock_takeover": "take over the lock of", "break_glass": "break the glass for",
-       "soak_override": "override the soak time of"}
+       "soak_override": "override the soak time of", "redeploy": "re-deploy"}
 DONE = {"deploy": "deployed", "approve": "approved", "reject": "rejected", "rollback": "rolled back",
         "lock": "locked", "unlock": "unlocked", "lock_takeover": "took over the lock of",
         "lock_expired": "held the lock until it expired on", "break_glass": "broke the freeze's glass for",
@@ -28,8 +28,8 @@ DONE = {"deploy": "deployed", "approve": "approved", "reject": "rejected", "roll
 
 def describe(action: str, outcome: str, target: str) -> str:
     """'started a deploy of employee to prod', 'approved employee in prod', 'tried to approve ...: refused'."""
-    if action in ("deploy", "promote") and outcome == "started":
-        return f"started a {action} of {target}"
+    if action in ("deploy", "promote", "redeploy") and outcome == "started":
+        return f"started a {action.replace('redeploy', 're-deploy')} of {target}"
     if outcome == "ok":
         return f"{DONE.get(action, action)} {target}"
     return f"tried to {TRY.get(action, action)} {target}: {outcome}"
@@ -101,7 +101,7 @@ async def history(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         epoch = int(datetime.fromisoformat(r.at).timestamp())
         when = f"<!date^{epoch}^{{date_short}} {{time}}|{r.at[:16]}>"
         target = f"{r.service} in {r.environment}" if r.service else r.environment
-        if r.action in ("deploy", "promote"):
+        if r.action in ("deploy", "promote", "redeploy"):
             target = f"{r.service} to {r.environment}" if r.service else f"to {r.environment}"
         detail = f" ({escape_text(r.detail[:80])})" if r.detail and r.outcome in ("refused", "failed") else ""
         reason = f" ({escape_text(r.detail[:120])})" if r.detail and r.action == "reject" and r.outcome == "ok" else ""

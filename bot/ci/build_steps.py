@@ -126,12 +126,21 @@ def _reader(environ: Mapping[str, str], what: str) -> Callable[[dict[str, str]],
 
 def promotion_gate(environ: Mapping[str, str], environment: str, pairs: list[tuple[str, str]]) -> None:
     """A promotion (DEPLOY_PHASE=promote) deploys only what its source environment last deployed well, by
-    digest, and only to the environment the bot's config promotes to. PROMOTE_IMAGE is a pipeline variable
-    anyone who may start the pipeline can set: the bot's soak and scan checks are not the only guard."""
+    digest, and only to the environment the bot's config promotes to; or, the drift message's re-deploy,
+    what this environment itself last deployed well and has not rolled back since. PROMOTE_IMAGE is a
+    pipeline variable anyone who may start the pipeline can set: the bot's checks are not the only guard."""
     if not pairs or any("@" not in ref for _, ref in pairs):
         raise StepFailed("a promotion names each image as <service>=<tag>@sha256:<digest> (PROMOTE_IMAGE); not"
                          " deploying")
     read = _reader(environ, f"the promotion to {environment}")
+
+    def redeploy(service: str, ref: str) -> bool:
+        mine = read({"pk": f"LASTDEPLOY#{environment}", "sk": f"SERVICE#{service}"}) or {}
+        latest = read({"pk": f"LASTDEPLOY#{environment}", "sk": f"ATTEMPT#{service}"}) or {}
+        return mine.get("image") == ref and not latest.get("rolled_back")
+    pairs = [(service, ref) for service, ref in pairs if not redeploy(service, ref)]
+    if not pairs:
+        return
     source = str((read(rules_key(environment)) or {}).get("promotion_source") or "")
     if not source:
         raise StepFailed(f"{environment} takes no promotions (the bot's config names none); not deploying")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
 from bot.ci.build_steps import record_deploy
-from handlers.drift import IGNORE_ACTION
+from bot.cluster.helm import image_values
+from handlers.drift import IGNORE_ACTION, REDEPLOY_ACTION
+from sandbox.codepipeline import PipelineStandIn
 from sandbox.erp_services import SERVICES
 from sandbox.slack_workspace import SlackWorkspace
-from tests.handlers.test_rollback import Release, ask, install, release  # noqa: F401 - the fixture
+from tests.handlers.test_locks import gated  # noqa: F401 - the fixture: the stand-in as CodeBuild has it
+from tests.handlers.test_rollback import CHART, Release, ask, install, release  # noqa: F401 - the fixture
 from tests.support import BackgroundLoop, BotProcess, wait_until
 
 
@@ -76,5 +81,49 @@ def test_the_periodic_check_posts_each_drift_once_edits_it_and_says_when_it_clea
         install(release.helm, release.kube, release.namespaces["dev"], "dev", {s: "v1.4.0" for s in SERVICES})
         record_what_helm_runs(release, aws_resources["table"])
         wait_until(lambda: "cleared" in message.text, 30, "the message to say the drift cleared")
+    finally:
+        checker.stop()
+
+
+def test_re_deploy_via_the_pipeline_deploys_the_recorded_version_and_clears_the_drift(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop,  # noqa: F811
+        aws_resources: dict[str, str], gated: PipelineStandIn, tmp_path: Path):  # noqa: F811
+    """The drift message's button starts the pipeline with the recorded image (its digest, at its commit, no
+    rebuild), through the same checks as `/erp deploy`; the pipeline's deploy (real helm) puts it back."""
+    commit, digest = "c" * 40, "sha256:" + "e" * 64
+    ns = release.namespaces["dev"]
+    install(release.helm, release.kube, ns, "dev", {"employee": commit})
+    release.complete_rollouts("dev")
+    record_what_helm_runs(release, aws_resources["table"])
+    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", commit,
+                  ["employee"], images={"employee": f"{commit}@{digest}"})
+    subprocess.run([release.helm, "upgrade", "erp", str(CHART), "-n", ns, "--kubeconfig", str(release.kube.kubeconfig),
+                    "--reuse-values", *image_values("employee", f"{commit}@{digest}")], check=True, capture_output=True)
+
+    async def helm_deploy(env: str, services: list[str], ref: str) -> None:  # the buildspec's deploy step
+        args = [release.helm, "upgrade", "erp", str(CHART), "-n", release.namespaces[env], "--reuse-values",
+                "--kubeconfig", str(release.kube.kubeconfig)]
+        for service in services:
+            args += image_values(service, ref)
+        subprocess.run(args, check=True, capture_output=True)
+    gated.deployer = helm_deploy
+    release.bot.stop()
+    checker = BotProcess({**release.env, "DRIFT_CHECK_SECONDS": "1"}, tmp_path / "checker.log")
+    slack.bot_url = f"{checker.url}/slack/events"
+    try:
+        set_image(release, "hotfix-by-hand")
+        [message] = wait_until(lambda: [m for m in slack.channel_messages("C0DEV") if "Drift in dev" in m.text], 30,
+                               "the drift message")
+        before = set(gated.executions)
+        background_loop.run(slack.click("U0DEV1", message, REDEPLOY_ACTION))
+        [execution] = wait_until(lambda: [e for i, e in gated.executions.items() if i not in before], 20,
+                                 "the pipeline to start")
+        assert execution.variables["PROMOTE_IMAGE"] == f"employee={commit}@{digest}"
+        assert execution.variables["ENVIRONMENT"] == "dev" and execution.revision == commit
+        wait_until(lambda: execution.status == "Succeeded", 40, "the re-deploy to succeed")
+        wait_until(lambda: "cleared" in message.text, 30, "the drift message to say it cleared")
+        # the card says what it is: the recorded image, asked from the drift, by whom
+        assert [m for m in slack.channel_messages("C0DEV") if "Re-deploy of the recorded" in json.dumps(m.blocks)
+                and "<@U0DEV1>" in json.dumps(m.blocks)]
     finally:
         checker.stop()

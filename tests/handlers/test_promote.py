@@ -5,6 +5,7 @@ conditions), moto's ECR with scan findings, the local Slack Web API."""
 from __future__ import annotations
 
 import json
+import time
 
 import boto3
 import pytest
@@ -137,11 +138,18 @@ def test_a_promotion_started_from_the_console_must_name_what_dev_ran(
         promotion_gate(environ, "prod", [("employee", f"{revision}@sha256:{'0' * 64}")])
     with pytest.raises(StepFailed, match="<tag>@sha256:<digest>"):
         promotion_gate(environ, "prod", [("employee", revision)])
+    other = f"{revision}@sha256:{'1' * 64}"  # not what dev runs
     with pytest.raises(StepFailed, match="dev takes no promotions"):
+        promotion_gate(environ, "dev", [("employee", other)])
+    promotion_gate(environ, "dev", [("employee", image)])  # dev's own last deploy again: the drift's re-deploy
+    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={  # as the bot records a rollback
+        "pk": {"S": "LASTDEPLOY#dev"}, "sk": {"S": "ATTEMPT#employee"}, "ok": {"BOOL": False},
+        "rolled_back": {"S": "revision 3 -> 2"}, "image": {"S": "v1.0.0"}, "at": {"N": str(int(time.time()))}})
+    with pytest.raises(StepFailed, match="dev takes no promotions"):  # never the image that was rolled back
         promotion_gate(environ, "dev", [("employee", image)])
 
     async def console_start() -> str:  # as the console would: no bot, a promotion to dev
-        execution = gated.start({"ENVIRONMENT": "dev", "SERVICE": "employee", "PROMOTE_IMAGE": f"employee={image}"})
+        execution = gated.start({"ENVIRONMENT": "dev", "SERVICE": "employee", "PROMOTE_IMAGE": f"employee={other}"})
         return execution.id
     execution_id = background_loop.run(console_start())
     wait_until(lambda: gated.executions[execution_id].status == "Failed", 40, "the console promotion to fail")
