@@ -112,7 +112,9 @@ async def run_deploy(command: ErpCommand, who: Invocation, runtime: Runtime, res
             await answer(f":lock: A {env.name} deploy of {pending_service} is already waiting for approval: {link}."
                          " Approve or reject it first.")
             return
-    if not await runtime.state.put_marker(f"REQ#{who.user_id}", f"{service}#{env.name}", REQUEST_DEDUP_SECONDS):
+    # a double submit is the same request twice: a re-deploy right after a deploy is a request of its own
+    request = f"{service}#{env.name}" + (f"#{action}" if action != "deploy" else "")
+    if not await runtime.state.put_marker(f"REQ#{who.user_id}", request, REQUEST_DEDUP_SECONDS):
         await answer(f"You asked to deploy {target} a moment ago; that deploy is starting in <#{env.channel}>.")
         return
 
@@ -123,7 +125,7 @@ async def run_deploy(command: ErpCommand, who: Invocation, runtime: Runtime, res
     finally:
         if card is None:  # nothing started, whatever stopped it: the same command works again at once
             with contextlib.suppress(Exception):
-                await runtime.state.delete_marker(f"REQ#{who.user_id}", f"{service}#{env.name}")
+                await runtime.state.delete_marker(f"REQ#{who.user_id}", request)
     if card is None:
         return
     try:

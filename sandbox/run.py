@@ -84,6 +84,8 @@ async def _main(host: str, port: int) -> int:
                    "SLACK_API_URL": f"{workspace.base_url}/api/"}
         if cluster is not None:
             environ.update(KUBECONFIG=str(cluster.kube.kubeconfig), HELM_BIN=cluster.helm, ROLLOUT_TIMEOUT_SECONDS="60")
+        # the bot's own tunables, as a deployment's env sets them (the page tests shorten the drift check)
+        environ.update({k: v for k, v in os.environ.items() if k in ("DRIFT_CHECK_SECONDS", "APPROVAL_SWEEP_SECONDS")})
         bot = build_bot(environ=environ)
         workspace.bot_url = f"http://127.0.0.1:{bot_port}/slack/events"
         kube_note = f"Kubernetes {cluster.kube.url}" if cluster else \

@@ -45,7 +45,7 @@ def sandbox_config(queue_url: str, table: str = STATE_TABLE, progress_queue_url:
                          {"name": "New Year", "date": "2027-01-01"}]}},
         },
         "promotion": {"from": "dev", "to": "prod", "soak": "2m"},  # short, to show a promotion end to end
-        "drift_check": "1m",  # "Patch dev behind Helm" on the page shows up within a minute
+        "drift_check": "1m",  # "Patch dev behind Helm" on the page shows up within two minutes (seen twice)
         "services": declared["services"],
         "oncall_channels": ["C0ONCALL"],
         "oncall_readers": ["S0ONCALL"],

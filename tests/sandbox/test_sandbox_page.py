@@ -22,11 +22,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path, tools: Path) -> Iterator[str]:
+def sandbox(tmp_path: Path, tools: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
     # the demo freeze (weekends in Seoul, holidays) would refuse the prod deploy on those days
     env.update(PORT=str(port), SANDBOX_STEP_SECONDS="0.3", ERP_TOOLS_BIN=str(tools), SANDBOX_FREEZE="0")
+    env.update(getattr(request, "param", {}))  # a test's own settings (indirect parametrization)
     log = (tmp_path / "sandbox.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -112,3 +113,45 @@ def test_sandbox_cluster_status_and_prod_rollback(sandbox: str):
     assert "5/5 complete" in json.dumps(done["blocks"])
     after = _answer(sandbox, "U0ONCALL", "/erp status prod", "C0ONCALL")
     assert "revision *3*" in after and "employee `release-2024" in after and "rolled back by <@U0APPR1>" in after
+
+
+@pytest.mark.parametrize("sandbox", [{"DRIFT_CHECK_SECONDS": "1"}], indirect=True)
+def test_an_alarm_in_the_deploys_thread_and_a_drift_re_deployed_in_the_browser(sandbox: str):
+    """Issue 20 on the page: a dev deploy, *Fire dev alarm* (the alarm in the deploy's thread, shown in the
+    channel), *Clear dev alarm* (resolved), *Patch dev behind Helm* (a drift message), and its *Re-deploy
+    via the pipeline* through Slack's confirm dialog, which clears the drift."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(sandbox)
+        page.locator("#channels .ch", has_text="erp-dev").click()
+        page.select_option("#user", "U0DEV1")
+        page.fill("#text", "/erp deploy employee dev")
+        page.press("#text", "Enter")
+        card = page.locator(".msg", has_text="Deploy employee to dev").first
+        expect(card).to_contain_text("Succeeded", timeout=60_000)
+
+        page.locator("#alarm", has_text="Fire dev alarm").click()
+        alarm = page.locator("#messages .msg", has_text="went to ALARM").first  # broadcast: in the channel too
+        expect(alarm).to_contain_text("after the deploy of employee", timeout=30_000)
+        for button in ("Logs", "Roll back", "Lock dev"):
+            expect(alarm.locator("button", has_text=button)).to_be_visible()
+        card.locator(".replies").click()
+        expect(page.locator("#thread-body")).to_contain_text("went to ALARM")
+        page.locator("#alarm", has_text="Clear dev alarm").click()
+        expect(alarm).to_contain_text("resolved after", timeout=30_000)
+
+        page.locator("#drift").click()
+        drift = page.locator("#messages .msg", has_text="Drift in dev").first
+        expect(drift).to_contain_text("image changed outside Helm", timeout=60_000)
+        drift.locator("button", has_text="Re-deploy via the pipeline").click()
+        expect(page.locator("#dialog")).to_contain_text("Re-deploy?")  # Slack's confirm dialog
+        page.locator("#dlg-ok").click()
+        redeploy = page.locator(".msg", has_text="Re-deploy of the recorded version").first
+        expect(redeploy).to_contain_text("Succeeded", timeout=60_000)
+        expect(drift).to_contain_text("cleared", timeout=60_000)
+        browser.close()
