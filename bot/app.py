@@ -52,7 +52,11 @@ class Bot:
                 functools.partial(handlers.APPROVAL_SWEEPER, self.runtime),
                 # the drift check only where it is asked for and there is a cluster to compare with
                 *([functools.partial(handlers.DRIFT_CHECK, self.runtime)]
-                  if self.runtime.drift_check_seconds and self.runtime.helm and self.runtime.cluster else [])]
+                  if self.runtime.drift_check_seconds and self.runtime.helm and self.runtime.cluster else []),
+                # and automatic rollbacks left by a replica that died, where an environment asks for them
+                *([functools.partial(handlers.AUTO_ROLLBACK_SWEEPER, self.runtime)]
+                  if any(e.rollback_on_alarm for e in self.runtime.config.environments.values())
+                  and self.runtime.helm and self.runtime.cluster else [])]
 
 
 def _attach_cluster(runtime: Runtime, environ: Mapping[str, str]) -> None:
@@ -96,6 +100,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))
     runtime.sweep_seconds = float(environ.get("SWEEP_SECONDS", "30"))
     runtime.lock_sweep_seconds = float(environ.get("LOCK_SWEEP_SECONDS", "30"))
+    runtime.auto_rollback_beat_seconds = float(environ.get("AUTO_ROLLBACK_BEAT_SECONDS", "15"))
     runtime.approval_sweep_seconds = float(environ.get("APPROVAL_SWEEP_SECONDS", "60"))
     drift_check = environ.get("DRIFT_CHECK_SECONDS") or config.drift_check_seconds
     runtime.drift_check_seconds = float(drift_check) if drift_check else None

@@ -43,6 +43,7 @@ class Runtime:
     exit_after: float = 600.0
     exit_code: int = 0
     sweep_seconds: float = 30.0  # how often cards left waiting (a replica died, bot not invited) are retried
+    auto_rollback_beat_seconds: float = 15.0  # how often an automatic rollback renews its lease (alarm_rollback)
     lock_sweep_seconds: float = 30.0  # how often locks are looked at (reminders, expiry; handlers/locks.py)
     drift_check_seconds: float | None = None  # the config's drift_check, or DRIFT_CHECK_SECONDS (handlers/drift)
     approval_sweep_seconds: float = 60.0  # how often waiting approvals are looked at (handlers/approval_reminders)

@@ -5,7 +5,18 @@ from __future__ import annotations
 from slack_bolt.async_app import AsyncApp
 
 from bot.runtime import Runtime
-from handlers import alarms, approval, approval_reminders, drift, erp_command, locks, promote, rollback, scan
+from handlers import (
+    alarm_rollback,
+    alarms,
+    approval,
+    approval_reminders,
+    drift,
+    erp_command,
+    locks,
+    promote,
+    rollback,
+    scan,
+)
 from handlers.deploy import deploy
 from handlers.erp_command import VerbHandler
 from handlers.freeze import freeze
@@ -35,6 +46,7 @@ EVENT_PUBLISHER = publish_changes  # and, once per batch, to bring the touched c
 CARD_SWEEPER = sweep_forever  # in the background: cards left waiting for an invite, published again
 APPROVAL_SWEEPER = approval_reminders.sweep_approvals_forever  # and: reminders of approvals left waiting
 DRIFT_CHECK = drift.check_forever  # and: the periodic drift check, one replica at a time
+AUTO_ROLLBACK_SWEEPER = alarm_rollback.sweep_forever  # and: automatic rollbacks a dead replica left
 LOCK_SWEEPER = locks.sweep_locks_forever  # and: lock reminders and expiry, the freeze calendars for the pipeline
 
 

@@ -7,7 +7,7 @@ after the deploy, the metric's value, and *Logs* (what `/erp logs <service> <env
 (the plan for exactly that deploy) and *Lock <env>*. Otherwise it goes to the on-call channel with *Logs*
 and the service's last three deploys. Back to OK, the same message says resolved, and after how long. One
 message per alarm and deploy: a flapping alarm edits it, never posts again. Where the environment has
-`rollback_on_alarm`, an alarm within the window also rolls that deploy back (handlers/rollback.py).
+`rollback_on_alarm`, an alarm within the window also rolls that deploy back (handlers/alarm_rollback.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from bot.delivery.image_tag import short_tag
 from bot.delivery.pipeline_events import PipelineEvent, alarm_name
 from bot.runtime import Runtime
 from bot.slack.deploy_card_blocks import ROLLBACK_ACTION
-from handlers import locks
+from handlers import alarm_rollback, locks
 from handlers.erp_command import AnswerBeside, Invocation
 from handlers.logs import logs
-from handlers.rollback import roll_back_for_alarm
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +118,8 @@ async def handle_alarm(event: PipelineEvent, runtime: Runtime) -> None:
         # the deploy's own thread, as the message: the rollback is announced where the deploy is
         card = await runtime.state.get_card(str(deployed["execution"]))
         if card is not None and card.get("ts"):
-            await roll_back_for_alarm(runtime, name, env, service, str(deployed["execution"]), str(card["channel"]),
-                                      str(card["ts"]))
+            await alarm_rollback.request(runtime, name, env, service, str(deployed["execution"]),
+                                         str(card["channel"]), str(card["ts"]))
 
 
 def _after_deploy(runtime: Runtime, event: PipelineEvent, deployed: dict[str, Any]) -> timedelta | None:

@@ -26,17 +26,17 @@ async def redeploy_recorded(service: str, environment: str, who: Invocation, run
 
     async def prepare(answer: Answer, audit: Audit) -> Launch | None:
         records = (await runtime.state.deploy_records(environment)).get(service, {})
-        deployed, attempt = records.get("deployed"), records.get("attempt") or {}
+        deployed, undone = records.get("deployed"), records.get("rolled_back") or {}
         if deployed is None:
             await answer(f"The pipeline has not deployed {service} to {environment}: there is no recorded version"
                          f" to re-deploy. {again}.")
             return None
         image = str(deployed.get("image") or "")
         tag, _, digest = image.partition("@")
-        if attempt.get("rolled_back"):  # the recorded version is the one that was rolled back
-            await audit("refused", f"rolled back: {attempt['rolled_back']}"[:200])
+        if int(undone.get("at", 0)) >= int(deployed.get("at", 0)):  # the recorded version was rolled back since
+            await audit("refused", f"rolled back: {undone.get('rolled_back')}"[:200])
             await answer(f":no_entry: {service} `{short_tag(tag)}` was rolled back in {environment}"
-                         f" ({attempt['rolled_back']}): I won't re-deploy it. {again}.")
+                         f" ({undone.get('rolled_back')}): I won't re-deploy it. {again}.")
             return None
         if not digest or split_ref(image) is None:
             await answer(f":no_entry: The record of {service} in {environment} has no image digest (it was deployed"

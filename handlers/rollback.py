@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 CONFIRM_ACTION = "rollback_confirm"
 CANCEL_ACTION = "rollback_cancel"
 PLAN_TTL = 3600  # a plan not confirmed within an hour is stale
-AUTO_TTL = 7 * 86400  # one automatic rollback per deploy: remembered as long as an alarm can follow it
-AUTO_GRACE = 120.0  # seconds past the rollout timeout after which an automatic rollback's claim is a dead replica's
 NO_CLUSTER = ("No cluster is configured for this bot (no kubeconfig or in-cluster credentials, or no helm), so"
               " I can't read or change releases here.")
 
@@ -59,8 +57,8 @@ class RollbackRefused(Exception):
     """A one-line answer: nothing to roll back to, no such revision, ..."""
 
 
-class RollingBackElsewhere(Exception):
-    """Another replica is running this deploy's automatic rollback: the alarm event comes back later (SQS)."""
+class HelmUnreadable(RollbackRefused):
+    """helm could not read the release (a timeout, the API server away): worth trying again later."""
 
 
 @dataclass
@@ -154,7 +152,7 @@ async def _history(runtime: Runtime, environment: str) -> list[Revision]:
     try:
         history = await runtime.helm.history(env.release, env.namespace)
     except HelmError as e:
-        raise RollbackRefused(f"helm could not read the release `{env.release}` in `{env.namespace}`: {e}") from None
+        raise HelmUnreadable(f"helm could not read the release `{env.release}` in `{env.namespace}`: {e}") from None
     if not history:
         raise RollbackRefused(f"There is no release `{env.release}` in `{env.namespace}` to roll back.")
     return history
@@ -281,8 +279,9 @@ def plan_blocks(plan: RollbackPlan, runtime: Runtime, status: str, *, buttons: b
                                                 f" {plan.current_revision} -> {plan.target_revision}.",
                                                 confirm="Roll back", deny="Not yet")),
             ButtonElement(text="Cancel", action_id=CANCEL_ACTION, value=plan.id)]))
-    blocks.append(ContextBlock(elements=[MarkdownTextObject(
-        text=f"asked by <@{plan.requested_by}> · confirm: {who}")]))
+    footer = (f"asked by <@{plan.requested_by}> · confirm: {who}" if plan.requested_by != BOT_ACTOR else
+              f"rolled back by erp-chatops on an alarm ({plan.environment}'s `rollback_on_alarm`): nobody confirms")
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=footer)]))
     return [b.to_dict() for b in blocks]
 
 
@@ -344,7 +343,10 @@ def _progress_line(states: dict[str, RolloutState]) -> str:
     return "\n".join(parts) or "no deployments found"
 
 
-async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: str | None = None) -> None:
+async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: str | None = None,
+                  helm_done: bool = False) -> None:
+    """Run the plan (unless `helm_done`: a replica that died after helm ran, its rollout still to follow),
+    follow the rollout, audit and record it; the plan's message says each step."""
     assert runtime.helm is not None and runtime.cluster is not None
     by = by or f"confirmed by <@{confirmed_by}>"
 
@@ -363,9 +365,10 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: s
                                                      outcome=outcome, detail=detail))
 
     started = time.monotonic()
-    await show(f":hourglass_flowing_sand: Rolling back ({by})...")
+    if not helm_done:
+        await show(f":hourglass_flowing_sand: Rolling back ({by})...")
     try:
-        if plan.service:
+        if not helm_done and plan.service:
             try:
                 await check_only_the_image_changes(runtime, plan)  # the replica confirming may carry another chart
             except RollbackRefused as e:
@@ -374,7 +377,7 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: s
                 return
             await runtime.helm.set_service_tag(plan.release, plan.namespace, runtime.erp_chart, plan.service,
                                                plan.target_tags[plan.service])
-        else:
+        elif not helm_done:
             await runtime.helm.rollback(plan.release, plan.namespace, plan.target_revision)
     except HelmError as e:
         await show(f":red_circle: *helm failed*, nothing was rolled back ({by}). Details in the thread.")
@@ -428,52 +431,6 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: s
         await audit("failed", "rollout timed out")
         await show(f":warning: *The rollout did not finish* within {runtime.rollout_timeout:.0f}s ({by})\n"
                    f"{_progress_line(states)}")
-
-
-async def roll_back_for_alarm(runtime: Runtime, alarm: str, environment: str, service: str, execution_id: str,
-                             channel: str, thread_ts: str) -> None:
-    """The environment's `rollback_on_alarm`: the plan the deploy card's Roll back button would make, run
-    without a click, announced in the card's thread and audited as the bot's. Once per deploy, whichever
-    alarm or replica comes first: a claim in the table. A replica dying mid-way leaves its claim, and the
-    alarm event comes back (SQS) until the claim is older than a rollout could take; then it is taken over,
-    and the plan, made afresh from helm's history, refuses what was already rolled back."""
-    if runtime.helm is None or runtime.cluster is None:
-        return
-    key, now = (f"AUTOROLLBACK#{execution_id}", "CLAIM"), int(time.time())
-    claim: dict[str, Any] = {"status": "running", "claimed_at": now, "alarm": alarm}
-    if not await runtime.state.put_marker(*key, AUTO_TTL, **claim):
-        held = await runtime.state.get_marker(*key)
-        if held is not None and held.get("status") != "running":
-            return  # done (or refused) already: one automatic rollback per deploy
-        if held is None or now - int(held.get("claimed_at", now)) <= runtime.rollout_timeout + AUTO_GRACE:
-            raise RollingBackElsewhere(execution_id)
-        if not await runtime.state.delete_marker_if(*key, "claimed_at", held.get("claimed_at")) or \
-                not await runtime.state.put_marker(*key, AUTO_TTL, **claim):
-            raise RollingBackElsewhere(execution_id)
-    why = f"*{alarm}* went to ALARM soon after this deploy and {environment} rolls back on alarm"
-    try:
-        try:
-            plan = await plan_for_execution(runtime, environment, service, execution_id, BOT_ACTOR)
-            if plan.service:
-                await check_only_the_image_changes(runtime, plan)
-        except (RollbackRefused, HelmError) as e:
-            await runtime.state.record_audit(AuditRecord(actor=BOT_ACTOR, action="rollback", environment=environment,
-                                                         service=service, outcome="refused", detail=str(e)[:200],
-                                                         execution_id=execution_id))
-            await runtime.slack.chat_postMessage(channel=channel, thread_ts=thread_ts,
-                                                 text=f":warning: Not rolled back automatically ({why}): {e}")
-            await runtime.state.transition(*key, "running", "refused")
-            return
-        status = f":hourglass_flowing_sand: Rolling back automatically: {why}."
-        posted = await runtime.slack.chat_postMessage(channel=channel, thread_ts=thread_ts,
-                                                      text=f"Rolling back {plan.what} automatically",
-                                                      blocks=plan_blocks(plan, runtime, status, buttons=False))
-    except Exception:
-        await runtime.state.delete_marker(*key)  # nothing ran: the event comes back and tries again at once
-        raise
-    plan.channel, plan.ts = channel, str(posted["ts"])
-    await execute(runtime, plan, BOT_ACTOR, by=f"automatically, {alarm} in ALARM")
-    await runtime.state.transition(*key, "running", "done")
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

@@ -235,6 +235,18 @@ class StateStore:
                 return False
             raise
 
+    async def update_marker_if(self, pk: str, sk: str, expected: dict[str, Any], **attrs: Any) -> bool:
+        """Set `attrs` on a marker only if each `expected` field still has that value (a lease taken over,
+        renewed, or given up by its holder only); False otherwise."""
+        names = {f"#s{i}": k for i, k in enumerate(attrs)} | {f"#e{i}": k for i, k in enumerate(expected)}
+        values = {f":s{i}": v for i, v in enumerate(attrs.values())} | \
+            {f":e{i}": v for i, v in enumerate(expected.values())}
+        return await self._conditional(
+            "update_item", TableName=self.table, Key=_to_item({"pk": pk, "sk": sk}),
+            UpdateExpression="SET " + ", ".join(f"#s{i} = :s{i}" for i in range(len(attrs))),
+            ConditionExpression=" AND ".join(f"#e{i} = :e{i}" for i in range(len(expected))),
+            ExpressionAttributeNames=names, ExpressionAttributeValues=_to_item(values))
+
     # --- cards waiting for a person (the bot not invited to their channel): the sweeper publishes them again
 
     async def mark_cards_waiting(self, execution_ids: list[str]) -> None:
@@ -380,7 +392,8 @@ class StateStore:
     # --- what the pipeline deployed (written by `erp-chatops ci deploy`, bot/ci/build_steps.record_deploy) ----
 
     async def deploy_records(self, env: str) -> dict[str, dict[str, dict[str, Any]]]:
-        """Per service: {"deployed": its last successful deploy, "attempt": its last attempt}, as recorded."""
+        """Per service: {"deployed": its last successful deploy, "attempt": its last attempt, "rolled_back": the
+        bot's last rollback of it}, as recorded."""
         params: dict[str, Any] = {"TableName": self.table, "KeyConditionExpression": "pk = :pk",
                                   "ConsistentRead": True,
                                   "ExpressionAttributeValues": _to_item({":pk": f"LASTDEPLOY#{env}"})}
@@ -389,7 +402,7 @@ class StateStore:
             resp = await self.aws.call("dynamodb", "query", **params)
             for item in map(_from_item, resp.get("Items", [])):
                 kind, _, service = str(item["sk"]).partition("#")
-                key = {"SERVICE": "deployed", "ATTEMPT": "attempt"}.get(kind)
+                key = {"SERVICE": "deployed", "ATTEMPT": "attempt", "ROLLEDBACK": "rolled_back"}.get(kind)
                 if key:
                     records.setdefault(service, {})[key] = item
             if "LastEvaluatedKey" not in resp:
@@ -404,6 +417,11 @@ class StateStore:
             await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
                 "pk": f"LASTDEPLOY#{env}", "sk": f"ATTEMPT#{service}", "ok": False, "rolled_back": detail,
                 "image": image, "at": now, "execution": "-"}))
+            # kept apart too: the next attempt overwrites ATTEMPT#, and a failed one must not make the
+            # rolled-back version (still SERVICE#, the last good deploy) look re-deployable
+            await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
+                "pk": f"LASTDEPLOY#{env}", "sk": f"ROLLEDBACK#{service}", "rolled_back": detail, "image": image,
+                "at": now}))
 
     # --- events -----------------------------------------------------------------
 

@@ -136,8 +136,8 @@ def promotion_gate(environ: Mapping[str, str], environment: str, pairs: list[tup
 
     def redeploy(service: str, ref: str) -> bool:
         mine = read({"pk": f"LASTDEPLOY#{environment}", "sk": f"SERVICE#{service}"}) or {}
-        latest = read({"pk": f"LASTDEPLOY#{environment}", "sk": f"ATTEMPT#{service}"}) or {}
-        return mine.get("image") == ref and not latest.get("rolled_back")
+        undone = read({"pk": f"LASTDEPLOY#{environment}", "sk": f"ROLLEDBACK#{service}"}) or {}
+        return mine.get("image") == ref and float(undone.get("at", 0)) < float(mine.get("at", 0))
     pairs = [(service, ref) for service, ref in pairs if not redeploy(service, ref)]
     if not pairs:
         return

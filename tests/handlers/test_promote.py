@@ -4,6 +4,7 @@ conditions), moto's ECR with scan findings, the local Slack Web API."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -128,6 +129,7 @@ def test_a_promotion_started_from_the_console_must_name_what_dev_ran(
     """PROMOTE_IMAGE is a pipeline variable anyone who may start the pipeline can set: the Promote action
     itself deploys only what the source environment last deployed well, and only where the bot's config
     promotes to."""
+    from bot.aws.state import StateStore
     from bot.ci.build_steps import StepFailed, promotion_gate
 
     revision = deploy_to_dev(background_loop, slack, gated, "employee")
@@ -142,9 +144,10 @@ def test_a_promotion_started_from_the_console_must_name_what_dev_ran(
     with pytest.raises(StepFailed, match="dev takes no promotions"):
         promotion_gate(environ, "dev", [("employee", other)])
     promotion_gate(environ, "dev", [("employee", image)])  # dev's own last deploy again: the drift's re-deploy
-    boto3.client("dynamodb").put_item(TableName=aws_resources["table"], Item={  # as the bot records a rollback
-        "pk": {"S": "LASTDEPLOY#dev"}, "sk": {"S": "ATTEMPT#employee"}, "ok": {"BOOL": False},
-        "rolled_back": {"S": "revision 3 -> 2"}, "image": {"S": "v1.0.0"}, "at": {"N": str(int(time.time()))}})
+    time.sleep(1)  # records keep whole seconds: the rollback comes after the deploy
+    asyncio.run(StateStore(AwsClients(), aws_resources["table"]).record_rollback("dev", {"employee": "v1.0.0"},
+                                                                                  "revision 3 -> 2"))
+    record_deploy(environ, "dev", "f" * 40, ["employee"], ok=False, images={"employee": "v3.0.0"})  # then a failure
     with pytest.raises(StepFailed, match="dev takes no promotions"):  # never the image that was rolled back
         promotion_gate(environ, "dev", [("employee", image)])
 

@@ -547,3 +547,46 @@ def test_an_alarm_soon_after_a_deploy_rolls_it_back_where_the_environment_asks(
     history = subprocess.run([release.helm, "history", "erp", "-n", ns, "-o", "json", "--kubeconfig",
                               str(release.kube.kubeconfig)], capture_output=True, text=True, check=True).stdout
     assert json.loads(history)[-1]["revision"] == 5  # the deploy's revision 4, one rollback: revision 5
+
+
+def test_an_automatic_rollback_whose_replica_dies_after_helm_is_finished_by_another(
+        release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop, aws_resources: dict[str, str],
+        tmp_path: Path):
+    """The replica running an alarm's rollback is killed while it follows the rollout (helm has run): another
+    replica's sweep takes the lapsed lease over, sees from helm's history that the plan ran, follows the
+    rollout, and audits and records it; helm is not run twice."""
+    from bot.ci.build_steps import record_deploy
+    ns, execution = release.namespaces["dev"], str(uuid.uuid4())
+    install(release.helm, release.kube, ns, "dev", {"employee": "v2.0.0"}, execution=execution)  # revision 4
+    release.complete_rollouts("dev")
+    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": execution}, "dev", "b" * 40,
+                  ["employee"], images={"employee": "v2.0.0"})
+    card = succeeded_deploy_card(slack, aws_resources, "employee", execution)
+    release.bot.stop()
+    fast = {**release.env, "AUTO_ROLLBACK_BEAT_SECONDS": "1", "ROLLOUT_TIMEOUT_SECONDS": "120"}
+    first = BotProcess(fast, tmp_path / "first.log")
+    slack.bot_url = f"{first.url}/slack/events"
+    set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=True)
+    release.wait_images("dev", employee="v1.2.0")  # helm ran; the rollout is still being followed
+    wait_until(lambda: any("rolling out" in shown(m) for m in slack.thread("C0DEV", card.ts)), what="the rollout")
+    first.proc.kill()  # SIGKILL: no drain, no goodbye
+    first.proc.wait(10)
+    second = BotProcess(fast, tmp_path / "second.log")
+    slack.bot_url = f"{second.url}/slack/events"
+    try:
+        release.complete_rollouts("dev")
+
+        def note() -> Message | None:
+            return next((m for m in slack.thread("C0DEV", card.ts) if "Rolled back" in shown(m)), None)
+        done = wait_until(note, 40, "the other replica to finish the rollback")
+        assert "automatically" in done.text
+        history = subprocess.run([release.helm, "history", "erp", "-n", ns, "-o", "json", "--kubeconfig",
+                                  str(release.kube.kubeconfig)], capture_output=True, text=True, check=True).stdout
+        assert json.loads(history)[-1]["revision"] == 5  # helm ran once
+        text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
+        assert "erp-chatops rolled back employee in dev" in text
+        records = boto3.client("dynamodb").get_item(TableName=aws_resources["table"], Key={
+            "pk": {"S": "LASTDEPLOY#dev"}, "sk": {"S": "ROLLEDBACK#employee"}}).get("Item")
+        assert records and records["image"]["S"] == "v1.2.0"  # the re-deploy button will not bring v2.0.0 back
+    finally:
+        second.stop()
