@@ -514,17 +514,22 @@ def succeeded_deploy_card(slack: SlackWorkspace, aws_resources: dict[str, str], 
     return next(m for m in slack.channel_messages("C0DEV") if m.ts == posted["ts"])
 
 
+def pipeline_deployed_employee(release: Release, slack: SlackWorkspace, aws_resources: dict[str, str]) -> Message:
+    """As a pipeline execution deploys employee v2.0.0 to dev (revision 4) and records it; its card."""
+    from bot.ci.build_steps import record_deploy
+    execution = str(uuid.uuid4())
+    install(release.helm, release.kube, release.namespaces["dev"], "dev", {"employee": "v2.0.0"}, execution=execution)
+    release.complete_rollouts("dev")
+    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": execution}, "dev", "b" * 40,
+                  ["employee"], images={"employee": "v2.0.0"})
+    return succeeded_deploy_card(slack, aws_resources, "employee", execution)
+
+
 def test_an_alarm_soon_after_a_deploy_rolls_it_back_where_the_environment_asks(
         release: Release, slack: SlackWorkspace, background_loop: BackgroundLoop, aws_resources: dict[str, str]):
     """dev's `rollback_on_alarm`: the deploy's plan runs without a click, announced in its thread and audited;
     the alarm firing again (flapping) or the event delivered twice never rolls back a second time."""
-    from bot.ci.build_steps import record_deploy
-    ns, execution = release.namespaces["dev"], str(uuid.uuid4())
-    install(release.helm, release.kube, ns, "dev", {"employee": "v2.0.0"}, execution=execution)  # revision 4
-    release.complete_rollouts("dev")
-    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": execution}, "dev", "b" * 40,
-                  ["employee"], images={"employee": "v2.0.0"})
-    card = succeeded_deploy_card(slack, aws_resources, "employee", execution)
+    ns, card = release.namespaces["dev"], pipeline_deployed_employee(release, slack, aws_resources)
     event = set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=True)
     boto3.client("sqs").send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(event))  # twice
 
@@ -555,13 +560,7 @@ def test_an_automatic_rollback_whose_replica_dies_after_helm_is_finished_by_anot
     """The replica running an alarm's rollback is killed while it follows the rollout (helm has run): another
     replica's sweep takes the lapsed lease over, sees from helm's history that the plan ran, follows the
     rollout, and audits and records it; helm is not run twice."""
-    from bot.ci.build_steps import record_deploy
-    ns, execution = release.namespaces["dev"], str(uuid.uuid4())
-    install(release.helm, release.kube, ns, "dev", {"employee": "v2.0.0"}, execution=execution)  # revision 4
-    release.complete_rollouts("dev")
-    record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": execution}, "dev", "b" * 40,
-                  ["employee"], images={"employee": "v2.0.0"})
-    card = succeeded_deploy_card(slack, aws_resources, "employee", execution)
+    ns, card = release.namespaces["dev"], pipeline_deployed_employee(release, slack, aws_resources)
     release.bot.stop()
     fast = {**release.env, "AUTO_ROLLBACK_BEAT_SECONDS": "1", "ROLLOUT_TIMEOUT_SECONDS": "120"}
     first = BotProcess(fast, tmp_path / "first.log")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,15 +45,21 @@ def sandbox(tmp_path: Path, tools: Path, request: pytest.FixtureRequest) -> Iter
     log.close()
 
 
+def open_page(p: Any, url: str) -> tuple[Any, Any]:
+    """Headless Chromium (Debian's) on the sandbox page, a laptop's window size."""
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.goto(url)
+    return browser, page
+
+
 def test_prod_deploy_with_approval_in_the_browser(sandbox: str):
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(sandbox)
+        browser, page = open_page(p, sandbox)
         page.locator("#channels .ch", has_text="erp-prod").click()
         page.select_option("#user", "U0DEV1")
 
@@ -125,9 +132,7 @@ def test_an_alarm_in_the_deploys_thread_and_a_drift_re_deployed_in_the_browser(s
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
-        page.goto(sandbox)
+        browser, page = open_page(p, sandbox)
         page.locator("#channels .ch", has_text="erp-dev").click()
         page.select_option("#user", "U0DEV1")
         page.fill("#text", "/erp deploy employee dev")
