@@ -89,6 +89,7 @@ def test_the_wheel_and_the_image_ship_no_sandbox_tests_or_benchmarks(tmp_path: P
     assert sources == {"requirements.lock", "pyproject.toml", "README.md", "bot", "handlers", "charts/erp"}, sources
 
 
+@pytest.mark.slow
 def test_the_image_is_built_from_pinned_bases_and_hash_locked_packages_only(tmp_path: Path):
     """Issue 18 item 13: base images by digest; the Dockerfile's own pip commands, run here in a fresh venv,
     install every package from requirements.lock with its hashes (wheels only) and fetch nothing else."""

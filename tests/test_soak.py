@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.slack_rate_limits import RateLimits
@@ -20,6 +21,7 @@ from tests.support import BackgroundLoop, BotProcess, wait_until
 SOAK_RATE_SCALE = 20
 
 
+@pytest.mark.slow
 def test_every_execution_ends_with_one_card_in_its_true_state(
         bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
         aws_resources: dict[str, str], erp_images: None, tmp_path: Path):

@@ -30,7 +30,7 @@ from sandbox.slack_workspace import SlackWorkspace
 from tests.ci.buildspec_runner import BuildResult, BuildspecInvalid, BuildspecRunner, resolve_env, validate
 from tests.support import BOT_TOKEN, ROOT, free_port
 
-pytestmark = pytest.mark.usefixtures("erp_images")
+pytestmark = [pytest.mark.usefixtures("erp_images"), pytest.mark.slow]
 BUILDSPEC = ROOT / "buildspec.yml"
 
 
