@@ -47,10 +47,22 @@ log = logging.getLogger(__name__)
 REQUESTS = "AUTOROLLBACK"  # one partition: the sweep reads every open request in one query
 TTL = 7 * 86400
 FINISHED = ("done", "refused")
+MAX_WAIT = 1800  # seconds: a rollback that could not start within this (helm away) is left to people
+SEALED = ("sk", "environment", "service", "alarm", "channel", "thread_ts", "requested_at")
 
 
 def _beat(runtime: Runtime) -> float:
-    return runtime.auto_rollback_beat_seconds
+    return max(1.0, runtime.auto_rollback_beat_seconds)  # beats are kept in whole seconds
+
+
+def _row_seal(runtime: Runtime, row: dict[str, Any]) -> str:
+    """Only the bot writes requests: someone who can write the table but not read its secret cannot plant one."""
+    return _seal(runtime, "AUTOROLLBACK " + json.dumps({k: str(row.get(k, "")) for k in SEALED}, sort_keys=True))
+
+
+def _plan_seal(runtime: Runtime, execution_id: str, stored: str) -> str:
+    """A saved plan bound to its request: a /erp rollback plan (sealed alike) cannot be replayed here."""
+    return _seal(runtime, f"AUTOROLLBACK {execution_id} {stored}")
 
 
 def _lapsed(item: dict[str, Any], runtime: Runtime) -> bool:
@@ -61,8 +73,10 @@ def _lapsed(item: dict[str, Any], runtime: Runtime) -> bool:
 async def request(runtime: Runtime, alarm: str, environment: str, service: str, execution_id: str,
                   channel: str, thread_ts: str) -> None:
     """Record the request (once per deploy) and start it here, beside the consumer."""
-    await runtime.state.put_marker(REQUESTS, execution_id, TTL, status="due", alarm=alarm, environment=environment,
-                                   service=service, channel=channel, thread_ts=thread_ts, beat=0)
+    row: dict[str, Any] = {"sk": execution_id, "environment": environment, "service": service, "alarm": alarm,
+                           "channel": channel, "thread_ts": thread_ts, "requested_at": int(time.time())}
+    await runtime.state.put_marker(REQUESTS, execution_id, TTL, status="due", beat=0, row_seal=_row_seal(runtime, row),
+                                   **{k: v for k, v in row.items() if k != "sk"})
     runtime.work.spawn(run(runtime, execution_id))
 
 
@@ -86,13 +100,19 @@ async def run(runtime: Runtime, execution_id: str) -> None:
     item = await runtime.state.get_marker(REQUESTS, execution_id)
     if item is None or item.get("status") in FINISHED:
         return
+    if not hmac.compare_digest(str(item.get("row_seal", "")), _row_seal(runtime, item)):
+        log.warning("automatic rollback request %s is not one this bot made (its seal does not match): ignored",
+                    execution_id)
+        await runtime.state.update_marker_if(REQUESTS, execution_id, {"status": item.get("status")}, status="refused")
+        return
     me = uuid.uuid4().hex
     if item.get("status") == "due":
         taken = await runtime.state.update_marker_if(REQUESTS, execution_id, {"status": "due"}, status="running",
                                                      holder=me, beat=int(time.time()))
     elif _lapsed(item, runtime):
         taken = await runtime.state.update_marker_if(REQUESTS, execution_id,
-                                                     {"status": "running", "holder": item.get("holder", "")},
+                                                     {"status": "running", "holder": item.get("holder", ""),
+                                                      "beat": item.get("beat", 0)},
                                                      holder=me, beat=int(time.time()))
     else:
         return  # another replica is at it
@@ -131,26 +151,37 @@ async def _roll_back(runtime: Runtime, item: dict[str, Any], me: str) -> None:
         await _finish(runtime, execution_id, me, "refused")
         return
     why = f"*{alarm}* went to ALARM soon after this deploy, and {env_name} rolls back on alarm"
-    plan, helm_done = await _saved_plan(runtime, item)
+    plan, helm_done = await _saved_plan(runtime, item, env_name)
     if plan is None:
+        waited = time.time() - float(item.get("requested_at", 0))
         try:
             plan = await _plan(runtime, env_name, service, execution_id)
-        except HelmUnreadable as e:  # try again: the lease is given back as due, the sweep picks it up
-            log.warning("the automatic rollback of %s waits for helm: %s", execution_id, e)
-            await runtime.state.update_marker_if(REQUESTS, execution_id, {"holder": me}, status="due")
+        except (HelmUnreadable, HelmError) as e:
+            if waited < MAX_WAIT:  # try again: given back as due, a sweep picks it up a beat later
+                log.warning("the automatic rollback of %s waits for helm: %s", execution_id, e)
+                await runtime.state.update_marker_if(REQUESTS, execution_id, {"holder": me}, status="due")
+                return
+            if await _finish(runtime, execution_id, me, "refused"):
+                await _say_refused(runtime, channel, thread_ts, execution_id, env_name, service, why,
+                                   f"helm could not be read for {int(waited // 60)} minutes ({e}); roll back by hand"
+                                   f" if it is still needed: `/erp rollback {service} {env_name}`")
             return
-        except (RollbackRefused, HelmError) as e:
+        except RollbackRefused as e:
             if await _finish(runtime, execution_id, me, "refused"):  # said and audited once
                 await _say_refused(runtime, channel, thread_ts, execution_id, env_name, service, why, str(e))
             return
-        posted = await runtime.slack.chat_postMessage(
-            channel=channel, thread_ts=thread_ts, text=f"Rolling back {plan.what} automatically: {alarm} in ALARM",
-            blocks=plan_blocks(plan, runtime, f":hourglass_flowing_sand: Rolling back automatically: {why}.",
-                               buttons=False))
-        plan.channel, plan.ts = channel, str(posted["ts"])
+        plan.channel = channel
+        try:  # announced where the deploy is; Slack away must not hold the rollback back
+            posted = await runtime.slack.chat_postMessage(
+                channel=channel, thread_ts=thread_ts, text=f"Rolling back {plan.what} automatically: {alarm} in ALARM",
+                blocks=plan_blocks(plan, runtime, f":hourglass_flowing_sand: Rolling back automatically: {why}.",
+                                   buttons=False))
+            plan.ts = str(posted["ts"])
+        except Exception as e:
+            log.warning("the automatic rollback of %s goes on unannounced: %s", execution_id, error_code(e))
         stored = json.dumps(asdict(plan), sort_keys=True)
         if not await runtime.state.update_marker_if(REQUESTS, execution_id, {"holder": me}, plan=stored,
-                                                    seal=_seal(runtime, stored)):
+                                                    seal=_plan_seal(runtime, execution_id, stored)):
             return  # the lease was lost meanwhile: whoever holds it now goes on
     elif helm_done is None:  # the release moved on since the plan, other than by it: a person's turn
         await _finish(runtime, execution_id, me, "refused")
@@ -160,6 +191,8 @@ async def _roll_back(runtime: Runtime, item: dict[str, Any], me: str) -> None:
                 f" planned (a replica stopped half way). See `/erp status {env_name}` and `/erp history"
                 f" {env_name}`."))
         return
+    if not await runtime.state.update_marker_if(REQUESTS, execution_id, {"holder": me}, beat=int(time.time())):
+        return  # the lease was taken over (this replica lost the table a while): never run helm twice
     await execute(runtime, plan, BOT_ACTOR, by=f"automatically, {alarm} in ALARM", helm_done=bool(helm_done))
     await _finish(runtime, execution_id, me, "done")
 
@@ -176,14 +209,18 @@ async def _plan(runtime: Runtime, env_name: str, service: str, execution_id: str
     return plan
 
 
-async def _saved_plan(runtime: Runtime, item: dict[str, Any]) -> tuple[RollbackPlan | None, bool | None]:
+async def _saved_plan(runtime: Runtime, item: dict[str, Any],
+                      env_name: str) -> tuple[RollbackPlan | None, bool | None]:
     """The plan a previous holder saved (None if none, or not sealed by this bot), and whether helm ran it:
     False (the release as planned), True (one revision on, with the plan's tags), None (moved on otherwise)."""
     stored = item.get("plan")
-    if not stored or not hmac.compare_digest(str(item.get("seal", "")), _seal(runtime, str(stored))):
+    if not stored or not hmac.compare_digest(str(item.get("seal", "")),
+                                             _plan_seal(runtime, str(item["sk"]), str(stored))):
         return None, False
     plan = RollbackPlan(**json.loads(str(stored)))
-    env = runtime.config.environments[plan.environment]
+    if plan.environment != env_name or plan.execution_id != item["sk"]:
+        return None, False
+    env = runtime.config.environments[env_name]
     plan.namespace, plan.release = env.namespace, env.release  # where it runs comes from the config
     assert runtime.helm is not None
     history = await runtime.helm.history(env.release, env.namespace)

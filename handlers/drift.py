@@ -64,7 +64,7 @@ async def find_drift(runtime: Runtime, env_name: str) -> list[Drift]:
     for name, service in runtime.config.services.items():
         mine = records.get(name, {})
         # the pipeline's latest word on it: its last deploy, or the bot's rollback since
-        latest = max((r for r in (mine.get("deployed"), mine.get("attempt"))
+        latest = max((r for r in (mine.get("deployed"), mine.get("attempt"), mine.get("rolled_back"))
                       if r and (r.get("ok", True) or r.get("rolled_back"))),
                      key=lambda r: int(r.get("at", 0)), default=None)
         drifts += release_drift(name, str(latest.get("image") or "") if latest else None, released.get(name))

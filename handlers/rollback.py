@@ -240,7 +240,7 @@ async def check_only_the_image_changes(runtime: Runtime, plan: RollbackPlan) -> 
         planned = await runtime.helm.planned_service_tag(plan.release, plan.namespace, runtime.erp_chart,
                                                          plan.service, plan.target_tags[plan.service])
     except HelmError as e:
-        raise RollbackRefused(f"helm could not render the rollback of {plan.what}: {e}") from None
+        raise HelmUnreadable(f"helm could not render the rollback of {plan.what}: {e}") from None
     others = changes_besides_the_image(current, planned, deployment)
     if others:
         shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
@@ -394,6 +394,8 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: s
                                                  text=f"helm said:\n```{e}```{advice}")
         return
 
+    helm_ran_at = int(time.time())
+
     async def progress(states: dict[str, RolloutState]) -> None:
         await show(f":hourglass_flowing_sand: helm done, rolling out ({by})\n{_progress_line(states)}")
 
@@ -412,7 +414,8 @@ async def execute(runtime: Runtime, plan: RollbackPlan, confirmed_by: str, by: s
                    if (plan.service is None or name == plan.service) and plan.current_tags.get(name) != tag}
         try:  # the records `/erp promote` reads: this service's latest change here is a rollback
             await runtime.state.record_rollback(plan.environment, changed,
-                                                f"revision {plan.current_revision} -> {plan.target_revision}")
+                                                f"revision {plan.current_revision} -> {plan.target_revision}",
+                                                at=helm_ran_at)
         except Exception as e:
             log.warning("could not record the rollback of %s: %s", plan.what, type(e).__name__)
         await show(f":large_green_circle: *Rolled back* in {took} ({by})\n{_progress_line(states)}")

@@ -409,14 +409,17 @@ class StateStore:
                 return records
             params["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    async def record_rollback(self, env: str, images: dict[str, str], detail: str) -> None:
+    async def record_rollback(self, env: str, images: dict[str, str], detail: str, at: int | None = None) -> None:
         """A rollback is the latest change of these services: `/erp promote` must not take the image the
         pipeline deployed before it (the same records as `erp-chatops ci deploy`, attempt not ok)."""
-        now = int(time.time())
+        now = at or int(time.time())  # when helm ran: a deploy landing during the rollout is newer
         for service, image in images.items():
-            await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
-                "pk": f"LASTDEPLOY#{env}", "sk": f"ATTEMPT#{service}", "ok": False, "rolled_back": detail,
-                "image": image, "at": now, "execution": "-"}))
+            await self._conditional(  # never over a newer attempt (a deploy that landed during the rollout)
+                "put_item", TableName=self.table, Item=_to_item({
+                    "pk": f"LASTDEPLOY#{env}", "sk": f"ATTEMPT#{service}", "ok": False, "rolled_back": detail,
+                    "image": image, "at": now, "execution": "-"}),
+                ConditionExpression="attribute_not_exists(pk) OR #at <= :at",
+                ExpressionAttributeNames={"#at": "at"}, ExpressionAttributeValues=_to_item({":at": now}))
             # kept apart too: the next attempt overwrites ATTEMPT#, and a failed one must not make the
             # rolled-back version (still SERVICE#, the last good deploy) look re-deployable
             await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({

@@ -54,10 +54,11 @@ class Release:
         return {d["metadata"]["name"].removesuffix("-service"):
                 d["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[1] for d in listing["items"]}
 
-    def wait_images(self, env: str, **expected: str) -> None:
+    def wait_images(self, env: str, timeout: float = 20, **expected: str) -> None:
         """helm records a release before it patches the Deployments: wait for the patches themselves."""
         wanted = {k.replace("_", "-"): v for k, v in expected.items()}
-        wait_until(lambda: all(self.images(env).get(k) == v for k, v in wanted.items()), what=f"images {wanted}")
+        wait_until(lambda: all(self.images(env).get(k) == v for k, v in wanted.items()), timeout,
+                   what=f"images {wanted}")
 
     def complete_rollouts(self, env: str) -> None:
         for s in SERVICES:
@@ -535,9 +536,9 @@ def test_an_alarm_soon_after_a_deploy_rolls_it_back_where_the_environment_asks(
 
     def auto() -> list[Message]:
         return [m for m in slack.thread("C0DEV", card.ts) if "automatically" in m.text]
-    [note] = wait_until(auto, what="the automatic rollback in the deploy's thread")
+    [note] = wait_until(auto, 60, "the automatic rollback in the deploy's thread")
     assert "erp-dev-employee-errors" in note.text
-    release.wait_images("dev", employee="v1.2.0")  # what ran before the deploy
+    release.wait_images("dev", timeout=60, employee="v1.2.0")  # what ran before the deploy
     release.complete_rollouts("dev")
     wait_until(lambda: "Rolled back" in shown(auto()[0]), what="the rollback's result in the thread")
     text = ask(background_loop, slack, "U0DEV1", "history employee dev", channel="C0DEV")
@@ -566,13 +567,24 @@ def test_an_automatic_rollback_whose_replica_dies_after_helm_is_finished_by_anot
     first = BotProcess(fast, tmp_path / "first.log")
     slack.bot_url = f"{first.url}/slack/events"
     set_alarm(AwsClients(), aws_resources["queue_url"], "dev", "employee", firing=True)
-    release.wait_images("dev", employee="v1.2.0")  # helm ran; the rollout is still being followed
+    # an alarm event, a plan (helm reads and renders), then helm: several helm runs on a busy machine
+    release.wait_images("dev", timeout=60, employee="v1.2.0")  # helm ran; the rollout is still being followed
     wait_until(lambda: any("rolling out" in shown(m) for m in slack.thread("C0DEV", card.ts)), what="the rollout")
     first.proc.kill()  # SIGKILL: no drain, no goodbye
     first.proc.wait(10)
+    ddb = boto3.client("dynamodb")
+    planted = {"pk": {"S": "AUTOROLLBACK"}, "sk": {"S": "planted"}, "status": {"S": "due"}, "beat": {"N": "0"},
+               "environment": {"S": "dev"}, "service": {"S": "employee"}, "alarm": {"S": "x"},
+               "channel": {"S": "C0DEV"}, "thread_ts": {"S": card.ts}, "row_seal": {"S": "0" * 64},
+               "ttl": {"N": str(int(time.time()) + 3600)}}
+    ddb.put_item(TableName=aws_resources["table"], Item=planted)  # by someone who can write the table, not the bot
     second = BotProcess(fast, tmp_path / "second.log")
     slack.bot_url = f"{second.url}/slack/events"
     try:
+        wait_until(lambda: ddb.get_item(TableName=aws_resources["table"], Key={
+            "pk": {"S": "AUTOROLLBACK"}, "sk": {"S": "planted"}})["Item"]["status"]["S"] == "refused", 20,
+            "the planted request to be refused")
+        assert not [m for m in slack.thread("C0DEV", card.ts) if "Not rolled back" in m.text]  # nothing ran or said
         release.complete_rollouts("dev")
 
         def note() -> Message | None:
