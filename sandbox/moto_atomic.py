@@ -6,6 +6,11 @@ moto's server handles requests on parallel threads and checks a condition, then 
 between, so both writers "win" and one update silently vanishes (it lost a card's scan line in the soak).
 Every other service is left concurrent (an SQS long poll must not block DynamoDB).
 
+And SQS deletes that cannot race: moto's Queue.delete_message rebuilds the queue's message list and assigns it
+back without the queue's lock, so of two deletes at once (two pollers of one queue) one is undone and its
+message comes back after its visibility timeout; a send at that moment can be lost. Real SQS's DeleteMessage
+removes that one message (SQS API reference, DeleteMessage). It takes the lock moto's own send takes.
+
 Run as `python -m sandbox.moto_atomic -H 127.0.0.1 -p PORT` (the same arguments as `python -m moto.server`).
 """
 
@@ -17,6 +22,7 @@ from typing import Any
 
 from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
+from moto.sqs.models import Queue
 
 _ONE_AT_A_TIME = threading.Lock()
 
@@ -32,6 +38,18 @@ def serialise_dynamodb() -> None:
     DynamoHandler.call_action = call_action  # type: ignore[method-assign]
 
 
+def serialise_sqs_deletes() -> None:
+    original = Queue.delete_message
+
+    @functools.wraps(original)
+    def delete_message(self: Queue, receipt_handle: str) -> Any:
+        with self._messages_lock:  # the Condition add_message holds while it appends
+            return original(self, receipt_handle)
+
+    Queue.delete_message = delete_message  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     serialise_dynamodb()
+    serialise_sqs_deletes()
     main()
