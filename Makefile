@@ -21,10 +21,9 @@ sandbox: $(STAMP)
 tools:
 	@bash scripts/build-test-tools.sh >/dev/null
 
-## test: the whole test suite, on TEST_WORKERS parallel workers (default 4: most tests wait on processes)
+## test: the whole test suite
 test: $(STAMP) .venv-checkov/bin/checkov
-	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" \
-		$(PY) -m pytest -n $${TEST_WORKERS:-4} --durations=15
+	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest
 
 ## bench: latency, throughput and footprint figures, printed and saved under bench/results/
 bench: $(STAMP)
