@@ -26,7 +26,7 @@ from bot.delivery.command_parser import ErpCommand
 from bot.delivery.drift import Drift, cluster_drift, diff_text, manifest_deployments, release_drift
 from bot.delivery.escaping import escape_text
 from bot.runtime import Runtime
-from handlers.erp_command import AnswerBeside, Invocation
+from handlers.erp_command import AnswerBeside, Invocation, over_limit
 from handlers.redeploy import redeploy_recorded
 from handlers.rollback import NO_CLUSTER
 
@@ -247,11 +247,9 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             await answer(text="I'm restarting; press Re-deploy again in a few seconds.")
             return
         try:  # as `/erp deploy`: the same per-person limit, checks and one-line answers
-            wait = await runtime.state.count_use(f"{who.user_id}#changes", runtime.user_limits["changes"],
-                                                 runtime.user_limit_window)
-            if wait is not None:
-                await answer(text=f":hourglass: That is {runtime.user_limits['changes']} changes from you in"
-                                  f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+            refusal = await over_limit(runtime, who.user_id, "changes")
+            if refusal is not None:
+                await answer(text=refusal)
                 return
             await redeploy_recorded(service, env, who, runtime, cast(AsyncRespond, answer))
         except Exception as e:

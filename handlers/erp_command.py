@@ -64,6 +64,15 @@ class AnswerBeside:
         return await self._respond(**{**kwargs, "replace_original": False, "response_type": "ephemeral"})
 
 
+async def over_limit(runtime: Runtime, user: str, kind: str) -> str | None:
+    """The one-line refusal when `user` is over the per-person limit of `kind` (shared by every replica)."""
+    wait = await runtime.state.count_use(f"{user}#{kind}", runtime.user_limits[kind], runtime.user_limit_window)
+    if wait is None:
+        return None
+    return (f":hourglass: That is {runtime.user_limits[kind]} {kind} from you in {runtime.user_limit_window}s,"
+            f" the most I take; try again in {wait}s.")
+
+
 LIMITED = {"deploy": "changes", "promote": "changes", "rollback": "changes", "lock": "changes",
            "logs": "log queries"}  # verb -> per-person limit
 VerbHandler = Callable[[ErpCommand, Invocation, Runtime, AsyncRespond], Awaitable[None]]
@@ -100,14 +109,11 @@ def register(app: AsyncApp, runtime: Runtime, verbs: dict[str, VerbHandler]) -> 
         try:
             kind = LIMITED.get(parsed.verb)
             if kind is not None:
-                wait = await runtime.state.count_use(f"{who.user_id}#{kind}", runtime.user_limits[kind],
-                                                     runtime.user_limit_window)
-                if wait is not None:
+                refusal = await over_limit(runtime, who.user_id, kind)
+                if refusal is not None:
                     log.warning("/erp %s refused: %s is over the per-person limit", parsed.verb, who.user_id,
                                 extra=log_fields(verb=parsed.verb, user=who.user_id, reason="user_limit"))
-                    await respond(response_type="ephemeral", replace_original=True,
-                                  text=f":hourglass: That is {runtime.user_limits[kind]} {kind} from you in"
-                                       f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+                    await respond(response_type="ephemeral", replace_original=True, text=refusal)
                     return
             await verbs[parsed.verb](parsed, who, runtime, respond)
         except (ClientError, BotoCoreError) as e:  # botocore's retries gave up: say so, in words

@@ -29,7 +29,7 @@ from bot.delivery.scan_report import severity_counts
 from bot.jsonlog import log_fields
 from bot.runtime import Runtime
 from handlers.deploy import Answer, Audit, Launch, run_deploy
-from handlers.erp_command import Invocation
+from handlers.erp_command import Invocation, over_limit
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
         service, _, shown = str(body["actions"][0].get("value", "")).partition("=")
         if service not in runtime.config.services or runtime.config.promotion is None:
             return
-        who = Invocation(user_id=body["user"]["id"], channel_id=body.get("channel", {}).get("id", ""),
-                         response_url=body.get("response_url"), trigger_id=body.get("trigger_id"))
+        who = Invocation.from_click(body)
 
         async def answer(text: str) -> None:
             await respond(response_type="ephemeral", replace_original=False, text=text)
@@ -189,11 +188,9 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             await answer("I'm restarting; press Promote again in a few seconds.")
             return
         try:  # as `/erp promote <service>`: the same limits and the same one-line answers
-            wait = await runtime.state.count_use(f"{who.user_id}#changes", runtime.user_limits["changes"],
-                                                 runtime.user_limit_window)
-            if wait is not None:
-                await answer(f":hourglass: That is {runtime.user_limits['changes']} changes from you in"
-                             f" {runtime.user_limit_window}s, the most I take; try again in {wait}s.")
+            refusal = await over_limit(runtime, who.user_id, "changes")
+            if refusal is not None:
+                await answer(refusal)
                 return
             command = ErpCommand(verb="promote", service=service, environment=runtime.config.promotion.target)
             await promote(command, who, runtime, respond, expected=shown)
