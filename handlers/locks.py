@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
@@ -24,7 +24,7 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
 from bot.aws.clients import error_code
 from bot.aws.state import AuditRecord
 from bot.delivery.command_parser import MAX_REASON, ErpCommand
-from bot.delivery.deploy_gate import EnvLock
+from bot.delivery.deploy_gate import EnvLock, pipeline_refusal
 from bot.delivery.escaping import escape_text
 from bot.delivery.freeze_calendar import in_words
 from bot.runtime import Runtime
@@ -67,6 +67,39 @@ def _reason_text(reason: str) -> str:
     return f': "{escape_text(reason)}"' if reason else ""
 
 
+async def show_on_waiting_cards(runtime: Runtime, env_name: str, lock: EnvLock | None) -> None:
+    """Each card waiting for approval in this environment says whether the lock would stop it at its Deploy
+    stage (it has no grant under this lock: it started before it, or someone else holds it), and says nothing
+    once the lock is gone. Called when a lock changes and on every sweep, so a replica dying in between, or
+    an expiry, only delays it. The text holds no relative time: the card is edited when the lock changes."""
+    try:
+        waiting = await runtime.state.pending_approvals(env_name)
+    except Exception as e:
+        log.warning("could not read %s's waiting cards: %s", env_name, error_code(e))
+        return
+    now = datetime.now(UTC)
+    for marker in waiting:
+        execution = str(marker.get("execution_id") or "")
+        try:
+            note = None
+            if lock is not None and lock.active(now.timestamp()):
+                grant = await runtime.state.get_grant(env_name, execution)
+                if pipeline_refusal(env_name, lock, None, grant, now) is not None:
+                    note = (f":lock: {env_name} is locked by <@{lock.holder}> until {slack_time(lock.until)}"
+                            f"{_reason_text(lock.reason)}: approved now, this deploy's Deploy stage would refuse"
+                            f" it. `/erp unlock {env_name}` first (the holder or an approver).")
+            changed: list[bool] = []
+
+            def show(card: Any, note: str | None = note, changed: list[bool] = changed) -> None:
+                if card.lock_note != note and not (card.finished and note is not None):
+                    card.lock_note = note
+                    changed.append(True)
+            if await runtime.cards.mutate(execution, show) is not None and changed:
+                await runtime.cards.sync_message(execution)
+        except Exception as e:  # one card's trouble never keeps the others from their note
+            log.warning("could not show %s's lock on card %s: %s", env_name, execution, error_code(e))
+
+
 async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
     assert command.environment is not None
     env = runtime.config.environments[command.environment]
@@ -85,12 +118,16 @@ async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
     current = await runtime.state.get_lock(env.name)
     if current is not None and current.active(now):
         if current.holder == who.user_id:  # the holder again: extend it (and take the new reason, if any)
-            renewed = EnvLock(env.name, who.user_id, command.reason or current.reason, current.since, now + seconds,
+            # a new reason alone never cuts the lock short: the default only ever lengthens it
+            until = now + seconds if command.duration else max(current.until, now + seconds)
+            renewed = EnvLock(env.name, who.user_id, command.reason or current.reason, current.since, until,
                               id=current.id)  # the same lock, longer: a deploy granted under it still passes
             if not await runtime.state.take_lock(renewed, replacing=current):
                 await answer("The lock changed just now; look at `/erp locks` and try again.")
                 return
-            await _audit(runtime, who.user_id, "lock", env.name, "ok", f"extended to {in_words_s(seconds)}")
+            await _audit(runtime, who.user_id, "lock", env.name, "ok",
+                         f"until {in_words_s(until - now)} from now: {renewed.reason}"[:200])
+            await show_on_waiting_cards(runtime, env.name, renewed)
             await answer(f":lock: {describe(renewed, now)}.")
             return
         value = json.dumps({"env": env.name, "lock": current.id, "seconds": seconds,  # Slack counts characters:
@@ -100,11 +137,14 @@ async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
             ButtonElement(text="Take over", action_id=TAKEOVER_ACTION, value=value, style="danger"),
             ButtonElement(text="Cancel", action_id=TAKEOVER_CANCEL_ACTION, value=env.name)]).to_dict()])
         return
+    if current is not None:  # run out, not swept yet: its holder hears it expired before anyone takes it
+        await _expire(runtime, env.name, current)
     taken = EnvLock(env.name, who.user_id, command.reason or "", now, now + seconds)
     if not await runtime.state.take_lock(taken):
         await answer("Someone locked it a moment ago; look at `/erp locks` and try again.")
         return
     await _audit(runtime, who.user_id, "lock", env.name, "ok", f"for {in_words_s(seconds)}: {taken.reason}"[:200])
+    await show_on_waiting_cards(runtime, env.name, taken)
     await _say(runtime, env.channel, f":lock: <@{who.user_id}> locked {env.name} for {in_words_s(seconds)}"
                                      f"{_reason_text(taken.reason)}. Only their deploys go out until"
                                      f" {slack_time(taken.until)} or `/erp unlock {env.name}`; rollbacks still work.")
@@ -137,6 +177,7 @@ async def unlock(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await answer("The lock changed just now; look at `/erp locks` and try again.")
         return
     await _audit(runtime, who.user_id, "unlock", env.name, "ok", f"lock of {current.holder}")
+    await show_on_waiting_cards(runtime, env.name, None)
     by_other = f" (held by <@{current.holder}>)" if current.holder != who.user_id else ""
     await _say(runtime, env.channel, f":unlock: <@{who.user_id}> unlocked {env.name}{by_other}; deploys are open"
                                      " again.")
@@ -160,10 +201,14 @@ async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: 
     if env.lock_after_rollback is None:
         return None
     now = int(time.time())
+    current = await runtime.state.get_lock(env_name)
+    if current is not None and not current.active(now):  # run out, not swept yet: said expired first
+        await _expire(runtime, env_name, current)
     taken = EnvLock(env_name, user, f"rolled back {what}", now, now + env.lock_after_rollback)
     if not await runtime.state.take_lock(taken):
         return None  # somebody holds it already: theirs stands
     await _audit(runtime, user, "lock", env_name, "ok", f"after the rollback of {what}"[:200])
+    await show_on_waiting_cards(runtime, env_name, taken)
     return (f":lock: {env_name} is locked for <@{user}> until {slack_time(taken.until)} so nobody redeploys"
             f" straight away; `/erp unlock {env_name}` when it is safe.")
 
@@ -171,6 +216,7 @@ async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: 
 async def _expire(runtime: Runtime, name: str, current: EnvLock) -> None:
     if not await runtime.state.release_lock(current):  # one replica wins and tells; an extended lock stays
         return
+    await show_on_waiting_cards(runtime, name, None)
     channel = runtime.config.environments[name].channel
     await _say(runtime, channel, f":unlock: <@{current.holder}>'s lock on {name} expired at"
                                  f" {slack_time(current.until)}; deploys are open again.")
@@ -195,6 +241,8 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
             log.warning("could not publish %s's freeze calendar yet: %s", name, error_code(e))
         try:
             current = await runtime.state.get_lock(name)
+            await show_on_waiting_cards(runtime, name, current if current is not None and current.active(now)
+                                        else None)
             if current is None:
                 continue
             if not current.active(now):
@@ -258,6 +306,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             return
         await _audit(runtime, user, "lock_takeover", env_name, "ok",
                      f"from {current.holder} (since {current.since}): {reason}"[:200])
+        await show_on_waiting_cards(runtime, env_name, taken)
         await _say(runtime, env.channel, f":lock: <@{user}> took over {env_name}'s lock from <@{current.holder}>"
                                          f"{_reason_text(reason)}. It holds until {slack_time(taken.until)}.")
         await answer(f":lock: {describe(taken, now)}. <@{current.holder}> was told.")

@@ -385,6 +385,10 @@ class StateStore:
         await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
             **rules_key(env), "freeze": rules, "published": int(time.time()), "promotion_source": promotion_source}))
 
+    async def get_grant(self, env: str, execution_id: str) -> DeployGrant | None:
+        item = await self.get_marker(**grant_key(env, execution_id))
+        return DeployGrant.from_item(execution_id, item) if item is not None else None
+
     async def put_grant(self, env: str, grant: DeployGrant) -> None:
         await self.aws.call("dynamodb", "put_item", TableName=self.table, Item=_to_item({
             **grant_key(env, grant.execution_id), **grant.to_item(), "ttl": int(time.time()) + GRANT_TTL_SECONDS}))

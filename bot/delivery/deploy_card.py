@@ -111,6 +111,8 @@ class DeployCard:
     superseded_by: str | None = None  # a newer execution of the service waits for approval (approval_reminders)
     origin_note: str | None = None  # a promotion: from where, which execution, digest and scan (handlers/promote)
     gate_note: str | None = None  # what it went through: its requester's own lock, a broken freeze (deploy_gate)
+    # a lock taken while it waits that its Deploy stage would refuse it under (handlers/locks.py); None once gone
+    lock_note: str | None = None
     posting_since: str | None = None  # a replica is posting the message (a push's card); see ensure_card
     # thread notes recorded but not yet posted, [key, text] in order: an outbox, cleared note by note only
     # after Slack took each one, so a failed post is retried, never lost

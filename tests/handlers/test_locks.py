@@ -17,7 +17,7 @@ from bot.slack.deploy_card_blocks import APPROVE_ACTION
 from handlers.locks import TAKEOVER_ACTION
 from sandbox.codepipeline import Execution, PipelineStandIn
 from sandbox.slack_workspace import Message, SlackWorkspace
-from tests.handlers.test_deploy import card_text, command, wait_for_card
+from tests.handlers.test_deploy import card_text, command, the_card, wait_for_card
 from tests.support import BackgroundLoop, BotProcess, base_config, wait_until, write_config
 
 
@@ -74,11 +74,44 @@ def test_a_lock_stops_other_peoples_deploys_and_lets_the_holders_through(
     # the holder's own deploy goes, says so on its card, and passes the pipeline's own gate
     command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
     card = wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30)
-    assert "Deployed under <@U0DEV1>'s lock" in card_text(card)
+    assert "Deployed under <@U0DEV1>'s lock" in card_text(card) and "would refuse" not in card_text(card)
     background_loop.run(slack.click("U0APPR1", card, APPROVE_ACTION))
     wait_for_card(slack, "C0PROD", "Succeeded", timeout=30)
     assert [a["outcome"] for a in audit_actions(aws_resources["table"], "prod") if a["action"] == "deploy"
             and a["actor"] == "U0APPR1"] == ["refused"]
+
+
+def test_a_card_waiting_for_approval_says_a_lock_taken_after_it_would_stop_it(
+        bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, gated: PipelineStandIn,
+        aws_resources: dict[str, str], tmp_path: Path):
+    """A prod card already waiting for approval when someone locks prod has no grant under that lock: its
+    Deploy stage would refuse it. The release manager reads that on the card before approving, and the card
+    says nothing of it again once the lock is gone, by `/erp unlock` or by its expiry (the sweep)."""
+    process = BotProcess({**bot_env, "LOCK_SWEEP_SECONDS": "0.5"}, tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+        card = wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30)
+        assert "is locked by" not in card_text(card)
+        command(background_loop, slack, "U0ONCALL", "C0PROD", 'lock prod for 1h "INC-9 payments down"')
+        answer(slack, "U0ONCALL", "prod is locked by <@U0ONCALL>")
+        card = wait_for_card(slack, "C0PROD", "prod is locked by <@U0ONCALL>")
+        assert "INC-9 payments down" in card_text(card) and "Deploy stage would refuse it" in card_text(card)
+        assert "Waiting for approval" in card_text(card)
+        command(background_loop, slack, "U0ONCALL", "C0PROD", "unlock prod")
+        answer(slack, "U0ONCALL", "prod is unlocked")
+        wait_until(lambda: "is locked by" not in card_text(the_card(slack, "C0PROD")), 15, "the lock off the card")
+        # a lock that expires leaves the card too (the sweep), and the holder's own card never reads as refused
+        command(background_loop, slack, "U0ONCALL", "C0PROD", "lock prod for 1h")
+        wait_for_card(slack, "C0PROD", "prod is locked by <@U0ONCALL>")
+        boto3.client("dynamodb").update_item(
+            TableName=aws_resources["table"], Key={"pk": {"S": "LOCK#prod"}, "sk": {"S": "CURRENT"}},
+            UpdateExpression="SET #u = :u", ExpressionAttributeNames={"#u": "until"},
+            ExpressionAttributeValues={":u": {"N": str(int(time.time()) - 1)}})
+        said(slack, "C0PROD", "<@U0ONCALL>'s lock on prod expired")
+        wait_until(lambda: "is locked by" not in card_text(the_card(slack, "C0PROD")), 15, "the lock off the card")
+    finally:
+        process.stop()
 
 
 def test_the_pipeline_started_from_the_console_or_a_push_obeys_the_lock(
@@ -160,6 +193,33 @@ def test_a_lock_reminds_its_holder_once_and_says_when_it_expired(
         assert "Item" not in ddb.get_item(TableName=table, Key={"pk": {"S": "LOCK#dev"}, "sk": {"S": "CURRENT"}})
         command(background_loop, slack, "U0GUEST", "C0DEV", "locks")
         answer(slack, "U0GUEST", "dev is not locked")
+    finally:
+        process.stop()
+
+
+def test_locking_again_never_shortens_a_lock_and_a_lapsed_one_taken_is_said_expired(
+        bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop,
+        aws_resources: dict[str, str], tmp_path: Path):
+    """Review findings: the holder's `/erp lock dev "new reason"` set the end to now + the default (2h), cutting
+    a 6h lock short while the audit said "extended"; and a lock that had run out but was not swept yet was
+    taken by someone else without its holder ever being told it expired."""
+    process = BotProcess({**bot_env, "LOCK_SWEEP_SECONDS": "3600"}, tmp_path / "bot.log")  # no sweep in between
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        command(background_loop, slack, "U0DEV1", "C0DEV", "lock dev for 6h schema migration")
+        answer(slack, "U0DEV1", "dev is locked by <@U0DEV1>")
+        command(background_loop, slack, "U0DEV1", "C0DEV", "lock dev schema migration, step 2")
+        kept = answer(slack, "U0DEV1", "step 2")
+        assert "(in 5h 59m)" in kept.text or "(in 6h)" in kept.text, kept.text
+
+        boto3.client("dynamodb").update_item(
+            TableName=aws_resources["table"], Key={"pk": {"S": "LOCK#dev"}, "sk": {"S": "CURRENT"}},
+            UpdateExpression="SET #u = :u", ExpressionAttributeNames={"#u": "until"},
+            ExpressionAttributeValues={":u": {"N": str(int(time.time()) - 5)}})
+        command(background_loop, slack, "U0ONCALL", "C0DEV", "lock dev for 1h INC-9")
+        answer(slack, "U0ONCALL", "dev is locked by <@U0ONCALL>")
+        said(slack, "C0DEV", "<@U0DEV1>'s lock on dev expired")
+        assert "lock_expired" in [a["action"] for a in audit_actions(aws_resources["table"], "dev")]
     finally:
         process.stop()
 
