@@ -47,6 +47,26 @@ def _tag(record: dict[str, Any] | None) -> str:
     return _image(record).partition("@")[0]
 
 
+def _undone(records: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+    """Why an environment's last good deploy of a service is not what it runs well now, and the record that
+    says so: its last attempt failed or was rolled back, or a rollback came after it (the buildspec's
+    promotion_gate reads the same records)."""
+    attempt, deployed, undone = records.get("attempt"), records.get("deployed"), records.get("rolled_back")
+    if attempt is not None and not attempt.get("ok", True):
+        return ("was rolled back" if attempt.get("rolled_back") else "failed"), attempt
+    if undone is not None and deployed is not None and int(undone.get("at", 0)) >= int(deployed.get("at", 0)):
+        return "was rolled back", undone
+    return None
+
+
+def _running(records: dict[str, dict[str, Any]]) -> str:
+    """The tag an environment runs now by its records: its last good deploy, or what a rollback since put back."""
+    deployed, undone = records.get("deployed"), records.get("rolled_back")
+    if undone is not None and int(undone.get("at", 0)) >= int((deployed or {}).get("at", 0)):
+        return str(undone.get("image") or "").partition("@")[0]
+    return _tag(deployed)
+
+
 def _ago(epoch: Any) -> str:
     return in_words(timedelta(seconds=max(0, time.time() - int(epoch or 0))))
 
@@ -67,16 +87,18 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
 
     async def prepare(answer: Answer, audit: Audit) -> Launch | None:
         records = (await runtime.state.deploy_records(source)).get(service, {})
-        deployed, attempt = records.get("deployed"), records.get("attempt")
+        deployed = records.get("deployed")
         if deployed is None:
             await answer(f"The pipeline has not deployed {service} to {source} yet: there is nothing to promote."
                          f" Deploy it there first: `/erp deploy {service} {source}`.")
             return None
-        if attempt is not None and not attempt.get("ok", True):
+        undone = _undone(records)
+        if undone is not None:
+            how, record = undone
             await audit("refused", f"{source}'s last change failed or was rolled back")
-            what = (f"was rolled back ({attempt['rolled_back']})" if attempt.get("rolled_back")
-                    else f"failed (`{short_tag(_tag(attempt))}`)")
-            await answer(f":no_entry: {source}'s last deploy of {service} {what}, {_ago(attempt.get('at'))} ago:"
+            what = (f"was rolled back ({record['rolled_back']})" if how == "was rolled back"
+                    else f"failed (`{short_tag(_tag(record))}`)")
+            await answer(f":no_entry: {source}'s last deploy of {service} {what}, {_ago(record.get('at'))} ago:"
                          f" deploy it to {source} again first; nothing was started.")
             return None
         image = _image(deployed)
@@ -144,31 +166,40 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
 
 
 async def _list(runtime: Runtime, respond: AsyncRespond) -> None:
-    """What the source runs that the target does not, newest first, with a Promote button each."""
+    """What the source runs that the target does not, newest first, with a Promote button each; a service
+    whose last change in the source failed or was rolled back is listed without one, saying why."""
     assert runtime.config.promotion is not None
     source, target = runtime.config.promotion.source, runtime.config.promotion.target
     there, here = await runtime.state.deploy_records(source), await runtime.state.deploy_records(target)
-    rows = []
+    rows: list[tuple[int, str, str | None]] = []  # (when, the line, the button's value or None)
     for service in runtime.config.services:
-        deployed = there.get(service, {}).get("deployed")
+        records = there.get(service, {})
+        deployed = records.get("deployed")
         if deployed is None:
             continue
-        dev_tag, prod_tag = _tag(deployed), _tag(here.get(service, {}).get("deployed") or {})
+        undone = _undone(records)
+        if undone is not None:
+            how, record = undone
+            how = f"{source}'s last deploy failed" if how == "failed" else f"{source} was rolled back"
+            rows.append((int(record.get("at", 0)), f"*{service}*: {how} {_ago(record.get('at'))} ago · not"
+                         f" promotable until it is deployed to {source} again", None))
+            continue
+        dev_tag, prod_tag = _tag(deployed), _running(here.get(service, {}))
         if dev_tag and dev_tag != prod_tag:
-            rows.append((int(deployed.get("at", 0)), service, dev_tag, prod_tag))
+            rows.append((int(deployed.get("at", 0)),
+                         f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} `{short_tag(prod_tag) or 'none'}`"
+                         f" · {_ago(deployed.get('at'))} in {source}", f"{service}={_image(deployed)}"))
     if not rows:
         await respond(response_type="ephemeral", replace_original=True,
                       text=f"{target} runs everything {source} runs: nothing to promote.")
         return
     blocks: list[dict[str, Any]] = [SectionBlock(text=f"*{source} runs, {target} does not:*").to_dict()]
-    for at, service, dev_tag, prod_tag in sorted(rows, reverse=True):
-        line = (f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} `{short_tag(prod_tag) or 'none'}` ·"
-                f" {in_words(timedelta(seconds=max(0, time.time() - at)))} in {source}")
-        image = _image(there[service]["deployed"])
-        blocks.append(SectionBlock(text=line, accessory=ButtonElement(
-            text="Promote", action_id=PROMOTE_ACTION, value=f"{service}={image}")).to_dict())
+    for _, line, value in sorted(rows, key=lambda row: row[0], reverse=True):
+        button = ButtonElement(text="Promote", action_id=PROMOTE_ACTION, value=value) if value else None
+        blocks.append(SectionBlock(text=line, accessory=button).to_dict())
+    promotable = sum(1 for row in rows if row[2])
     await respond(response_type="ephemeral", replace_original=True, blocks=blocks[:50],
-                  text=f"{len(rows)} service(s) to promote from {source} to {target}")
+                  text=f"{promotable} service(s) to promote from {source} to {target}")
 
 
 def register(app: AsyncApp, runtime: Runtime) -> None:

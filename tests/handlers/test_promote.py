@@ -110,6 +110,38 @@ def test_a_failed_dev_deploy_and_critical_findings_are_never_promoted(
     assert not [e for e in gated.executions.values() if e.variables["ENVIRONMENT"] == "prod"]
 
 
+def test_the_promote_list_offers_only_what_dev_runs_well_against_what_prod_runs_now(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, aws_resources: dict[str, str]):
+    """Review finding: the list read only the last good deploys. A service dev rolled back, or whose last dev
+    deploy failed, was offered with a Promote button (the click then refused), and after a prod rollback the
+    list compared dev with what prod ran before it."""
+    from bot.aws.state import StateStore
+
+    table = aws_resources["table"]
+    state = StateStore(AwsClients(), table)
+    environ = {"STATE_TABLE": table, "PIPELINE_EXECUTION_ID": "exec-dev"}
+    a, b, c, d, e = ("a" * 40, "b" * 40, "c" * 40, "d" * 40, "e" * 40)
+    # employee: deployed well in dev, then rolled back there
+    record_deploy(environ, "dev", a, ["employee"], images={"employee": f"{a}@sha256:{'1' * 64}"})
+    asyncio.run(state.record_rollback("dev", {"employee": "v1.2.0"}, "rolled back by U0ONCALL", at=int(time.time()) + 1))
+    # notification: deployed well, then a failed attempt in dev
+    record_deploy(environ, "dev", b, ["notification"], images={"notification": f"{b}@sha256:{'2' * 64}"})
+    record_deploy(environ, "dev", c, ["notification"], ok=False, images={"notification": f"{c}@sha256:{'3' * 64}"})
+    # approval-request: the same image in both, then prod rolled back to an older one: prod runs `e` now
+    record_deploy(environ, "dev", d, ["approval-request"], images={"approval-request": f"{d}@sha256:{'4' * 64}"})
+    record_deploy(environ, "prod", d, ["approval-request"], images={"approval-request": f"{d}@sha256:{'4' * 64}"})
+    asyncio.run(state.record_rollback("prod", {"approval-request": e}, "rolled back by U0APPR1", at=int(time.time()) + 1))
+
+    command(background_loop, slack, "U0DEV1", "C0PROD", "promote")
+    listed = answer(slack, "U0DEV1", "to promote from dev to prod")
+    text = json.dumps(listed.blocks, ensure_ascii=False)
+    assert f"*approval-request*: dev `{d[:7]}` · prod `{e[:7]}`" in text, text
+    promote_buttons = [b["accessory"]["value"].partition("=")[0] for b in listed.blocks
+                       if b.get("accessory", {}).get("action_id") == PROMOTE_ACTION]
+    assert promote_buttons == ["approval-request"], promote_buttons
+    assert "*employee*: dev was rolled back" in text and "*notification*: dev's last deploy failed" in text
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("promote employee to dev", "Promotion goes from dev to prod"),
     ("promote employe", "did you mean `employee`?"),
