@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import html
+import itertools
 import re
 import shlex
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ VERBS: dict[str, VerbHelp] = {
          '/erp deploy employee prod break-glass "INC-42 payments fix"'),
     ),
     "promote": VerbHelp(
-        "/erp promote [<service> [to <env>] [override <reason>|break-glass <reason>]]",
+        "/erp promote [<service> [to <env>] [override <reason>] [break-glass <reason>]]",
         "Deploy to prod the exact image that passed dev (no rebuild; the prod approval still applies); with no"
         " service, what dev runs that prod does not.",
         ("/erp promote", "/erp promote employee", "/erp promote employee to prod",
@@ -322,18 +323,26 @@ class CommandParser:
         if env != self.promotion.target:
             raise UsageError(f"Promotion goes from {self.promotion.source} to {self.promotion.target}; to deploy"
                              f" to {env}, use `/erp deploy {service} {env}`.")
-        command = ErpCommand(verb="promote", service=service, environment=env)
         if not rest:
-            return command
-        keyword = rest[0].lower()
-        if keyword not in ("override", "break-glass", "breakglass", "break_glass"):
+            return ErpCommand(verb="promote", service=service, environment=env)
+        # `override <reason>` (the soak time) and `break-glass <reason>` (a freeze), either or both, any order
+        kinds = {"override": "override", "break-glass": "break_glass", "breakglass": "break_glass",
+                 "break_glass": "break_glass"}
+        if rest[0].lower() not in kinds:
             self._too_many(rest, 0, "promote")
-        reason = self._reason(rest[1:])
-        if not reason:
-            raise UsageError(f"`{keyword}` needs a reason: `/erp promote {service} {keyword} \"INC-42 fix\"`.")
-        if keyword == "override":
-            return ErpCommand(verb="promote", service=service, environment=env, override=reason)
-        return ErpCommand(verb="promote", service=service, environment=env, break_glass=reason)
+        reasons: dict[str, str] = {}
+        starts = [i for i, word in enumerate(rest) if word.lower() in kinds] + [len(rest)]
+        for start, end in itertools.pairwise(starts):
+            keyword = rest[start].lower()
+            if kinds[keyword] in reasons:
+                raise UsageError(f"Say `{keyword}` once, with its reason: `/erp promote {service} {keyword}"
+                                 ' "INC-42 fix"`.')
+            reason = self._reason(rest[start + 1:end])
+            if not reason:
+                raise UsageError(f"`{keyword}` needs a reason: `/erp promote {service} {keyword} \"INC-42 fix\"`.")
+            reasons[kinds[keyword]] = reason
+        return ErpCommand(verb="promote", service=service, environment=env, override=reasons.get("override"),
+                          break_glass=reasons.get("break_glass"))
 
     def _unlock(self, args: list[str]) -> ErpCommand:
         if not args:

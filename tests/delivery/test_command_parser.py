@@ -93,3 +93,38 @@ def test_mistakes_say_what_to_type(text: str, message: str):
         PARSER.parse(text)
     assert message in err.value.message
     assert "\n" not in err.value.message
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('lock prod for 2h "INC-42 payments"', ErpCommand(verb="lock", environment="prod", duration=7200,
+                                                      reason="INC-42 payments")),
+    ("lock dev 30m", ErpCommand(verb="lock", environment="dev", duration=1800)),
+    ("lock dev migrating", ErpCommand(verb="lock", environment="dev", reason="migrating")),
+    ("unlock prod", ErpCommand(verb="unlock", environment="prod")),
+    ("promote", ErpCommand(verb="promote")),
+    ("promote employee to prod", ErpCommand(verb="promote", service="employee", environment="prod")),
+    ('promote employee override "soaked by hand"', ErpCommand(verb="promote", service="employee",
+                                                             environment="prod", override="soaked by hand")),
+    # an image still inside its soak time during a freeze: an approver gives both reasons, in either order
+    ('promote employee override "verified by QA" break-glass "INC-42 fix"', ErpCommand(
+        verb="promote", service="employee", environment="prod", override="verified by QA", break_glass="INC-42 fix")),
+    ("promote employee break-glass INC-42 override verified", ErpCommand(
+        verb="promote", service="employee", environment="prod", override="verified", break_glass="INC-42")),
+])
+def test_locks_and_promotions_parse(text: str, expected: ErpCommand):
+    assert PARSER.parse(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("lock", "Say which environment to lock."),
+    ("lock prod for ever", "`for ever` is not a duration: say `for 30m`, `for 2h` or `for 1d`."),
+    ("lock prod for 30d", "A lock lasts at most"),
+    ("promote employee override", "`override` needs a reason"),
+    ("promote employee override a break-glass", "`break-glass` needs a reason"),
+    ("promote employee override a override b", "Say `override` once"),
+    ("promote employee to dev", "Promotion goes from dev to prod"),
+])
+def test_lock_and_promote_mistakes_say_what_to_type(text: str, message: str):
+    with pytest.raises(UsageError) as err:
+        PARSER.parse(text)
+    assert message in err.value.message and "\n" not in err.value.message
