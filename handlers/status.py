@@ -33,8 +33,22 @@ def _when(iso: str) -> str:
     return f"<!date^{epoch}^{{date_short_pretty}} {{time}}|{iso[:16]}>"
 
 
+async def gate_lines(runtime: Runtime, env_name: str) -> list[str]:
+    """The environment's lock and freeze, if any: shown whether or not the cluster can be read."""
+    env = runtime.config.environments[env_name]
+    lines = []
+    lock = await runtime.state.get_lock(env_name)
+    if lock is not None and lock.active(time.time()):
+        lines.append(f":lock: {describe(lock)}")
+    if env.freeze is not None and (frozen := env.freeze.state_at(datetime.now(UTC))).frozen:
+        lines.append(f":snowflake: {freeze_summary(env_name, env.freeze, frozen, datetime.now(UTC))}")
+    return lines
+
+
 async def environment_status(runtime: Runtime, env_name: str) -> str:
-    assert runtime.helm is not None and runtime.cluster is not None
+    gates = await gate_lines(runtime, env_name)
+    if runtime.helm is None or runtime.cluster is None:
+        return "\n".join([f"*{env_name}*", *gates]) if gates else f"*{env_name}*: not locked, not frozen"
     env = runtime.config.environments[env_name]
     try:
         history = await runtime.helm.history(env.release, env.namespace, limit=5)
@@ -48,14 +62,9 @@ async def environment_status(runtime: Runtime, env_name: str) -> str:
     try:
         rollouts = await runtime.cluster.rollouts(env.namespace)
     except ClusterUnavailable as e:
-        return f"*{env_name}* · {release_line}\n:warning: {e}"
+        return "\n".join([f"*{env_name}* · {release_line}", f":warning: {e}", *gates])
     audit = await runtime.state.list_audit([env_name], limit=50)
-    lines = [f"*{env_name}* (`{env.namespace}`) · {release_line}"]
-    lock = await runtime.state.get_lock(env_name)
-    if lock is not None and lock.active(time.time()):
-        lines.append(f":lock: {describe(lock)}")
-    if env.freeze is not None and (frozen := env.freeze.state_at(datetime.now(UTC))).frozen:
-        lines.append(f":snowflake: {freeze_summary(env_name, env.freeze, frozen, datetime.now(UTC))}")
+    lines = [f"*{env_name}* (`{env.namespace}`) · {release_line}", *gates]
     for name, svc in runtime.config.services.items():
         state = rollouts.get(svc.deployment)
         if state is None:
@@ -75,9 +84,8 @@ def r_action(action: str) -> str:
 
 
 async def status(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
-    if runtime.helm is None or runtime.cluster is None:
-        await respond(response_type="ephemeral", replace_original=True, text=NO_CLUSTER)
-        return
     envs = [command.environment] if command.environment else list(runtime.config.environments)
     parts = [await environment_status(runtime, e) for e in envs]
+    if runtime.helm is None or runtime.cluster is None:  # locks and freezes still hold: say them
+        parts.append(NO_CLUSTER)
     await respond(response_type="ephemeral", replace_original=True, text="\n\n".join(parts))

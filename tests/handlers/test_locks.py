@@ -67,9 +67,17 @@ def test_a_lock_stops_other_peoples_deploys_and_lets_the_holders_through(
     assert "<@U0DEV1>" in refused.text and "INC-42 payments down" in refused.text
     assert "ago) until" in refused.text and ("(in 1h 59m)" in refused.text or "(in 2h)" in refused.text)
     assert "\n" not in refused.text and not gated.executions
+    command(background_loop, slack, "U0APPR1", "C0PROD", 'promote employee override "verified"')
+    second = wait_until(lambda: [m for m in slack.ephemerals("U0APPR1") if "is locked by" in m.text][1:], 15,
+                        "the promotion refused too")
+    assert "INC-42 payments down" in second[0].text and "\n" not in second[0].text and not gated.executions
 
     command(background_loop, slack, "U0GUEST", "C0PROD", "locks")
     assert "prod is locked by <@U0DEV1>" in answer(slack, "U0GUEST", "dev is not locked").text
+    # /erp status shows the lock even where this bot reads no cluster
+    command(background_loop, slack, "U0GUEST", "C0PROD", "status prod")
+    status = answer(slack, "U0GUEST", "No cluster is configured")
+    assert ":lock: prod is locked by <@U0DEV1>" in status.text and "INC-42 payments down" in status.text
 
     # the holder's own deploy goes, says so on its card, and passes the pipeline's own gate
     command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
@@ -248,6 +256,8 @@ def test_a_freeze_refuses_deploys_until_it_opens_and_an_approver_may_break_the_g
         assert "break-glass <reason>" in refused.text and not gated.executions
         command(background_loop, slack, "U0DEV1", "C0PROD", "freeze prod")
         assert "prod is frozen" in answer(slack, "U0DEV1", "UTC, deny mode").text
+        command(background_loop, slack, "U0DEV1", "C0PROD", "status prod")
+        assert ":snowflake: prod is frozen (release freeze) until" in answer(slack, "U0DEV1", "No cluster").text
         # a deployer who is not an approver cannot break the glass
         command(background_loop, slack, "U0DEV1", "C0PROD", 'deploy employee prod break-glass "hotfix"')
         assert "You can't break the glass: only" in answer(slack, "U0DEV1", ":no_entry:").text
@@ -259,10 +269,46 @@ def test_a_freeze_refuses_deploys_until_it_opens_and_an_approver_may_break_the_g
         wait_for_card(slack, "C0PROD", "Succeeded", timeout=40)
         [broken] = [a for a in audit_actions(aws_resources["table"], "prod") if a["action"] == "break_glass"]
         assert broken["actor"] == "U0APPR1" and broken["detail"] == "INC-42 payments fix"
-        # a push during the freeze does not deploy
+        # a push during the freeze does not deploy, and the card's thread says why
         frozen = push(background_loop, gated)
         wait_until(lambda: frozen.status == "Failed", 40, "the frozen push to fail at Deploy")
         assert gated.executions[frozen.id].actions[("Deploy", "Deploy")].status == "Failed"
+        pushed = wait_for_card(slack, "C0DEV", "Failed", timeout=30)
+        reason = wait_until(lambda: next((m.text for m in slack.thread("C0DEV", pushed.ts)
+                                          if "not deploying" in m.text), None), 20, "the reason in the thread")
+        assert "dev is frozen (release freeze) until" in reason and "break-glass &lt;reason&gt;" in reason  # escaped
+        # a promotion is refused by the freeze as a deploy is, and says how to break the glass for it
+        command(background_loop, slack, "U0DEV1", "C0PROD", "promote employee")
+        refused = answer(slack, "U0DEV1", "`/erp promote employee break-glass <reason>`")
+        assert refused.text.startswith(":snowflake: prod is frozen (release freeze) until") and not \
+            [e for e in gated.executions.values() if e.variables.get("PROMOTE_IMAGE", "").strip()]
+    finally:
+        process.stop()
+
+
+def test_erp_freeze_shows_each_environment_open_or_frozen_and_its_next_windows(
+        bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop,
+        aws_resources: dict[str, str], tmp_path: Path):
+    config = base_config(aws_resources["queue_url"], aws_resources["table"], aws_resources["progress_queue_url"])
+    from zoneinfo import ZoneInfo
+
+    seoul = ZoneInfo("Asia/Seoul")
+    start = (datetime.now(seoul) + timedelta(days=10)).replace(hour=18, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=2)).replace(hour=9)
+    config["environments"]["prod"]["freeze"] = {"timezone": "Asia/Seoul", "mode": "deny", "windows": [
+        {"name": "year-end close", "from": f"{start:%Y-%m-%d %H:%M}", "to": f"{end:%Y-%m-%d %H:%M}"}]}
+    path = write_config(tmp_path / "calendar.yaml", config)
+    process = BotProcess({**bot_env, "BOT_CONFIG": str(path)}, tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        command(background_loop, slack, "U0DEV1", "C0PROD", "freeze")
+        shown = answer(slack, "U0DEV1", "has no freeze windows").text
+        assert shown.startswith(":white_circle: dev has no freeze windows.")
+        assert ":large_green_circle: prod is open for deploys (Asia/Seoul, deny mode); the next freeze starts" \
+            f" {start:%a %d %b %H:%M} KST (in 9d " in shown or f"{start:%H:%M} KST (in 10d" in shown, shown
+        assert f"• year-end close: {start:%a %d %b %H:%M} KST to {end:%a %d %b %H:%M} KST" in shown
+        command(background_loop, slack, "U0DEV1", "C0PROD", "freeze prod")
+        assert "dev" not in answer(slack, "U0DEV1", "prod is open for deploys").text
     finally:
         process.stop()
 
