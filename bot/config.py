@@ -314,7 +314,8 @@ def parse_config(data: Any, source: str) -> Config:
                                 (("default", "default_seconds"), ("max", "max_seconds"),
                                  ("remind_before", "remind_before_seconds")) if k in raw_locks})
         if locks.default_seconds > locks.max_seconds:
-            raise r.fail("locks.default", f"at most locks.max ({top['locks'].get('max')})", top["locks"]["default"])
+            biggest = raw_locks["max"] if "max" in raw_locks else f"{LockSettings.max_seconds // 86400}d, the default"
+            raise r.fail("locks.default", f"at most locks.max ({biggest})", raw_locks["default"])
     promotion = None
     default_promotion = {"from": "dev", "to": "prod"} if {"dev", "prod"} <= set(environments) else None
     raw_promotion = top.get("promotion", default_promotion)

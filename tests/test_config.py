@@ -57,6 +57,16 @@ def test_good_config_loads_with_log_groups_per_environment(tmp_path: Path):
     ("services.all", {"image_repository": "x", "log_group": "y", "deployment": "z"}, "services.all: expected a service name other than 'all'"),
     ("services", [], "services: expected a mapping of service name to settings, got a list"),
     ("oncall_channels", "C0ONCALL", "oncall_channels: expected a list of Slack channel IDs"),
+    ("locks", {"default": "4d"}, "locks.default: expected at most locks.max (3d, the default), got '4d'"),
+    ("locks", {"default": "3h", "max": "2h"}, "locks.default: expected at most locks.max (2h), got '3h'"),
+    ("locks", {"defualt": "1h"}, "locks.defualt: unknown key, expected one of: default, max, remind_before"),
+    ("locks", {"default": "soon"}, "locks.default: expected a duration such as 30m, 2h or 3d, got 'soon'"),
+    ("promotion", {"from": "dev", "to": "staging"}, "promotion.to: expected one of the environments (dev, prod)"),
+    ("promotion", {"from": "prod", "to": "prod"}, "promotion.to: expected another environment than promotion.from"),
+    ("promotion", {"from": "dev", "to": "prod", "soak": "a while"}, "promotion.soak: expected a duration"),
+    ("environments.prod.freeze", {"timezone": "Asia/Seol", "windows": [{"from": "Fri 18:00", "to": "Mon 09:00"}]},
+     "environments.prod.freeze: timezone: 'Asia/Seol' is not an IANA time zone such as Asia/Seoul"),
+    ("environments.prod.lock_after_rollback", "forever", "environments.prod.lock_after_rollback: expected a duration"),
 ])
 def test_bad_config_names_file_key_and_expectation(path: str, value: Any, message: str):
     with pytest.raises(ConfigError) as err:
