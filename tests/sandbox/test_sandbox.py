@@ -43,3 +43,16 @@ def test_sandbox_starts_answers_help_and_stops_cleanly(tmp_path):
         code = proc.wait(30)
         log.close()
     assert code == 0, (tmp_path / "sandbox.log").read_text()[-2000:]
+
+
+def test_the_page_shows_every_emoji_the_bot_writes():
+    """The page draws `:code:` as Slack does; one it does not know shows as raw text (the lock, freeze and
+    promotion lines did, until this test read every code the bot and the buildspec write)."""
+    import re
+
+    page = (ROOT / "sandbox" / "static" / "index.html").read_text()
+    known = set(re.findall(r"([a-z0-9_+-]+):\"", re.search(r"const EMOJI = \{(.*?)\};", page, re.S).group(1)))
+    sources = [*(ROOT / "bot").rglob("*.py"), *(ROOT / "handlers").rglob("*.py"), ROOT / "buildspec.yml"]
+    written = {code for path in sources for code in re.findall(r"(?<![\w:]):([a-z0-9_+-]+):(?![\w/])", path.read_text())
+               if not code.isdigit()}
+    assert written - known == set()

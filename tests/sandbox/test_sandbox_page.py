@@ -160,3 +160,56 @@ def test_an_alarm_in_the_deploys_thread_and_a_drift_re_deployed_in_the_browser(s
         expect(redeploy).to_contain_text("Succeeded", timeout=60_000)
         expect(drift).to_contain_text("cleared", timeout=60_000)
         browser.close()
+
+
+def test_a_lock_on_the_cards_and_a_promotion_end_to_end_in_the_browser(sandbox: str):
+    """Issue 19 on the page: a prod card waiting for approval shows a lock taken after it, another person's
+    deploy is refused in one line while the holder's goes out under the lock; after the unlock, dev's image is
+    promoted to prod (an approver overrides the soak time with a reason) and another approver approves it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    def say(page: Any, user: str, text: str) -> None:
+        page.select_option("#user", user)
+        page.fill("#text", text)
+        page.press("#text", "Enter")
+
+    with sync_playwright() as p:
+        browser, page = open_page(p, sandbox)
+        page.locator("#channels .ch", has_text="erp-dev").click()
+        say(page, "U0DEV1", "/erp deploy employee dev")
+        dev_card = page.locator(".msg", has_text="Deploy employee to dev").first
+        expect(dev_card).to_contain_text("Succeeded", timeout=60_000)
+
+        page.locator("#channels .ch", has_text="erp-prod").click()
+        say(page, "U0APPR1", "/erp deploy notification prod")
+        waiting = page.locator(".msg", has_text="Deploy notification to prod").first
+        expect(waiting).to_contain_text("Waiting for approval", timeout=30_000)
+        say(page, "U0DEV1", '/erp lock prod for 1h "INC-9 payments down"')
+        expect(page.locator(".msg.ephemeral").last).to_contain_text("prod is locked by", timeout=15_000)
+        expect(waiting).to_contain_text("🔒 prod is locked by", timeout=15_000)  # drawn, not a raw :lock:
+        expect(waiting).to_contain_text("Deploy stage would refuse it")
+        say(page, "U0APPR1", "/erp deploy employee prod")
+        expect(page.locator(".msg.ephemeral").last).to_contain_text("INC-9 payments down", timeout=15_000)
+        say(page, "U0DEV1", "/erp deploy employee prod")
+        mine = page.locator(".msg", has_text="Deploy employee to prod").first
+        expect(mine).to_contain_text("Deployed under", timeout=30_000)
+        expect(mine).to_contain_text("Dana Developer")
+        page.select_option("#user", "U0APPR1")
+        mine.locator("button", has_text="Approve").click()
+        page.locator("#dlg-ok").click()
+        expect(mine).to_contain_text("Succeeded", timeout=60_000)
+        say(page, "U0DEV1", "/erp unlock prod")
+        expect(waiting).not_to_contain_text("prod is locked by", timeout=15_000)
+
+        say(page, "U0APPR1", '/erp promote employee override "verified in dev by QA"')
+        promoted = page.locator(".msg", has_text="Promoted from dev").first
+        expect(promoted).to_contain_text("Waiting for approval", timeout=30_000)
+        expect(promoted).to_contain_text("soak overridden by")
+        page.select_option("#user", "U0ONCALL")  # never the one who asked: another approver approves
+        promoted.locator("button", has_text="Approve").click()
+        page.locator("#dlg-ok").click()
+        expect(promoted).to_contain_text("Succeeded", timeout=60_000)
+        page.screenshot(path=str(ROOT / "docs" / "sandbox-lock-and-promotion.png"))
+        browser.close()
