@@ -56,6 +56,8 @@ async def _say(runtime: Runtime, channel: str, text: str) -> None:
         await runtime.slack.chat_postMessage(channel=channel, text=text)
     except SlackApiError as e:
         log.warning("could not post a lock note in %s: %s", channel, e.response.get("error"))
+    except Exception as e:  # a timeout or a dropped connection: the lock has changed all the same
+        log.warning("could not post a lock note in %s: %s", channel, error_code(e))
 
 
 async def _audit(runtime: Runtime, actor: str, action: str, env: str, outcome: str, detail: str | None) -> None:
@@ -67,37 +69,59 @@ def _reason_text(reason: str) -> str:
     return f': "{escape_text(reason)}"' if reason else ""
 
 
+NOTED_SECONDS = 8 * 86400  # a card carrying a lock note is looked at again until then (approvals last 7 days)
+REASON_ON_CARD = 120  # characters of the lock's reason on a card, cut before escaping: the warning stays whole
+
+
+def _noted(env_name: str) -> str:
+    """The cards of this environment whose message carries a lock note: looked at again until it is gone, even
+    once another deploy of the service took their place among the waiting ones."""
+    return f"LOCKNOTE#{env_name}"
+
+
+def _lock_note(env_name: str, lock: EnvLock) -> str:
+    reason = lock.reason[:REASON_ON_CARD].replace("`", "'")
+    return (f":lock: {env_name} is locked by <@{lock.holder}> until {slack_time(lock.until)}{_reason_text(reason)}:"
+            f" approved now, this deploy's Deploy stage would refuse it. `/erp unlock {env_name}` first (the holder"
+            " or an approver).")
+
+
 async def show_on_waiting_cards(runtime: Runtime, env_name: str, lock: EnvLock | None) -> None:
     """Each card waiting for approval in this environment says whether the lock would stop it at its Deploy
     stage (it has no grant under this lock: it started before it, or someone else holds it), and says nothing
-    once the lock is gone. Called when a lock changes and on every sweep, so a replica dying in between, or
-    an expiry, only delays it. The text holds no relative time: the card is edited when the lock changes."""
+    once the lock is gone. Run when a lock changes and on every sweep: the note is recorded before the card
+    changes and cleared only after its message was edited, so a replica dying or Slack refusing an edit in
+    between only delays it to the next sweep. The text holds no relative time, so an unchanged lock edits
+    nothing."""
     try:
-        waiting = await runtime.state.pending_approvals(env_name)
+        waiting = {str(m.get("execution_id") or "") for m in await runtime.state.pending_approvals(env_name)}
+        noted = {str(m["sk"]) for m in await runtime.state.markers(_noted(env_name))}
     except Exception as e:
         log.warning("could not read %s's waiting cards: %s", env_name, error_code(e))
         return
     now = datetime.now(UTC)
-    for marker in waiting:
-        execution = str(marker.get("execution_id") or "")
+    for execution in sorted((waiting | noted) - {""}):
         try:
             note = None
-            if lock is not None and lock.active(now.timestamp()):
+            if execution in waiting and lock is not None and lock.active(now.timestamp()):
                 grant = await runtime.state.get_grant(env_name, execution)
                 if pipeline_refusal(env_name, lock, None, grant, now) is not None:
-                    note = (f":lock: {env_name} is locked by <@{lock.holder}> until {slack_time(lock.until)}"
-                            f"{_reason_text(lock.reason)}: approved now, this deploy's Deploy stage would refuse"
-                            f" it. `/erp unlock {env_name}` first (the holder or an approver).")
-            changed: list[bool] = []
+                    note = _lock_note(env_name, lock)
+                    await runtime.state.put_marker(_noted(env_name), execution, NOTED_SECONDS, only_if_absent=False)
 
-            def show(card: Any, note: str | None = note, changed: list[bool] = changed) -> None:
-                if card.lock_note != note and not (card.finished and note is not None):
-                    card.lock_note = note
-                    changed.append(True)
-            if await runtime.cards.mutate(execution, show) is not None and changed:
-                await runtime.cards.sync_message(execution)
+            def show(card: Any, note: str | None = note) -> None:
+                card.lock_note = note
+            if await runtime.cards.mutate(execution, show) is not None:
+                await runtime.cards.sync_message(execution)  # edits only if the rendering changed
+            if note is None and execution in noted:
+                await runtime.state.delete_marker(_noted(env_name), execution)
         except Exception as e:  # one card's trouble never keeps the others from their note
             log.warning("could not show %s's lock on card %s: %s", env_name, execution, error_code(e))
+
+
+def _show_soon(runtime: Runtime, env_name: str, lock: EnvLock | None) -> None:
+    """The cards follow the lock in the background: the person's answer waits for no card edit."""
+    runtime.work.spawn(show_on_waiting_cards(runtime, env_name, lock))
 
 
 async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: AsyncRespond) -> None:
@@ -127,7 +151,7 @@ async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
                 return
             await _audit(runtime, who.user_id, "lock", env.name, "ok",
                          f"until {in_words_s(until - now)} from now: {renewed.reason}"[:200])
-            await show_on_waiting_cards(runtime, env.name, renewed)
+            _show_soon(runtime, env.name, renewed)
             await answer(f":lock: {describe(renewed, now)}.")
             return
         value = json.dumps({"env": env.name, "lock": current.id, "seconds": seconds,  # Slack counts characters:
@@ -139,12 +163,13 @@ async def lock(command: ErpCommand, who: Invocation, runtime: Runtime, respond: 
         return
     if current is not None:  # run out, not swept yet: its holder hears it expired before anyone takes it
         await _expire(runtime, env.name, current)
+        now = int(time.time())
     taken = EnvLock(env.name, who.user_id, command.reason or "", now, now + seconds)
     if not await runtime.state.take_lock(taken):
         await answer("Someone locked it a moment ago; look at `/erp locks` and try again.")
         return
     await _audit(runtime, who.user_id, "lock", env.name, "ok", f"for {in_words_s(seconds)}: {taken.reason}"[:200])
-    await show_on_waiting_cards(runtime, env.name, taken)
+    _show_soon(runtime, env.name, taken)
     await _say(runtime, env.channel, f":lock: <@{who.user_id}> locked {env.name} for {in_words_s(seconds)}"
                                      f"{_reason_text(taken.reason)}. Only their deploys go out until"
                                      f" {slack_time(taken.until)} or `/erp unlock {env.name}`; rollbacks still work.")
@@ -177,7 +202,7 @@ async def unlock(command: ErpCommand, who: Invocation, runtime: Runtime, respond
         await answer("The lock changed just now; look at `/erp locks` and try again.")
         return
     await _audit(runtime, who.user_id, "unlock", env.name, "ok", f"lock of {current.holder}")
-    await show_on_waiting_cards(runtime, env.name, None)
+    _show_soon(runtime, env.name, None)
     by_other = f" (held by <@{current.holder}>)" if current.holder != who.user_id else ""
     await _say(runtime, env.channel, f":unlock: <@{who.user_id}> unlocked {env.name}{by_other}; deploys are open"
                                      " again.")
@@ -208,7 +233,7 @@ async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: 
     if not await runtime.state.take_lock(taken):
         return None  # somebody holds it already: theirs stands
     await _audit(runtime, user, "lock", env_name, "ok", f"after the rollback of {what}"[:200])
-    await show_on_waiting_cards(runtime, env_name, taken)
+    _show_soon(runtime, env_name, taken)
     return (f":lock: {env_name} is locked for <@{user}> until {slack_time(taken.until)} so nobody redeploys"
             f" straight away; `/erp unlock {env_name}` when it is safe.")
 
@@ -216,7 +241,6 @@ async def lock_after_rollback(runtime: Runtime, env_name: str, user: str, what: 
 async def _expire(runtime: Runtime, name: str, current: EnvLock) -> None:
     if not await runtime.state.release_lock(current):  # one replica wins and tells; an extended lock stays
         return
-    await show_on_waiting_cards(runtime, name, None)
     channel = runtime.config.environments[name].channel
     await _say(runtime, channel, f":unlock: <@{current.holder}>'s lock on {name} expired at"
                                  f" {slack_time(current.until)}; deploys are open again.")
@@ -241,8 +265,6 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
             log.warning("could not publish %s's freeze calendar yet: %s", name, error_code(e))
         try:
             current = await runtime.state.get_lock(name)
-            await show_on_waiting_cards(runtime, name, current if current is not None and current.active(now)
-                                        else None)
             if current is None:
                 continue
             if not current.active(now):
@@ -255,6 +277,15 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
                                f" `/erp lock {name} for 1h` extends it; `/erp unlock {name}` ends it now.")
         except Exception as e:
             log.warning("the lock sweep of %s failed: %s", name, error_code(e))
+    # then the cards, once every environment's expiry and reminder is done: a slow Slack delays only this
+    for name in runtime.config.environments:
+        try:
+            current = await runtime.state.get_lock(name)
+        except Exception as e:
+            log.warning("could not read %s's lock for its cards: %s", name, error_code(e))
+            continue
+        await show_on_waiting_cards(runtime, name, current if current is not None and current.active(time.time())
+                                    else None)
 
 
 async def sweep_locks_forever(runtime: Runtime) -> None:
@@ -306,7 +337,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
             return
         await _audit(runtime, user, "lock_takeover", env_name, "ok",
                      f"from {current.holder} (since {current.since}): {reason}"[:200])
-        await show_on_waiting_cards(runtime, env_name, taken)
+        _show_soon(runtime, env_name, taken)
         await _say(runtime, env.channel, f":lock: <@{user}> took over {env_name}'s lock from <@{current.holder}>"
                                          f"{_reason_text(reason)}. It holds until {slack_time(taken.until)}.")
         await answer(f":lock: {describe(taken, now)}. <@{current.holder}> was told.")

@@ -137,7 +137,7 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.origin_note[:600])]))
     if card.gate_note:  # written by the bot from the lock and the approver's reason, escaped there
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.gate_note[:600])]))
-    if card.lock_note and not card.finished:  # written by the bot from the lock, its reason escaped there
+    if card.lock_note and card.awaiting_approval:  # by the bot from the lock, its reason escaped there
         blocks.append(ContextBlock(elements=[MarkdownTextObject(text=card.lock_note[:600])]))
     if card.approval.decision == "Rejected" and card.approval.reason:
         reason = escape_text(card.approval.reason[:500])  # as the approver typed it, never live markup

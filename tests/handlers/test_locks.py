@@ -16,8 +16,8 @@ import pytest
 from bot.slack.deploy_card_blocks import APPROVE_ACTION
 from handlers.locks import TAKEOVER_ACTION
 from sandbox.codepipeline import Execution, PipelineStandIn
-from sandbox.slack_workspace import Message, SlackWorkspace
-from tests.handlers.test_deploy import card_text, command, the_card, wait_for_card
+from sandbox.slack_workspace import Fault, Message, SlackWorkspace
+from tests.handlers.test_deploy import card_text, command, wait_for_card
 from tests.support import BackgroundLoop, BotProcess, base_config, wait_until, write_config
 
 
@@ -94,30 +94,47 @@ def test_a_card_waiting_for_approval_says_a_lock_taken_after_it_would_stop_it(
         aws_resources: dict[str, str], tmp_path: Path):
     """A prod card already waiting for approval when someone locks prod has no grant under that lock: its
     Deploy stage would refuse it. The release manager reads that on the card before approving, and the card
-    says nothing of it again once the lock is gone, by `/erp unlock` or by its expiry (the sweep)."""
+    says nothing of it again once the lock is gone, by `/erp unlock` or by its expiry (the sweep). An edit
+    Slack refused is made by the next sweep, and a card another deploy of its service replaced among the
+    waiting ones still loses its note."""
     process = BotProcess({**bot_env, "LOCK_SWEEP_SECONDS": "0.5"}, tmp_path / "bot.log")
     slack.bot_url = f"{process.url}/slack/events"
+
+    def card(ts: str) -> str:
+        return card_text(next(m for m in slack.channel_messages("C0PROD") if m.ts == ts))
     try:
         command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
-        card = wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30)
-        assert "is locked by" not in card_text(card)
-        command(background_loop, slack, "U0ONCALL", "C0PROD", 'lock prod for 1h "INC-9 payments down"')
-        answer(slack, "U0ONCALL", "prod is locked by <@U0ONCALL>")
-        card = wait_for_card(slack, "C0PROD", "prod is locked by <@U0ONCALL>")
-        assert "INC-9 payments down" in card_text(card) and "Deploy stage would refuse it" in card_text(card)
-        assert "Waiting for approval" in card_text(card)
-        command(background_loop, slack, "U0ONCALL", "C0PROD", "unlock prod")
-        answer(slack, "U0ONCALL", "prod is unlocked")
-        wait_until(lambda: "is locked by" not in card_text(the_card(slack, "C0PROD")), 15, "the lock off the card")
-        # a lock that expires leaves the card too (the sweep), and the holder's own card never reads as refused
-        command(background_loop, slack, "U0ONCALL", "C0PROD", "lock prod for 1h")
-        wait_for_card(slack, "C0PROD", "prod is locked by <@U0ONCALL>")
+        first = wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30).ts
+        assert "is locked by" not in card(first)
+        slack.faults.append(Fault("chat.update", error="internal_error"))  # the lock's edit of the card fails
+        command(background_loop, slack, "U0APPR1", "C0PROD", 'lock prod for 1h "INC-9 payments down"')
+        answer(slack, "U0APPR1", "prod is locked by <@U0APPR1>")
+        wait_until(lambda: "prod is locked by <@U0APPR1>" in card(first), 15, "the lock on the waiting card")
+        assert "INC-9 payments down" in card(first) and "Deploy stage would refuse it" in card(first)
+        assert "Waiting for approval" in card(first)
+
+        # a start from the console of the same service takes the first one's place among the waiting ones
+        async def console_start() -> Execution:
+            return gated.start({"ENVIRONMENT": "prod", "SERVICE": "employee"}, trigger_type="StartPipelineExecution",
+                               trigger_detail="arn:aws:sts::806332783810:assumed-role/Admin/someone")
+        background_loop.run(console_start())
+        second = wait_until(lambda: next((m.ts for m in slack.channel_messages("C0PROD") if m.ts != first
+                                          and "Waiting for approval" in card_text(m)), None), 30, "the second card")
+        wait_until(lambda: "prod is locked by <@U0APPR1>" in card(second), 15, "the lock on the second card")
+        command(background_loop, slack, "U0APPR1", "C0PROD", "unlock prod")
+        answer(slack, "U0APPR1", "prod is unlocked")
+        wait_until(lambda: "is locked by" not in card(first) and "is locked by" not in card(second), 15,
+                   "the lock off both cards, the replaced one too")
+
+        # a new lock, which then expires (the sweep): the card says nothing of it any more
+        command(background_loop, slack, "U0APPR1", "C0PROD", "lock prod for 1h")
+        wait_until(lambda: "prod is locked by <@U0APPR1>" in card(second), 15, "the new lock on the card")
         boto3.client("dynamodb").update_item(
             TableName=aws_resources["table"], Key={"pk": {"S": "LOCK#prod"}, "sk": {"S": "CURRENT"}},
             UpdateExpression="SET #u = :u", ExpressionAttributeNames={"#u": "until"},
             ExpressionAttributeValues={":u": {"N": str(int(time.time()) - 1)}})
-        said(slack, "C0PROD", "<@U0ONCALL>'s lock on prod expired")
-        wait_until(lambda: "is locked by" not in card_text(the_card(slack, "C0PROD")), 15, "the lock off the card")
+        said(slack, "C0PROD", "<@U0APPR1>'s lock on prod expired")
+        wait_until(lambda: "is locked by" not in card(second), 15, "the lock off the card")
     finally:
         process.stop()
 
