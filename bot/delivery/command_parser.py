@@ -331,7 +331,10 @@ class CommandParser:
         if rest[0].lower() not in kinds:
             self._too_many(rest, 0, "promote")
         reasons: dict[str, str] = {}
-        starts = [i for i, word in enumerate(rest) if word.lower() in kinds] + [len(rest)]
+        # the other keyword starts a second reason only right after a one-word or quoted first reason: in
+        # `break-glass customers cannot override their address` it is part of the reason, not an override
+        second = 2 if len(rest) > 2 and rest[2].lower() in kinds else None
+        starts = [0, *([second] if second else []), len(rest)]
         for start, end in itertools.pairwise(starts):
             keyword = rest[start].lower()
             if kinds[keyword] in reasons:

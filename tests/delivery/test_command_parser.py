@@ -110,6 +110,10 @@ def test_mistakes_say_what_to_type(text: str, message: str):
         verb="promote", service="employee", environment="prod", override="verified by QA", break_glass="INC-42 fix")),
     ("promote employee break-glass INC-42 override verified", ErpCommand(
         verb="promote", service="employee", environment="prod", override="verified", break_glass="INC-42")),
+    # unquoted words that happen to be the other keyword stay in the reason
+    ("promote employee break-glass customers cannot override their address", ErpCommand(
+        verb="promote", service="employee", environment="prod",
+        break_glass="customers cannot override their address")),
 ])
 def test_locks_and_promotions_parse(text: str, expected: ErpCommand):
     assert PARSER.parse(text) == expected
