@@ -67,6 +67,14 @@ def _running(records: dict[str, dict[str, Any]]) -> str:
     return _tag(deployed)
 
 
+def _rolled_back_from(records: dict[str, dict[str, Any]]) -> str:
+    """The tag an environment rolled back from: its last good deploy, when a rollback came after it; or ""."""
+    deployed, undone = records.get("deployed"), records.get("rolled_back")
+    if deployed is not None and undone is not None and int(undone.get("at", 0)) >= int(deployed.get("at", 0)):
+        return _tag(deployed)
+    return ""
+
+
 def _ago(epoch: Any) -> str:
     return in_words(timedelta(seconds=max(0, time.time() - int(epoch or 0))))
 
@@ -106,6 +114,14 @@ async def promote(command: ErpCommand, who: Invocation, runtime: Runtime, respon
         if not digest:
             await answer(f":no_entry: {source}'s record of {service} `{short_tag(tag)}` has no image digest (it was"
                          f" deployed before digests were kept): deploy it to {source} again first.")
+            return None
+        target = (await runtime.state.deploy_records(command.environment or "")).get(service, {})
+        if tag and _rolled_back_from(target) == tag:
+            rollback = target["rolled_back"]
+            await audit("refused", f"{command.environment} rolled it back")
+            await answer(f":no_entry: {command.environment} rolled {service} `{short_tag(tag)}` back"
+                         f" {_ago(rollback.get('at'))} ago ({rollback.get('rolled_back')}): I won't promote it again."
+                         f" Deploy a fix to {source} first, or `/erp deploy {service} {command.environment}`.")
             return None
         if expected is not None and expected != image:
             await answer(f"{source} has moved on since that list (it now runs {service} `{short_tag(image)}`):"
@@ -185,6 +201,12 @@ async def _list(runtime: Runtime, respond: AsyncRespond) -> None:
                          f" promotable until it is deployed to {source} again", None))
             continue
         dev_tag, prod_tag = _tag(deployed), _running(here.get(service, {}))
+        if dev_tag and dev_tag == _rolled_back_from(here.get(service, {})):
+            rollback = here[service]["rolled_back"]
+            rows.append((int(deployed.get("at", 0)), f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} rolled"
+                         f" it back {_ago(rollback.get('at'))} ago · not promotable until {source} has a newer one",
+                         None))
+            continue
         if dev_tag and dev_tag != prod_tag:
             rows.append((int(deployed.get("at", 0)),
                          f"*{service}*: {source} `{short_tag(dev_tag)}` · {target} `{short_tag(prod_tag) or 'none'}`"

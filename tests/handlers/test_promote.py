@@ -127,19 +127,31 @@ def test_the_promote_list_offers_only_what_dev_runs_well_against_what_prod_runs_
     # notification: deployed well, then a failed attempt in dev
     record_deploy(environ, "dev", b, ["notification"], images={"notification": f"{b}@sha256:{'2' * 64}"})
     record_deploy(environ, "dev", c, ["notification"], ok=False, images={"notification": f"{c}@sha256:{'3' * 64}"})
-    # approval-request: the same image in both, then prod rolled back to an older one: prod runs `e` now
+    # approval-request: dev runs `d`; prod ran `g`, then rolled back to an older one: prod runs `e` now
+    g = "9" * 40
     record_deploy(environ, "dev", d, ["approval-request"], images={"approval-request": f"{d}@sha256:{'4' * 64}"})
-    record_deploy(environ, "prod", d, ["approval-request"], images={"approval-request": f"{d}@sha256:{'4' * 64}"})
+    record_deploy(environ, "prod", g, ["approval-request"], images={"approval-request": f"{g}@sha256:{'6' * 64}"})
     asyncio.run(state.record_rollback("prod", {"approval-request": e}, "rolled back by U0APPR1", at=int(time.time()) + 1))
+
+    # approval-processing: prod ran dev's image and rolled it back: not offered again
+    f = "f" * 40
+    record_deploy(environ, "dev", f, ["approval-processing"], images={"approval-processing": f"{f}@sha256:{'5' * 64}"})
+    record_deploy(environ, "prod", f, ["approval-processing"], images={"approval-processing": f"{f}@sha256:{'5' * 64}"})
+    asyncio.run(state.record_rollback("prod", {"approval-processing": e}, "rolled back by U0APPR1",
+                                      at=int(time.time()) + 1))
 
     command(background_loop, slack, "U0DEV1", "C0PROD", "promote")
     listed = answer(slack, "U0DEV1", "to promote from dev to prod")
     text = json.dumps(listed.blocks, ensure_ascii=False)
     assert f"*approval-request*: dev `{d[:7]}` · prod `{e[:7]}`" in text, text
+    assert f"*approval-processing*: dev `{f[:7]}` · prod rolled it back" in text, text
     promote_buttons = [b["accessory"]["value"].partition("=")[0] for b in listed.blocks
                        if b.get("accessory", {}).get("action_id") == PROMOTE_ACTION]
     assert promote_buttons == ["approval-request"], promote_buttons
     assert "*employee*: dev was rolled back" in text and "*notification*: dev's last deploy failed" in text
+    command(background_loop, slack, "U0APPR1", "C0PROD", 'promote approval-processing override "urgent"')
+    refused = answer(slack, "U0APPR1", ":no_entry:")
+    assert "prod rolled approval-processing `fffffff` back" in refused.text and "won't promote it again" in refused.text
 
 
 @pytest.mark.parametrize(("text", "says"), [
