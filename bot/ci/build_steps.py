@@ -212,9 +212,23 @@ def image_tags(services: list[str], tag: str, environ: Mapping[str, str] | None 
     return ",".join(pairs)
 
 
+def _has_scan(ecr: Any, repo: str, tag: str) -> bool:
+    try:
+        ecr.describe_image_scan_findings(repositoryName=repo, imageId={"imageTag": tag}, maxResults=1)
+        return True
+    except ClientError as e:
+        if e.response["Error"]["Code"] == "ScanNotFoundException":
+            return False
+        raise
+
+
 def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: int = 900,
               environ: Mapping[str, str] | None = None) -> None:
     ecr = boto3.client("ecr", config=RETRIES)
+    # StartImageScan's refusals are answers, not trouble: an image already scanned today gets
+    # LimitExceededException, which botocore's standard retry mode would retry as throttling (about 12 s of
+    # back-off per image); asked once, the gate then waits for whatever scan there is
+    once = boto3.client("ecr", config=RETRIES.merge(BotoConfig(retries={"mode": "standard", "max_attempts": 1})))
     repositories = chart_services(os.environ if environ is None else environ)
     blocked: list[str] = []
     for service in services:
@@ -222,7 +236,8 @@ def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: i
             raise StepFailed(f"{service!r} is not a service of the chart ({', '.join(repositories)})")
         repo = repositories[service]
         try:
-            ecr.start_image_scan(repositoryName=repo, imageId={"imageTag": tag})
+            if not _has_scan(ecr, repo, tag):  # scanned on push, or enhanced scanning: nothing to start
+                once.start_image_scan(repositoryName=repo, imageId={"imageTag": tag})
         except ClientError as e:
             # scan on push already ran it today (LimitExceeded); the image cannot be scanned (its status says
             # why, and the gate fails closed on it); enhanced scanning scans by itself (StartImageScan starts
