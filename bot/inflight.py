@@ -12,6 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec
 
+from bot.replay_guard import first_delivery
+
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
 
@@ -43,7 +45,8 @@ class InFlight:
         async def tracked(*args: P.args, **kwargs: P.kwargs) -> None:
             self._enter()
             try:
-                await fn(*args, **kwargs)
+                if await first_delivery():  # a request another replica already received does nothing here
+                    await fn(*args, **kwargs)
             finally:
                 self._exit()
 

@@ -3,9 +3,13 @@
 Bolt checks the signature and the timestamp's age but remembers nothing, so a
 captured request could be sent again within that window and act twice. Each
 signature (unique per timestamp and body) is claimed once: in this process first
-(no I/O), then in the state table, which all replicas share. If the table cannot
-be reached, the in-process memory still holds and the request goes on: the
-signature was valid, and every change it asks for needs the table anyway.
+(no I/O, before the ack: a replay to this replica gets a 401), then in the state
+table, which all replicas share. The shared claim is not on the ack's path: it
+starts beside the ack, and the work after the ack (every lazy listener, through
+`InFlight.track`) waits for it and does nothing for a replay (`first_delivery`).
+If the table cannot be reached, the in-process memory still holds and the
+request goes on: the signature was valid, and every change it asks for needs
+the table anyway.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import asyncio
 import heapq
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
-from bot.aws.clients import BotoCoreError, ClientError, error_code
+from bot.aws.clients import error_code
 from bot.aws.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -28,13 +33,23 @@ log = logging.getLogger(__name__)
 # valid until its signed time plus 5 minutes, however early it arrives; we remember it that long, plus skew.
 VALID_SECONDS = 5 * 60
 SKEW_SECONDS = 60
-# The check runs before the ack, and Slack gives up on an ack after 3 seconds: a slow table gets this long,
-# then the request goes on on this replica's memory alone (as when the table is down).
-SHARED_CHECK_BUDGET = 0.5
+# The shared check runs beside the ack, and the work after it waits: a slow table gets this long, then the
+# request goes on on this replica's memory alone (as when the table is down).
+SHARED_CHECK_BUDGET = 3.0
 LOCAL_LIMIT = 50_000  # signatures remembered in this process (about 5 MB at most)
 
 
 CHANGING_VERBS = {"deploy", "rollback"}  # /erp verbs that start something; buttons and modals all may
+
+# The shared claim of the request being handled: set by the middleware in the request's task, so the lazy
+# listeners Bolt starts from it (tasks copy the context they are created in) see it, and no other request does.
+shared_claim: ContextVar[asyncio.Future[bool] | None] = ContextVar("shared_claim", default=None)
+
+
+async def first_delivery() -> bool:
+    """False when the request being handled was already received by another replica: do nothing for it."""
+    claim = shared_claim.get()
+    return True if claim is None else await asyncio.shield(claim)
 
 
 def can_change(body: dict[str, Any]) -> bool:
@@ -69,25 +84,34 @@ class ReplayGuard:
         until = max(now, float(signed_at)) + self.valid + self.skew
         if self._seen_here(signature, now, until):
             return False
-        if not across_replicas:
-            return True
+        return await self._first_across_replicas(signature, until - now) if across_replicas else True
+
+    async def _first_across_replicas(self, signature: str, seconds: float) -> bool:
         try:
-            return await asyncio.wait_for(self.state.put_marker("REPLAY", signature, max(1, round(until - now))),
-                                          SHARED_CHECK_BUDGET)
+            first = await asyncio.wait_for(self.state.put_marker("REPLAY", signature, max(1, round(seconds))),
+                                           SHARED_CHECK_BUDGET)
         except TimeoutError:
             log.warning("replay check on this replica only: the state table took over %.1fs", SHARED_CHECK_BUDGET)
             return True
-        except (ClientError, BotoCoreError) as e:
+        except Exception as e:  # botocore's errors and anything else: this replica's memory still holds
             log.warning("replay check on this replica only: the state table did not answer (%s)", error_code(e))
             return True
+        if not first:
+            log.warning("a replayed Slack request was refused")
+        return first
 
     async def middleware(self, req: AsyncBoltRequest, next: Any) -> BoltResponse | None:
-        """Bolt global middleware: it runs after Bolt verified the signature and its age. Requests that can
-        change something are checked across replicas; the rest (help, reading) only here, to keep the ack fast."""
+        """Bolt global middleware: it runs after Bolt verified the signature and its age. A replay to this
+        replica is refused at once; requests that can change something are also claimed across replicas,
+        beside the ack (the ack waits for no table), and their work waits for that claim."""
         signature = (req.headers.get("x-slack-signature") or [""])[0]
         signed_at = (req.headers.get("x-slack-request-timestamp") or ["0"])[0]
-        if signature and not await self.first_time(signature, int(signed_at) if signed_at.isdigit() else 0,
-                                                   across_replicas=can_change(req.body)):
-            log.warning("a replayed Slack request was refused")
-            return BoltResponse(status=401, body="this request was already received")
+        if signature:
+            now = self.clock()
+            until = max(now, float(signed_at if signed_at.isdigit() else 0)) + self.valid + self.skew
+            if self._seen_here(signature, now, until):
+                log.warning("a replayed Slack request was refused")
+                return BoltResponse(status=401, body="this request was already received")
+            if can_change(req.body):
+                shared_claim.set(asyncio.ensure_future(self._first_across_replicas(signature, until - now)))
         return await next()  # type: ignore[no-any-return]

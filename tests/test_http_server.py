@@ -211,9 +211,10 @@ def test_a_replayed_request_is_refused_by_every_replica(bot: BotProcess, bot_env
     wait_until(lambda: pipeline.executions, what="the deploy to start")
     other = BotProcess(bot_env, tmp_path / "other.log")
     try:
-        # the same signed bytes again, inside Slack's 5 minutes: to the same replica and to another one
+        # the same signed bytes again, inside Slack's 5 minutes: the same replica refuses it at once; another
+        # one acknowledges it (its ack waits for no table) and then does nothing for it
         assert background_loop.run(slack.replay())[0] == 401
-        assert background_loop.run(slack.replay(f"{other.url}/slack/events"))[0] == 401
+        assert background_loop.run(slack.replay(f"{other.url}/slack/events"))[0] == 200
         time.sleep(1)
         assert len(pipeline.executions) == 1 and len(slack.channel_messages("C0DEV")) == 1
         assert any("replayed Slack request was refused" in line.get("message", "") for line in other.log_lines())
