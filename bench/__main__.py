@@ -54,6 +54,7 @@ THROUGHPUT_RATE_SCALE = 1000  # Slack's limits raised alike for the local Slack 
 ACK_MIX = ["help", "logs notification prod 15m", "scan employee", "status prod", "deploy employee dev"]
 ACK_USER = "U0ONCALL"  # not the busy hour's or the prod deploy's user: the mix's deploys count against their limit
 CONCURRENCY = 50
+QUIET_STARTS = 5
 SHARED_LIMIT_CORES = 0.85  # moto serves every call under one GIL: past this share of a core it is the bottleneck
 MACHINE_BUSY = 0.90  # the machine's cores, all of them, this busy: nothing more can scale on it
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -537,6 +538,13 @@ def main() -> int:
         r["rss_over_events"] = rss_over_events(soak_events, executions, env, tmp, aws, queue, servers, pipeline,
                                                run.startups)
         r["startup_to_readyz_ms"] = run.startups
+        # what a kubelet waits for when it starts a pod: one replica starting while nothing else runs (the starts
+        # above were beside busy replicas and a backlog, and are reported too)
+        print("bench: start-up to /readyz, one replica at a time on a quiet machine", flush=True)
+        quiet: list[float] = []
+        for i in range(QUIET_STARTS):
+            start_bot(env, tmp / f"bot-start-{i}.log", quiet).stop()
+        r["startup_quiet_ms"] = quiet
         r["log_formatting"] = log_formatting()
     finally:
         servers.stop()
@@ -581,7 +589,10 @@ def judge(run: Run) -> None:
     aims.append(Aim("busy hour: cards final after the last end", b["convergence_s"], b["goal_s"], "s"))
 
     aims.append(Aim("RSS idle", r["rss_idle_mb"], 100, "MB"))
-    aims.append(Aim("start-up to /readyz (median of starts)", statistics.median(run.startups), 1000, "ms"))
+    quiet = r["startup_quiet_ms"]
+    aims.append(Aim(f"start-up to /readyz (median of {len(quiet)}, machine quiet)", statistics.median(quiet), 1000,
+                    "ms", note=f"beside busy replicas: median {statistics.median(run.startups):.0f} ms"
+                               f" of {len(run.startups)} starts"))
     soak = r["rss_over_events"]
     aims.append(Aim(f"RSS growth over {soak['events']:,} events", soak["growth"] * 100, 10, "%",
                     note=f"{soak['warm_mb']:.0f} MB after the first backlog -> {soak['final_mb']:.0f} MB"))
@@ -615,8 +626,10 @@ def report(run: Run) -> None:
               f" others {x['others_cores']:.2f}; machine {x['machine_busy']:.0%} busy, {x['steal']:.0%} stolen;"
               f" {x['handled_twice']} delivered twice")
     starts = r["startup_to_readyz_ms"]
-    print(f"  start-up to /readyz: first {starts[0]:.0f} ms, median {statistics.median(starts):.0f} ms, max"
-          f" {max(starts):.0f} ms over {len(starts)} starts")
+    quiet = r["startup_quiet_ms"]
+    print(f"  start-up to /readyz, machine quiet: {', '.join(f'{x:.0f}' for x in quiet)} ms; beside busy replicas:"
+          f" first {starts[0]:.0f} ms, median {statistics.median(starts):.0f} ms, max {max(starts):.0f} ms over"
+          f" {len(starts)} starts")
     print(f"  RSS: idle {r['rss_idle_mb']:.0f} MB; soak replica idle {soak['idle_mb']:.0f} MB, warm"
           f" {soak['warm_mb']:.0f} MB, after {soak['events']:,} events {soak['final_mb']:.0f} MB")
     n = r["noise_prod_deploy"]
