@@ -37,6 +37,11 @@ from tests.support import (
 os.environ["HELM_DRIVER"] = HELM_DRIVER
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long end-to-end tests (marked slow) first: on parallel workers the longest must not start last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
     """Under CI=true a test that would skip (a missing tool) fails instead."""

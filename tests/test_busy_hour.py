@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.slack_workspace import Fault, SlackWorkspace
 from tests.busy_hour import run_busy_hour
@@ -16,6 +18,7 @@ RETRY_AFTER = 3
 IN_FLIGHT = 0.25  # seconds: the 429's way back to the bot, and calls already sent meanwhile
 
 
+@pytest.mark.slow
 def test_a_busy_hour_ends_with_every_card_final_and_every_note_once_without_tripping_slacks_limits(
         bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
         erp_images: None):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,6 +140,7 @@ def test_throttling_past_the_retries_says_so_and_leaves_no_card(bot: BotProcess,
     assert pipeline.executions == {} and slack.channel_messages("C0DEV") == []
 
 
+@pytest.mark.slow
 def test_a_replica_killed_mid_run_loses_nothing(bot: BotProcess, bot_env: dict[str, str], slack: SlackWorkspace,
                                                 background_loop: BackgroundLoop, pipeline: PipelineStandIn,
                                                 aws_resources: dict[str, str], tmp_path: Path):

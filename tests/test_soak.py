@@ -1,4 +1,4 @@
-"""Many replicas, one queue, one table: 200 executions' events, duplicated, shuffled, a replica killed.
+"""Many replicas, one queue, one table: 80 executions' events, duplicated, shuffled, a replica killed.
 
 `make soak` runs the same test longer (SOAK_EXECUTIONS, SOAK_KILLS, SOAK_REPLICAS).
 """
@@ -25,7 +25,7 @@ SOAK_RATE_SCALE = 20
 def test_every_execution_ends_with_one_card_in_its_true_state(
         bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
         aws_resources: dict[str, str], erp_images: None, tmp_path: Path):
-    plan = SoakPlan(executions=int(os.environ.get("SOAK_EXECUTIONS", "200")),
+    plan = SoakPlan(executions=int(os.environ.get("SOAK_EXECUTIONS", "80")),
                     replicas=int(os.environ.get("SOAK_REPLICAS", "3")), kills=int(os.environ.get("SOAK_KILLS", "1")))
     # a held message comes back 10 s after its replica died; a poison one is retried at once, 3 times in all
     boto3.client("sqs").set_queue_attributes(QueueUrl=aws_resources["queue_url"],

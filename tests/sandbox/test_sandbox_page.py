@@ -16,6 +16,8 @@ import pytest
 
 from tests.support import ROOT, free_port, http, wait_for_http, wait_until
 
+pytestmark = pytest.mark.slow  # a whole sandbox and a browser each: started first on parallel workers
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # The machine has no network beyond loopback: keep Chromium from reaching out.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
