@@ -43,6 +43,7 @@ DEFAULT_CHART = "charts/erp"
 # A change under these paths rebuilds every service (shared code and build files).
 SHARED = ("services/common/", "build.gradle", "settings.gradle", "gradle/", "gradle.properties", "Dockerfile.base")
 RETRIES = BotoConfig(retries={"mode": "standard", "max_attempts": 5})
+SCAN_FRESH_SECONDS = 24 * 3600  # a basic scan older than this is started again
 
 
 class StepFailed(Exception):
@@ -212,14 +213,24 @@ def image_tags(services: list[str], tag: str, environ: Mapping[str, str] | None 
     return ",".join(pairs)
 
 
-def _has_scan(ecr: Any, repo: str, tag: str) -> bool:
+def _has_scan(ecr: Any, repo: str, tag: str, now: float | None = None) -> bool:
+    """Whether the image has a scan the gate may wait for: one running, enhanced scanning's continuous one, or
+    a basic scan finished in the last day. A failed scan or an older one is started again (ECR allows a basic
+    scan once a day: botocore's ECR model, StartImageScan), so findings published since are not missed."""
     try:
-        ecr.describe_image_scan_findings(repositoryName=repo, imageId={"imageTag": tag}, maxResults=1)
-        return True
+        found = ecr.describe_image_scan_findings(repositoryName=repo, imageId={"imageTag": tag}, maxResults=1)
     except ClientError as e:
         if e.response["Error"]["Code"] == "ScanNotFoundException":
             return False
         raise
+    status = str(found.get("imageScanStatus", {}).get("status", ""))
+    if status in ("IN_PROGRESS", "PENDING", "ACTIVE"):
+        return True
+    completed = found.get("imageScanFindings", {}).get("imageScanCompletedAt")
+    if status != "COMPLETE" or completed is None:
+        return False
+    when = completed.timestamp() if hasattr(completed, "timestamp") else float(completed)
+    return (time.time() if now is None else now) - when < SCAN_FRESH_SECONDS
 
 
 def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: int = 900,
@@ -228,7 +239,7 @@ def scan_gate(services: list[str], tag: str, notifier: Notifier, wait_seconds: i
     # StartImageScan's refusals are answers, not trouble: an image already scanned today gets
     # LimitExceededException, which botocore's standard retry mode would retry as throttling (about 12 s of
     # back-off per image); asked once, the gate then waits for whatever scan there is
-    once = boto3.client("ecr", config=RETRIES.merge(BotoConfig(retries={"mode": "standard", "max_attempts": 1})))
+    once = boto3.client("ecr", config=RETRIES.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1})))
     repositories = chart_services(os.environ if environ is None else environ)
     blocked: list[str] = []
     for service in services:
