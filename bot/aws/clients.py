@@ -58,6 +58,9 @@ class AwsClients:
         self._metrics = metrics
 
     def client(self, service: str) -> Any:
+        made = self._clients.get(service)
+        if made is not None:  # no lock once made: a model loading for another service holds up no call
+            return made
         with self._lock:
             if service not in self._clients:
                 c = self._session.client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
