@@ -225,6 +225,30 @@ def test_a_replayed_request_is_refused_by_every_replica(bot: BotProcess, bot_env
         other.stop()
 
 
+def test_a_replayed_lock_to_another_replica_takes_nothing_again(bot: BotProcess, bot_env: dict[str, str],
+                                                                slack: SlackWorkspace, background_loop: BackgroundLoop,
+                                                                aws_resources: dict[str, str], tmp_path: Path):
+    """Review finding: only deploy and rollback were claimed across replicas; a replayed `/erp lock` (or
+    promote, unlock) acted again on another replica."""
+    import boto3
+
+    status, _ = background_loop.run(slack.send_command("U0DEV1", "C0DEV", "lock dev for 1h migration"))
+    assert status == 200
+    wait_until(lambda: [m for m in slack.ephemerals("U0DEV1") if "dev is locked by" in m.text], what="the lock")
+    other = BotProcess(bot_env, tmp_path / "other.log")
+    try:
+        assert background_loop.run(slack.replay(f"{other.url}/slack/events"))[0] == 200
+        wait_until(lambda: any("replayed Slack request was refused" in line.get("message", "")
+                               for line in other.log_lines()), what="the replay refused")
+        time.sleep(1)
+        audit = boto3.client("dynamodb").query(TableName=f"{aws_resources['table']}-audit",
+                                               KeyConditionExpression="pk = :pk",
+                                               ExpressionAttributeValues={":pk": {"S": "AUDIT#dev"}})["Items"]
+        assert [a["action"]["S"] for a in audit] == ["lock"]
+    finally:
+        other.stop()
+
+
 HOSTILE = {
     # name: (body, headers) as an attacker or a broken proxy could send them, before any signature check
     "binary body": (b"\xff\xfe\x00\x80" * 64, {"Content-Type": "application/x-www-form-urlencoded"}),
