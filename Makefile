@@ -24,7 +24,7 @@ tools:
 ## test: the whole test suite, on TEST_WORKERS parallel workers (2; 0 runs it in this process)
 TEST_WORKERS ?= 2
 test: $(STAMP) .venv-checkov/bin/checkov
-	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest -n $(TEST_WORKERS)
+	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 ## bench: latency, throughput and footprint figures, printed and saved under bench/results/
 bench: $(STAMP)
