@@ -216,6 +216,13 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         c.outbox.extend([n.key, n.text] for n in notes)  # stored with the card: posted later, not lost
         return notes
 
+    waiting = event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED"
+    other = None
+    if waiting and not loaded[0].finished and loaded[0].approval.decision not in ("Approved", "Rejected"):
+        # recorded as waiting before any card can show it waiting: a deploy asked in between is refused
+        # (handlers/deploy.py), not let through while the token is still being read from CodePipeline
+        other = await runtime.state.swap_pending_approval(loaded[0].environment, loaded[0].service, execution_id,
+                                                          channel=loaded[0].channel, ts=loaded[0].ts or "")
     result = await runtime.cards.mutate(execution_id, change, loaded)
     if result is None:
         return None
@@ -224,20 +231,17 @@ async def handle_pipeline_event(event: PipelineEvent, runtime: Runtime) -> CardC
         await runtime.state.record_audit(AuditRecord(
             actor="pipeline", action="approve", environment=card.environment, service=card.service,
             outcome="expired", detail="nobody decided within 7 days", execution_id=card.execution_id))
-    if event.kind == "action" and event.stage == APPROVAL_STAGE and event.state == "STARTED" \
-            and not card.approval.token:
+    if waiting and not card.approval.token:
         token = await approval_token(runtime.aws, runtime.config.pipeline, execution_id)
         if token:
             def set_token(c: DeployCard) -> None:
                 c.approval.token = token
             await runtime.cards.mutate(execution_id, set_token)
-            other = await runtime.state.swap_pending_approval(card.environment, card.service, execution_id,
-                                                              channel=card.channel, ts=card.ts or "")
-            if other and other.get("execution_id") not in (None, execution_id):
-                try:  # two executions of the service wait: the one that started first is out of date
-                    await supersede_older(runtime, card, str(other["execution_id"]))
-                except Exception as e:  # its card still shows it waiting; the sweep retries a rejection
-                    log.warning("could not mark %s superseded: %s", other.get("execution_id"), error_code(e))
+    if other and other.get("execution_id") not in (None, execution_id):
+        try:  # two executions of the service wait: the one that started first is out of date
+            await supersede_older(runtime, card, str(other["execution_id"]))
+        except Exception as e:  # its card still shows it waiting; the sweep retries a rejection
+            log.warning("could not mark %s superseded: %s", other.get("execution_id"), error_code(e))
     if card.commit and event.kind == "action" and event.stage == "Source":
         await _index_images(runtime, card)
     if card.finished or (card.approval.decision in ("Approved", "Rejected")):

@@ -240,6 +240,30 @@ def test_deploy_while_approval_pending_points_to_the_card(bot: BotProcess, slack
     assert len(pipeline.executions) == 1
 
 
+def test_a_card_shown_waiting_for_approval_already_refuses_a_second_deploy(
+        bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+        tmp_path: Path):
+    """CI found it under load: the card showed "Waiting for approval" before the bot had recorded the approval
+    as pending (that came after reading the approval's token from CodePipeline), so a second deploy in between
+    went through. Here CodePipeline answers ListActionExecutions slowly: the record must come first."""
+    from sandbox.aws_fault_proxy import AwsFaultProxy
+    from sandbox.aws_fault_proxy import Fault as AwsFault
+    from tests.support import served
+
+    with served(background_loop, AwsFaultProxy(upstream=pipeline.url)) as slow:
+        slow.faults.append(AwsFault("codepipeline", "slow", times=10**6, operation="ListActionExecutions", delay=4))
+        process = BotProcess({**bot_env, "AWS_ENDPOINT_URL_CODEPIPELINE": slow.url}, tmp_path / "bot.log")
+        slack.bot_url = f"{process.url}/slack/events"
+        try:
+            command(background_loop, slack, "U0DEV1", "C0PROD", "deploy employee prod")
+            wait_for_card(slack, "C0PROD", "Waiting for approval", timeout=30)
+            command(background_loop, slack, "U0APPR1", "C0PROD", "deploy employee prod")
+            answer = wait_until(lambda: slack.ephemerals("U0APPR1"), what="an answer")[-1].text
+            assert "already waiting for approval" in answer and len(pipeline.executions) == 1
+        finally:
+            process.stop()
+
+
 def test_double_submitted_command_starts_one_execution(bot: BotProcess, slack: SlackWorkspace,
                                                        background_loop: BackgroundLoop, pipeline: PipelineStandIn):
     threads = [threading.Thread(target=command, args=(background_loop, slack, "U0DEV1", "C0DEV",
