@@ -87,16 +87,24 @@ class BotProcess:
     """`python -m bot serve` as its own process, exactly as it runs in the cluster."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"  # a port of its own, as in the pod
         self.log_path = log_path
-        self._log = log_path.open("w")
-        full_env = {**os.environ, **env, "PORT": str(self.port), "METRICS_PORT": str(self.metrics_port),
-                    "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"],
-                                     env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
-        wait_for_http(f"{self.url}/healthz", proc=self.proc)
+        for attempt in range(3):
+            self.port, self.metrics_port = free_port(), free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"  # a port of its own, as in the pod
+            self._log = log_path.open("w")
+            full_env = {**os.environ, **env, "PORT": str(self.port), "METRICS_PORT": str(self.metrics_port),
+                        "PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"],
+                                         env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+            try:
+                wait_for_http(f"{self.url}/healthz", proc=self.proc)
+                return
+            except RuntimeError:
+                self._log.close()
+                # a free port another test process took in between (parallel workers): start again elsewhere
+                if attempt == 2 or "address already in use" not in log_path.read_text():
+                    raise
 
     def log_lines(self) -> list[dict[str, Any]]:
         self._log.flush()
