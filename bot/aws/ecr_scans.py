@@ -24,4 +24,5 @@ def read_findings(ecr: Any, repository: str, image_id: dict[str, str]) -> ScanRe
 
 
 async def fetch_scan_report(aws: AwsClients, repository: str, image_id: dict[str, str]) -> ScanReport:
-    return await asyncio.to_thread(read_findings, aws.client("ecr"), repository, image_id)
+    # the client too is made (or waited for) on the worker thread, never on the event loop
+    return await asyncio.to_thread(lambda: read_findings(aws.client("ecr"), repository, image_id))
