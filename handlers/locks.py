@@ -254,6 +254,7 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
     """Publish the calendars not yet published, then remind and expire; each environment on its own, so one
     environment's trouble never stops another's."""
     now = int(time.time())
+    held: dict[str, EnvLock | None] = {}  # each environment's lock once expired or reminded, for its cards
     for name, env in runtime.config.environments.items():
         try:
             if name in unpublished:
@@ -265,6 +266,7 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
             log.warning("could not publish %s's freeze calendar yet: %s", name, error_code(e))
         try:
             current = await runtime.state.get_lock(name)
+            held[name] = current if current is not None and current.active(now) else None
             if current is None:
                 continue
             if not current.active(now):
@@ -279,13 +281,8 @@ async def sweep_locks(runtime: Runtime, unpublished: set[str]) -> None:
             log.warning("the lock sweep of %s failed: %s", name, error_code(e))
     # then the cards, once every environment's expiry and reminder is done: a slow Slack delays only this
     for name in runtime.config.environments:
-        try:
-            current = await runtime.state.get_lock(name)
-        except Exception as e:
-            log.warning("could not read %s's lock for its cards: %s", name, error_code(e))
-            continue
-        await show_on_waiting_cards(runtime, name, current if current is not None and current.active(time.time())
-                                    else None)
+        if name in held:  # not when its lock could not be read: the next sweep does it
+            await show_on_waiting_cards(runtime, name, held[name])
 
 
 async def sweep_locks_forever(runtime: Runtime) -> None:

@@ -47,32 +47,37 @@ def _tag(record: dict[str, Any] | None) -> str:
     return _image(record).partition("@")[0]
 
 
+def _rollback_since(records: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The rollback record, when a rollback came after the environment's last good deploy (or there is none)."""
+    deployed, undone = records.get("deployed"), records.get("rolled_back")
+    if undone is not None and int(undone.get("at", 0)) >= int((deployed or {}).get("at", 0)):
+        return undone
+    return None
+
+
 def _undone(records: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
     """Why an environment's last good deploy of a service is not what it runs well now, and the record that
     says so: its last attempt failed or was rolled back, or a rollback came after it (the buildspec's
     promotion_gate reads the same records)."""
-    attempt, deployed, undone = records.get("attempt"), records.get("deployed"), records.get("rolled_back")
+    attempt = records.get("attempt")
     if attempt is not None and not attempt.get("ok", True):
         return ("was rolled back" if attempt.get("rolled_back") else "failed"), attempt
-    if undone is not None and deployed is not None and int(undone.get("at", 0)) >= int(deployed.get("at", 0)):
-        return "was rolled back", undone
+    rollback = _rollback_since(records)
+    if rollback is not None and records.get("deployed") is not None:
+        return "was rolled back", rollback
     return None
 
 
 def _running(records: dict[str, dict[str, Any]]) -> str:
     """The tag an environment runs now by its records: its last good deploy, or what a rollback since put back."""
-    deployed, undone = records.get("deployed"), records.get("rolled_back")
-    if undone is not None and int(undone.get("at", 0)) >= int((deployed or {}).get("at", 0)):
-        return str(undone.get("image") or "").partition("@")[0]
-    return _tag(deployed)
+    rollback = _rollback_since(records)
+    return str(rollback.get("image") or "").partition("@")[0] if rollback is not None else _tag(records.get("deployed"))
 
 
 def _rolled_back_from(records: dict[str, dict[str, Any]]) -> str:
     """The tag an environment rolled back from: its last good deploy, when a rollback came after it; or ""."""
-    deployed, undone = records.get("deployed"), records.get("rolled_back")
-    if deployed is not None and undone is not None and int(undone.get("at", 0)) >= int(deployed.get("at", 0)):
-        return _tag(deployed)
-    return ""
+    deployed = records.get("deployed")
+    return _tag(deployed) if deployed is not None and _rollback_since(records) is not None else ""
 
 
 def _ago(epoch: Any) -> str:
