@@ -60,6 +60,12 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
             "commands": workspace.command_log[-50:],
         })
 
+    async def close_event_streams(_: web.Application) -> None:
+        """aiohttp waits for open handlers when it stops; an open page's stream would hold Ctrl-C until its
+        next keep-alive write found the page gone (aiohttp's "Graceful shutdown": close long-lived
+        connections in on_shutdown)."""
+        workspace.close_subscribers()
+
     async def events(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
@@ -69,6 +75,8 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
             while True:
                 try:
                     event = await asyncio.wait_for(queue.get(), 15)
+                    if event is None:  # the sandbox is stopping (close_event_streams)
+                        break
                     await resp.write(f"data: {json.dumps(event)}\n\n".encode())
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
@@ -159,6 +167,7 @@ def add_page_routes(app: web.Application, workspace: SlackWorkspace, pipeline: P
     app.router.add_get("/", index)
     app.router.add_get("/ui/state", state)
     app.router.add_get("/ui/events", events)
+    app.on_shutdown.append(close_event_streams)
     app.router.add_post("/ui/command", command)
     app.router.add_post("/ui/click", click)
     app.router.add_post("/ui/submit", submit)

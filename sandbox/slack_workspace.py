@@ -172,7 +172,7 @@ class SlackWorkspace:
         self._responses: dict[str, dict[str, Any]] = {}  # response_url token -> origin
         self._triggers: dict[str, tuple[str, float]] = {}  # trigger_id -> (user id, issued at, monotonic)
         self._used_triggers: set[str] = set()
-        self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
+        self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []  # None: the stream ends
         self.command_log: list[dict[str, str]] = []  # what people typed, for the page
         self.timeouts: list[str] = []  # requests the bot did not acknowledge within ACK_SECONDS
         self.clock = time.monotonic  # for trigger and response_url lifetimes; tests move it on
@@ -202,14 +202,19 @@ class SlackWorkspace:
         self.bot_in.add(channel)
         self._publish("membership", channel=channel)
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._subscribers.append(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any] | None]) -> None:
         if q in self._subscribers:
             self._subscribers.remove(q)
+
+    def close_subscribers(self) -> None:
+        """Each subscriber's stream ends (it reads None)."""
+        for q in self._subscribers:
+            q.put_nowait(None)
 
     def _publish(self, kind: str, **data: Any) -> None:
         for q in self._subscribers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import boto3
@@ -308,3 +309,28 @@ def test_a_promotion_skips_build_and_deploy_and_a_skipped_actions_variables_cann
         wait_until(lambda: s.executions[execution_id].status == "Failed", timeout=60, what="the failure")
         deploy = s.executions[execution_id].actions[("Deploy", "Deploy")]
         assert deploy.status == "Failed" and "BuildVariables.IMAGE_TAGS" in deploy.summary
+
+
+async def test_ctrl_c_ends_an_open_pages_event_stream_at_once():
+    """The page keeps an event stream open; when the sandbox stops, the stream ends with it, so Ctrl-C (and
+    every browser test's teardown) does not wait for the next keep-alive write to find the page gone."""
+    import aiohttp
+    from aiohttp import web
+
+    from sandbox.local_aws import free_port
+    from sandbox.page import add_page_routes
+
+    workspace = SlackWorkspace(bot_token=BOT_TOKEN, signing_secret="s" * 32)
+    app = web.Application()
+    add_page_routes(app, workspace)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/ui/events") as stream:
+        assert b"hello" in await stream.content.readline()
+        stopping = asyncio.ensure_future(runner.cleanup())
+        # until the server ends the stream (a bound, so the old behaviour fails instead of hanging a minute)
+        rest = await asyncio.wait_for(stream.content.read(), 40)
+        await stopping
+    assert b"keep-alive" not in rest, "the stream outlived the sandbox until its next keep-alive"
