@@ -173,6 +173,7 @@ class SlackWorkspace:
         self._triggers: dict[str, tuple[str, float]] = {}  # trigger_id -> (user id, issued at, monotonic)
         self._used_triggers: set[str] = set()
         self._subscribers: list[asyncio.Queue[dict[str, Any] | None]] = []  # None: the stream ends
+        self._closed = False
         self.command_log: list[dict[str, str]] = []  # what people typed, for the page
         self.timeouts: list[str] = []  # requests the bot did not acknowledge within ACK_SECONDS
         self.clock = time.monotonic  # for trigger and response_url lifetimes; tests move it on
@@ -204,6 +205,8 @@ class SlackWorkspace:
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
         q: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        if self._closed:  # it arrived as the sandbox stopped: its stream ends at once
+            q.put_nowait(None)
         self._subscribers.append(q)
         return q
 
@@ -212,7 +215,8 @@ class SlackWorkspace:
             self._subscribers.remove(q)
 
     def close_subscribers(self) -> None:
-        """Each subscriber's stream ends (it reads None)."""
+        """Each subscriber's stream ends (it reads None), and so does any that subscribes after."""
+        self._closed = True
         for q in self._subscribers:
             q.put_nowait(None)
 

@@ -109,24 +109,25 @@ def test_a_query_reads_its_own_partition_only_and_answers_as_before(monkeypatch)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    table = f"t-{port}"  # this process's moto keeps its tables: a name of its own, should it run again
     try:
         ddb = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}", region_name="eu-west-1",
                            aws_access_key_id="k", aws_secret_access_key="s")
-        ddb.create_table(TableName="t", BillingMode="PAY_PER_REQUEST",
+        ddb.create_table(TableName=table, BillingMode="PAY_PER_REQUEST",
                          KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
                                     {"AttributeName": "sk", "KeyType": "RANGE"}],
                          AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
                                                {"AttributeName": "sk", "AttributeType": "S"}])
         for p in range(60):
             for s in range(6):
-                ddb.put_item(TableName="t", Item={"pk": {"S": f"P{p}"}, "sk": {"S": f"{'ab'[s % 2]}{s}"},
+                ddb.put_item(TableName=table, Item={"pk": {"S": f"P{p}"}, "sk": {"S": f"{'ab'[s % 2]}{s}"},
                                                    "n": {"N": str(s)}})
         read.clear()
 
         def pages(**params: object) -> list[list[str]]:
             out, start = [], None
             while True:
-                resp = ddb.query(TableName="t", **params, **({"ExclusiveStartKey": start} if start else {}))
+                resp = ddb.query(TableName=table, **params, **({"ExclusiveStartKey": start} if start else {}))
                 out.append([i["sk"]["S"] for i in resp["Items"]])
                 start = resp.get("LastEvaluatedKey")
                 if not start:

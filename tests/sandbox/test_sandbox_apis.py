@@ -334,3 +334,5 @@ async def test_ctrl_c_ends_an_open_pages_event_stream_at_once():
         rest = await asyncio.wait_for(stream.content.read(), 40)
         await stopping
     assert b"keep-alive" not in rest, "the stream outlived the sandbox until its next keep-alive"
+    late = workspace.subscribe()  # a page that connected a moment before Ctrl-C reaches the stream after it
+    assert late.get_nowait() is None, "a stream opened while the sandbox stops would hold it for a minute"
