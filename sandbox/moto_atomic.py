@@ -16,6 +16,11 @@ reference: "You must provide the name of the partition key attribute and a singl
 while moto's sorts the whole table for every query, which slows a long run (a bench of 10,000 events leaves as
 many processed-event markers) to a crawl. The answer is moto's own, computed over that partition only.
 
+And a receive that does not recount the queue for each message it returns: moto checked each message against
+the queue's retention period by computing every attribute of the queue (three counts of all its messages among
+them), so a receive cost the backlog squared. SQS keeps a message for the queue's MessageRetentionPeriod
+(SetQueueAttributes reference); that one attribute is read instead, with moto's own comparison.
+
 Run as `python -m sandbox.moto_atomic -H 127.0.0.1 -p PORT` (the same arguments as `python -m moto.server`).
 """
 
@@ -25,10 +30,11 @@ import functools
 import threading
 from typing import Any
 
+from moto.core.utils import unix_time
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.server import main
-from moto.sqs.models import Queue
+from moto.sqs.models import Queue, SQSBackend
 
 _ONE_AT_A_TIME = threading.Lock()
 
@@ -53,6 +59,16 @@ def serialise_sqs_deletes() -> None:
             return original(self, receipt_handle)
 
     Queue.delete_message = delete_message  # type: ignore[method-assign]
+
+
+def retention_from_the_queue() -> None:
+    def is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str, message: Any) -> bool:
+        queue: Any = self.get_queue(queue_name)  # set from its attributes by name (Queue._set_attributes)
+        retain_until = queue.message_retention_period + message.sent_timestamp / 1000
+        return not retain_until <= unix_time()
+
+    SQSBackend.is_message_valid_based_on_retention_period = (  # type: ignore[method-assign]
+        is_message_valid_based_on_retention_period)
 
 
 _querying = threading.local()  # (table, its partition's items) while that table answers a Query
@@ -87,4 +103,5 @@ if __name__ == "__main__":
     serialise_dynamodb()
     serialise_sqs_deletes()
     partition_only_queries()
+    retention_from_the_queue()
     main()

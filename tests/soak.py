@@ -29,6 +29,9 @@ from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess
 
 CHANNELS = {"dev": "C0DEV", "prod": "C0PROD"}
+# moto's SQS walks the whole queue for each depth it reports: the harness looks this often, not more, so its
+# looking does not take the CPU the replicas under test need (the same queue, one moto process)
+DEPTH_POLL_SECONDS = 0.5
 POISON = ["not json at all", json.dumps({"detail-type": "CodePipeline Pipeline Execution State Change"}),
           json.dumps({"version": "0", "id": "x", "source": "aws.codepipeline", "detail": "a string, not an object",
                       "detail-type": "CodePipeline Pipeline Execution State Change", "time": "yesterday"}),
@@ -62,6 +65,8 @@ class Soak:
     sent: int = 0
     duplicates: int = 0
     kills: list[str] = field(default_factory=list)
+    # one client for the harness's many depth checks: making one costs tens of milliseconds of CPU
+    sqs: Any = field(default_factory=lambda: boto3.client("sqs"), repr=False)
 
     # --- the truth: executions run by the stand-in, their events recorded ----------------
 
@@ -114,12 +119,12 @@ class Soak:
     def deliver(self, replicas: list[BotProcess], env: dict[str, str], logs: Path,
                 backlog: int = 200) -> list[BotProcess]:
         """Send everything in batches of ten, keeping a realistic backlog; kill replicas along the way."""
-        sqs = boto3.client("sqs")
+        sqs = self.sqs
         bodies = self.delivery()
         kill_at = {len(bodies) * (k + 1) // (self.plan.kills + 1) for k in range(self.plan.kills)}
         for i in range(0, len(bodies), 10):
             while self.depth(visible_only=True) > backlog:
-                time.sleep(0.1)
+                time.sleep(DEPTH_POLL_SECONDS)
             entries = [{"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[i:i + 10])]
             resp = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             assert not resp.get("Failed"), resp["Failed"]
@@ -135,11 +140,11 @@ class Soak:
     def depth(self, visible_only: bool = False) -> int:
         names = ["ApproximateNumberOfMessages"] + ([] if visible_only else ["ApproximateNumberOfMessagesNotVisible",
                                                                              "ApproximateNumberOfMessagesDelayed"])
-        attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)
         return sum(int(v) for v in attrs["Attributes"].values())
 
     def dead_depth(self) -> int:
-        attrs = boto3.client("sqs").get_queue_attributes(QueueUrl=self.dlq_url,
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url,
                                                          AttributeNames=["ApproximateNumberOfMessages"])
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 

@@ -126,8 +126,10 @@ class BotProcess:
         return self.proc.returncode
 
 
-def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition") -> T:
-    """Poll until `check()` returns something truthy; return it."""
+def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition",
+               every: float = 0.05) -> T:
+    """Poll until `check()` returns something truthy; return it. A check that costs the service it asks
+    (moto's SQS walks the whole queue to count it) polls less often (`every`)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -135,7 +137,7 @@ def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the c
             return result
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(every)
 
 
 def tools_bin() -> Path | None:

@@ -1,4 +1,4 @@
-"""Many replicas, one queue, one table: 80 executions' events, duplicated, shuffled, a replica killed.
+"""Many replicas, one queue, one table: 40 executions' events, duplicated, shuffled, a replica killed.
 
 `make soak` runs the same test longer (SOAK_EXECUTIONS, SOAK_KILLS, SOAK_REPLICAS).
 """
@@ -15,7 +15,7 @@ import pytest
 from sandbox.codepipeline import PipelineStandIn
 from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_workspace import SlackWorkspace
-from tests.soak import Soak, SoakPlan
+from tests.soak import DEPTH_POLL_SECONDS, Soak, SoakPlan
 from tests.support import BackgroundLoop, BotProcess, wait_until
 
 SOAK_RATE_SCALE = 20
@@ -25,7 +25,7 @@ SOAK_RATE_SCALE = 20
 def test_every_execution_ends_with_one_card_in_its_true_state(
         bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
         aws_resources: dict[str, str], erp_images: None, tmp_path: Path):
-    plan = SoakPlan(executions=int(os.environ.get("SOAK_EXECUTIONS", "80")),
+    plan = SoakPlan(executions=int(os.environ.get("SOAK_EXECUTIONS", "40")),
                     replicas=int(os.environ.get("SOAK_REPLICAS", "3")), kills=int(os.environ.get("SOAK_KILLS", "1")))
     # a held message comes back 10 s after its replica died; a poison one is retried at once, 3 times in all
     boto3.client("sqs").set_queue_attributes(QueueUrl=aws_resources["queue_url"],
@@ -44,9 +44,11 @@ def test_every_execution_ends_with_one_card_in_its_true_state(
     replicas = [BotProcess(env, tmp_path / f"replica-{n}.log") for n in range(plan.replicas)]
     try:
         replicas = soak.deliver(replicas, env, tmp_path)
-        wait_until(lambda: soak.depth() == 0, timeout=60 + plan.executions * 2, what="the queue to drain")
+        wait_until(lambda: soak.depth() == 0, timeout=60 + plan.executions * 2, what="the queue to drain",
+                   every=DEPTH_POLL_SECONDS)
         drained = time.monotonic() - started - ran
-        wait_until(lambda: soak.dead_depth() >= plan.poison, timeout=30, what="the poison in the dead-letter queue")
+        wait_until(lambda: soak.dead_depth() >= plan.poison, timeout=30, what="the poison in the dead-letter queue",
+                   every=DEPTH_POLL_SECONDS)
         # the queue is empty once every effect is stored; the cards' messages follow at Slack's pace
         wait_until(lambda: soak.waiting() == 0, timeout=60 + plan.executions, what="every card published")
         print(f"\nsoak: drained in {drained:.0f} s, cards published {time.monotonic() - started - ran - drained:.0f} s"

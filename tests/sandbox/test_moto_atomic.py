@@ -143,3 +143,43 @@ def test_a_query_reads_its_own_partition_only_and_answers_as_before(monkeypatch)
         assert read and max(read) <= 6, f"a query read {max(read)} items of a 360-item table to answer 6"
     finally:
         server.stop()
+
+
+def test_a_receive_does_not_recount_the_queue_for_each_message(monkeypatch):  # type: ignore[no-untyped-def]
+    """moto checked each received message against the queue's retention period by computing every attribute
+    of the queue, three counts of all its messages among them, twice per message: a receive cost the
+    backlog squared, and the soak and the bench measured moto's SQS instead of the bot. SQS keeps a message
+    for MessageRetentionPeriod (SetQueueAttributes reference); that one attribute is all the check needs."""
+    from moto.server import ThreadedMotoServer
+    from moto.sqs.models import Queue, SQSBackend
+
+    from sandbox import moto_atomic
+    from sandbox.local_aws import free_port
+
+    monkeypatch.setattr(SQSBackend, "is_message_valid_based_on_retention_period",
+                        SQSBackend.is_message_valid_based_on_retention_period)  # undone after the test
+    moto_atomic.retention_from_the_queue()
+    counted = [0]
+    attributes = Queue.attributes
+
+    def counting(self: Queue) -> object:
+        counted[0] += 1
+        return attributes.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Queue, "attributes", property(counting))
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        sqs = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{port}", region_name="eu-west-1",
+                           aws_access_key_id="k", aws_secret_access_key="s")
+        url = sqs.create_queue(QueueName=f"q-{port}", Attributes={"MessageRetentionPeriod": "60"})["QueueUrl"]
+        for batch in range(5):
+            sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"{batch}-{i}"}
+                                                          for i in range(10)])
+        counted[0] = 0
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)["Messages"]
+        assert len(got) == 10
+        assert counted[0] <= 2, f"one receive of 10 computed the queue's attributes {counted[0]} times"
+    finally:
+        server.stop()
