@@ -46,6 +46,7 @@ from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_signing import signed_headers, slash_command_body
 from sandbox.slack_workspace import SlackWorkspace
 from tests.busy_hour import run_busy_hour
+from tests.soak import DEPTH_POLL_SECONDS
 from tests.support import BackgroundLoop, BotProcess, http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,9 +278,6 @@ def queue_depth(aws: AwsClients, queue: str) -> int:
     attrs = aws.client("sqs").get_queue_attributes(
         QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])
     return sum(int(v) for v in attrs["Attributes"].values())
-
-
-DEPTH_POLL_SECONDS = 0.5  # each look at the depth costs moto a walk of the queue: not too often, or it is the load
 
 
 def wait_drained(aws: AwsClients, queue: str, timeout: float = 1800) -> None:

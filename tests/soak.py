@@ -29,8 +29,8 @@ from sandbox.slack_workspace import SlackWorkspace
 from tests.support import BackgroundLoop, BotProcess
 
 CHANNELS = {"dev": "C0DEV", "prod": "C0PROD"}
-# moto's SQS walks the whole queue for each depth it reports: the harness looks this often, not more, so its
-# looking does not take the CPU the replicas under test need (the same queue, one moto process)
+# moto's SQS walks the whole queue for each depth it reports: the soak and the bench look this often, not more,
+# so their looking does not take the CPU the replicas under test need (the same queue, one moto process)
 DEPTH_POLL_SECONDS = 0.5
 POISON = ["not json at all", json.dumps({"detail-type": "CodePipeline Pipeline Execution State Change"}),
           json.dumps({"version": "0", "id": "x", "source": "aws.codepipeline", "detail": "a string, not an object",
@@ -119,14 +119,13 @@ class Soak:
     def deliver(self, replicas: list[BotProcess], env: dict[str, str], logs: Path,
                 backlog: int = 200) -> list[BotProcess]:
         """Send everything in batches of ten, keeping a realistic backlog; kill replicas along the way."""
-        sqs = self.sqs
         bodies = self.delivery()
         kill_at = {len(bodies) * (k + 1) // (self.plan.kills + 1) for k in range(self.plan.kills)}
         for i in range(0, len(bodies), 10):
             while self.depth(visible_only=True) > backlog:
                 time.sleep(DEPTH_POLL_SECONDS)
             entries = [{"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[i:i + 10])]
-            resp = sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            resp = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
             assert not resp.get("Failed"), resp["Failed"]
             self.sent += len(entries)
             if any(i <= k < i + 10 for k in kill_at):
@@ -144,12 +143,11 @@ class Soak:
         return sum(int(v) for v in attrs["Attributes"].values())
 
     def dead_depth(self) -> int:
-        attrs = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url,
-                                                         AttributeNames=["ApproximateNumberOfMessages"])
+        attrs = self.sqs.get_queue_attributes(QueueUrl=self.dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
         return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        sqs, found, seen = boto3.client("sqs"), [], set()
+        sqs, found, seen = self.sqs, [], set()
         for _ in range(20):
             msgs = sqs.receive_message(QueueUrl=self.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60,
                                        MessageAttributeNames=["All"]).get("Messages", [])
