@@ -114,7 +114,11 @@ class LocalKube:
              "--service-cluster-ip-range=10.96.0.0/24", f"--cert-dir={self.workdir / 'certs'}",
              "--enable-priority-and-fairness=false", "--disable-admission-plugins=ServiceAccount", "--v=1"],
             stdout=self._logs[1], stderr=subprocess.STDOUT)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # neither process outlives a start that failed
+            raise
         self.kubeconfig = self.write_kubeconfig(self.admin_token, "admin")
 
     def _ssl(self) -> ssl.SSLContext:

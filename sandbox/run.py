@@ -43,14 +43,16 @@ async def _main(host: str, port: int) -> int:
         os.environ.update(aws_proc.env())  # boto3 finds local AWS through its own endpoint resolution
         bot_token = "xoxb-sandbox-" + secrets.token_hex(8)
         signing_secret = secrets.token_hex(16)
-        seeded = seed_all(AwsClients(), bot_token, signing_secret)
+        # seeding local AWS and starting Kubernetes take seconds each and need nothing of each other
+        seeding = asyncio.create_task(asyncio.to_thread(seed_all, AwsClients(), bot_token, signing_secret))
+        cluster = await _start_cluster()
+        seeded = await seeding
         config_path = workdir / "config.yaml"
         config = sandbox_config(seeded["queue_url"], seeded["table"], seeded["progress_queue_url"])
         if os.environ.get("SANDBOX_FREEZE", "1") == "0":  # no demo freeze (tests that run on any day)
             config["environments"]["prod"].pop("freeze", None)
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
-        cluster = await _start_cluster()
         faults = Faults(fail_build=_names("SANDBOX_FAIL_BUILD"), critical_scan=_names("SANDBOX_CRITICAL_SCAN"),
                         fail_deploy=os.environ.get("SANDBOX_FAIL_DEPLOY") == "1")
         pipeline = PipelineStandIn(AwsClients(), seeded["queue_url"],
@@ -112,10 +114,17 @@ async def _start_cluster() -> SandboxCluster | None:
     if tools is None:
         return None
     try:
-        cluster = SandboxCluster(tools)
+        cluster = await asyncio.to_thread(SandboxCluster, tools)  # waits for the API server: off the loop
+    except (KubeUnavailable, RuntimeError) as e:
+        print(f"erp-chatops sandbox: no Kubernetes: {e}", file=sys.stderr)
+        return None
+    try:
         await cluster.install()
         return cluster
-    except (KubeUnavailable, RuntimeError) as e:
+    except BaseException as e:
+        cluster.stop()  # etcd and the API server are up: never leave them behind
+        if not isinstance(e, (KubeUnavailable, RuntimeError)):
+            raise
         print(f"erp-chatops sandbox: no Kubernetes: {e}", file=sys.stderr)
         return None
 

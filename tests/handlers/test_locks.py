@@ -324,8 +324,11 @@ def test_erp_freeze_shows_each_environment_open_or_frozen_and_its_next_windows(
         assert ":large_green_circle: prod is open for deploys (Asia/Seoul, deny mode); the next freeze starts" \
             f" {start:%a %d %b %H:%M} KST (in 9d " in shown or f"{start:%H:%M} KST (in 10d" in shown, shown
         assert f"• year-end close: {start:%a %d %b %H:%M} KST to {end:%a %d %b %H:%M} KST" in shown
+        seen = len(slack.ephemerals("U0DEV1"))  # the first answer says "prod is open" too: wait for the next one
         command(background_loop, slack, "U0DEV1", "C0PROD", "freeze prod")
-        assert "dev" not in answer(slack, "U0DEV1", "prod is open for deploys").text
+        only_prod = wait_until(lambda: next((m for m in slack.ephemerals("U0DEV1")[seen:]
+                                             if "prod is open for deploys" in m.text), None), 15, "the answer to freeze prod")
+        assert "dev" not in only_prod.text
     finally:
         process.stop()
 

@@ -20,7 +20,7 @@ def test_sandbox_starts_answers_help_and_stops_cleanly(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/", timeout=30, proc=proc)
+        wait_for_http(f"http://127.0.0.1:{port}/", timeout=90, proc=proc)
         status, page, _ = http("GET", f"http://127.0.0.1:{port}/")
         assert status == 200 and "erp-chatops sandbox" in page
         body = json.dumps({"user": "U0DEV1", "channel": "C0DEV", "text": "/erp help deploy"}).encode()

@@ -35,7 +35,7 @@ def sandbox(tmp_path: Path, tools: Path, request: pytest.FixtureRequest) -> Iter
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/", timeout=40, proc=proc)
+    wait_for_http(f"{url}/", timeout=90, proc=proc)
     probe = b'{"user":"U0ONCALL","channel":"C0ONCALL","text":"/erp help"}'  # the bot starts just after the page
     wait_until(lambda: proc.poll() is not None or json.loads(
         http("POST", f"{url}/ui/command", probe, {"Content-Type": "application/json"})[1]).get("ok"),
