@@ -11,6 +11,7 @@ from bot.ci.build_steps import record_deploy
 from bot.cluster.helm import image_values
 from handlers.drift import IGNORE_ACTION, REDEPLOY_ACTION
 from sandbox.codepipeline import PipelineStandIn
+from sandbox.erp_cluster import SKIP_CLIENT_SCHEMA_CHECK
 from sandbox.erp_services import SERVICES
 from sandbox.slack_workspace import SlackWorkspace
 from tests.handlers.test_locks import gated  # noqa: F401 - the fixture: the stand-in as CodeBuild has it
@@ -98,11 +99,11 @@ def test_re_deploy_via_the_pipeline_deploys_the_recorded_version_and_clears_the_
     record_deploy({"STATE_TABLE": aws_resources["table"], "PIPELINE_EXECUTION_ID": "dev-exec"}, "dev", commit,
                   ["employee"], images={"employee": f"{commit}@{digest}"})
     subprocess.run([release.helm, "upgrade", "erp", str(CHART), "-n", ns, "--kubeconfig", str(release.kube.kubeconfig),
-                    "--reuse-values", *image_values("employee", f"{commit}@{digest}")], check=True, capture_output=True)
+                    "--reuse-values", *SKIP_CLIENT_SCHEMA_CHECK, *image_values("employee", f"{commit}@{digest}")], check=True, capture_output=True)
 
     async def helm_deploy(env: str, services: list[str], ref: str) -> None:  # the buildspec's deploy step
         args = [release.helm, "upgrade", "erp", str(CHART), "-n", release.namespaces[env], "--reuse-values",
-                "--kubeconfig", str(release.kube.kubeconfig)]
+                "--kubeconfig", str(release.kube.kubeconfig), *SKIP_CLIENT_SCHEMA_CHECK]
         for service in services:
             args += image_values(service, ref)
         subprocess.run(args, check=True, capture_output=True)
