@@ -98,6 +98,9 @@ class BotProcess:
             self.proc = subprocess.Popen([sys.executable, "-m", "bot", "serve", "--host", "127.0.0.1"],
                                          env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
             try:
+                # Its own log saying it bound the port, not just an answer there: another worker's server that
+                # took the port in between answers too (a 404 on /healthz once passed for this bot).
+                self._wait_listening(timeout=20)
                 wait_for_http(f"{self.url}/healthz", proc=self.proc)
                 return
             except RuntimeError:
@@ -105,6 +108,16 @@ class BotProcess:
                 # a free port another test process took in between (parallel workers): start again elsewhere
                 if attempt == 2 or "address already in use" not in log_path.read_text():
                     raise
+
+    def _wait_listening(self, timeout: float) -> None:
+        said = f"listening on 127.0.0.1:{self.port} "
+        deadline = time.monotonic() + timeout
+        while said not in self.log_path.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the bot exited with {self.proc.returncode} before it listened")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the bot did not listen on {self.port} within {timeout}s")
+            time.sleep(0.02)
 
     def log_lines(self) -> list[dict[str, Any]]:
         self._log.flush()
