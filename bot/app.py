@@ -86,6 +86,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     client = make_web_client(creds.bot_token, environ.get("SLACK_API_URL"), metrics,
                              rate_scale=float(environ.get("SLACK_RATE_SCALE", "1")))
     bolt = AsyncApp(
+        name="erp-chatops",  # given, or Bolt reads it off the call stack (inspect.stack: 80 ms of start-up)
         client=client,
         signing_secret=creds.signing_secret,  # Bolt verifies every request's signature and age
         logger=logging.getLogger("slack_bolt"),

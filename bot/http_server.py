@@ -80,6 +80,14 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
         return web.json_response(details, status=200 if ready else 503)
 
     app = web.Application(middlewares=[observe], client_max_size=MAX_BODY)
+
+    async def check_readiness_early(_: web.Application) -> None:
+        readiness.start()  # under way while the port opens: the first probe is answered sooner
+
+    async def stop_readiness(_: web.Application) -> None:
+        await readiness.stop()
+    app.on_startup.append(check_readiness_early)
+    app.on_cleanup.append(stop_readiness)
     app.router.add_post("/slack/events", slack_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -21,6 +21,9 @@ class Readiness:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._cached: tuple[float, bool, dict[str, Any]] | None = None
+        # Probes that arrive together (the kubelet's startup and readiness probes on a new pod) share one
+        # check instead of asking Slack and AWS once each.
+        self._running: asyncio.Future[tuple[bool, dict[str, Any]]] | None = None
 
     async def _slack(self) -> str:
         resp = await self.runtime.slack.auth_test()
@@ -30,12 +33,26 @@ class Readiness:
         await self.runtime.state.ping()
         return "ok"
 
+    def start(self) -> None:
+        """Begin a check now (as the server starts): the first probe finds it done or under way."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._probe())
+
+    async def stop(self) -> None:
+        if self._running is not None and not self._running.done():
+            self._running.cancel()
+
     async def check(self) -> tuple[bool, dict[str, Any]]:
         if self.runtime.draining:
             return False, {"status": "draining"}
-        now = time.monotonic()
-        if self._cached and self._cached[0] > now:
+        if self._cached and self._cached[0] > time.monotonic():
             return self._cached[1], self._cached[2]
+        self.start()
+        assert self._running is not None
+        return await asyncio.shield(self._running)  # a probe that hangs up does not cancel the others' check
+
+    async def _probe(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
         results: dict[str, Any] = {"config": f"ok ({self.runtime.config.source})"}
         ready = True
         probes = {"slack": self._slack, "aws": self._aws}  # asked at once: a pod is ready a round trip sooner

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def test_badly_signed_requests_get_401_and_nothing_runs(bot: BotProcess, slack: 
     assert status == 401
     assert "not available" not in text and "deploy" not in text
     time.sleep(0.3)
-    assert [c for c in slack.calls if c.method != "conversations.info"] == []  # only the start-up channel check
+    # only the start-up checks: the channels, and Slack answering at all (readiness)
+    assert [c for c in slack.calls if c.method not in ("conversations.info", "auth.test")] == []
     assert "erp_chatops_command_seconds_count" not in http("GET", bot.metrics_url)[1]
 
 
@@ -134,11 +136,29 @@ def test_health_readiness_and_metrics(bot: BotProcess, slack: SlackWorkspace, ba
         assert f"# TYPE {family}_total counter" in text or f"# TYPE {family} counter" in text
 
 
-def test_readyz_rides_out_a_slack_rate_limit(bot: BotProcess, slack: SlackWorkspace):
+def test_readyz_rides_out_a_slack_rate_limit(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path):
     slack.faults.append(Fault("auth.test", status=429, error="ratelimited", retry_after=1))
-    status, body, _ = http("GET", f"{bot.url}/readyz")
-    assert status == 200, body
-    assert [c.ok for c in slack.calls_to("auth.test")] == [False, True]
+    process = BotProcess(bot_env, tmp_path / "bot.log")  # its first check, at start-up, meets the limit
+    try:
+        status, body, _ = http("GET", f"{process.url}/readyz")
+        assert status == 200, body
+        assert [c.ok for c in slack.calls_to("auth.test")] == [False, True]
+    finally:
+        process.stop()
+
+
+def test_a_starting_pod_checks_itself_once_however_many_probes_ask(bot_env: dict[str, str], slack: SlackWorkspace,
+                                                                    tmp_path: Path):
+    """The kubelet's startup and readiness probes (and a person's curl) arrive together on a new pod: one
+    auth.test and one DynamoDB ping answer them all, begun as the pod starts listening, not one per probe."""
+    process = BotProcess(bot_env, tmp_path / "bot.log")
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: http("GET", f"{process.url}/readyz")[:2], range(6)))
+        assert all(status == 200 for status, _ in answers), answers
+        assert len(slack.calls_to("auth.test")) == 1
+    finally:
+        process.stop()
 
 
 def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
