@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -80,10 +81,7 @@ class EventConsumer(Generic[Change]):
         failures = 0
         while not self.runtime.draining:
             try:
-                resp = await self.runtime.aws.call(
-                    "sqs", "receive_message", QueueUrl=self.queue_url, MaxNumberOfMessages=BATCH,
-                    WaitTimeSeconds=self.wait_seconds, AttributeNames=["ApproximateReceiveCount"])
-                messages = resp.get("Messages", [])
+                messages = await self._receive()
                 if messages:
                     await self.process_batch(messages)
             except asyncio.CancelledError:
@@ -100,6 +98,52 @@ class EventConsumer(Generic[Change]):
                 log.info("the %s is working again after %d failure(s)", self.name, failures)
             failures = 0
             self.runtime.failing_since.pop(self.name, None)
+
+    async def _receive(self) -> list[dict[str, Any]]:
+        """One long poll. If the replica stops while it is open (shutdown cancels this task), whatever it
+        brings in is handed back to the queue at once instead of staying hidden for the visibility timeout.
+        The lock decides who hands it back: the poll's thread, or this task if the thread had finished.
+        (Each open poll of a stopping replica may take a message and give it back: its receive count grows
+        by one per poll, far from the queue's maxReceiveCount of 12.)"""
+        lock = threading.Lock()
+        abandoned = False
+        delivered: list[dict[str, Any]] = []
+
+        def poll() -> list[dict[str, Any]]:
+            nonlocal delivered
+            messages = self.runtime.aws.client("sqs").receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=BATCH, WaitTimeSeconds=self.wait_seconds,
+                AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+            with lock:
+                if not abandoned:
+                    delivered = messages
+                    return list(messages)
+            self._hand_back(messages)
+            return []
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, poll)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+                taken, delivered = delivered, []
+            if taken:  # the executor runs it before the process exits (asyncio.run waits for it)
+                with contextlib.suppress(RuntimeError):  # executor gone: the visibility timeout does it later
+                    asyncio.get_running_loop().run_in_executor(None, self._hand_back, taken)
+            raise
+
+    def _hand_back(self, messages: list[dict[str, Any]]) -> None:
+        """Visible again now (best effort: if this fails, the visibility timeout does the same, later)."""
+        for i in range(0, len(messages), BATCH):
+            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                       for n, m in enumerate(messages[i:i + BATCH])]
+            try:
+                self.runtime.aws.client("sqs").change_message_visibility_batch(QueueUrl=self.queue_url,
+                                                                                Entries=entries)
+            except Exception as e:
+                log.warning("could not hand %d message(s) back to the queue: %s", len(entries), error_code(e))
+        if messages:
+            log.info("handed %d message(s) back to the queue while stopping", len(messages))
 
     async def process_batch(self, messages: list[dict[str, Any]]) -> None:
         async def guarded(m: dict[str, Any], e: PipelineEvent) -> _Handled[Change] | None:

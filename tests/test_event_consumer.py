@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -121,3 +122,29 @@ def test_foreign_events_are_deleted_quietly_and_ours_malformed_dead_lettered(
     assert any(line.get("reason") == "`detail.execution-id` is missing" for line in lines)
     metrics = http("GET", bot.metrics_url)[1]
     assert f'erp_chatops_events_processed_total{{type="not_ours"}} {float(len(FOREIGN))}' in metrics
+
+
+def test_a_stopping_replica_gives_back_at_once_what_its_last_long_poll_brought(
+        bot_env: dict[str, str], aws_resources: dict[str, str], tmp_path: Path):
+    """A rolling update stops replicas while their long polls are open. A message such a poll brings in after
+    SIGTERM is handed back to the queue at once, for the next replica, not left hidden for the queue's
+    visibility timeout (30 s: a card that stands still through every bot deploy)."""
+    import signal
+
+    process = BotProcess({**bot_env, "QUEUE_WAIT_SECONDS": "5"}, tmp_path / "bot.log")
+    sqs = boto3.client("sqs")
+    wait_until(lambda: sum("consuming events" in str(line.get("message")) for line in process.log_lines()) >= 2,
+               what="the pollers to start")
+    time.sleep(0.5)  # their long polls are open now
+    process.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: any("shutting down" in str(line.get("message")) for line in process.log_lines()),
+               what="the replica to start stopping")
+    sent = sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(stage_event("erp-pipeline")))
+    assert process.proc.wait(15) == 0
+    process.stop()
+    got = sqs.receive_message(QueueUrl=aws_resources["queue_url"], WaitTimeSeconds=3,
+                              AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+    assert [m["MessageId"] for m in got] == [sent["MessageId"]]
+    # the stopping replica did take it first (each of its open polls may have, and given it back)
+    assert int(got[0]["Attributes"]["ApproximateReceiveCount"]) >= 2
+    assert not [line for line in BotProcess.read_log(tmp_path / "bot.log") if line.get("level") == "error"]
