@@ -128,22 +128,26 @@ class EventConsumer(Generic[Change]):
                 abandoned = True
                 taken, delivered = delivered, []
             if taken:  # the executor runs it before the process exits (asyncio.run waits for it)
-                with contextlib.suppress(RuntimeError):  # executor gone: the visibility timeout does it later
-                    asyncio.get_running_loop().run_in_executor(None, self._hand_back, taken)
+                asyncio.get_running_loop().run_in_executor(None, self._hand_back, taken)
             raise
 
     def _hand_back(self, messages: list[dict[str, Any]]) -> None:
-        """Visible again now (best effort: if this fails, the visibility timeout does the same, later)."""
+        """Visible again now (best effort: what fails here comes back after the visibility timeout)."""
+        handed = 0
         for i in range(0, len(messages), BATCH):
             entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                        for n, m in enumerate(messages[i:i + BATCH])]
             try:
-                self.runtime.aws.client("sqs").change_message_visibility_batch(QueueUrl=self.queue_url,
-                                                                                Entries=entries)
+                resp = self.runtime.aws.client("sqs", last_call=True).change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries)
             except Exception as e:
                 log.warning("could not hand %d message(s) back to the queue: %s", len(entries), error_code(e))
-        if messages:
-            log.info("handed %d message(s) back to the queue while stopping", len(messages))
+                continue
+            for failed in resp.get("Failed", []):  # a 200 can still refuse entries (SQS: check each batch)
+                log.warning("could not hand a message back to the queue: %s", failed.get("Code"))
+            handed += len(resp.get("Successful", []))
+        if handed:
+            log.info("handed %d message(s) back to the queue while stopping", handed)
 
     async def process_batch(self, messages: list[dict[str, Any]]) -> None:
         async def guarded(m: dict[str, Any], e: PipelineEvent) -> _Handled[Change] | None:

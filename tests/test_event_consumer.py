@@ -131,7 +131,7 @@ def test_a_stopping_replica_gives_back_at_once_what_its_last_long_poll_brought(
     visibility timeout (30 s: a card that stands still through every bot deploy)."""
     import signal
 
-    process = BotProcess({**bot_env, "QUEUE_WAIT_SECONDS": "5"}, tmp_path / "bot.log")
+    process = BotProcess({**bot_env, "QUEUE_WAIT_SECONDS": "10"}, tmp_path / "bot.log")
     sqs = boto3.client("sqs")
     wait_until(lambda: sum("consuming events" in str(line.get("message")) for line in process.log_lines()) >= 2,
                what="the pollers to start")
@@ -140,11 +140,13 @@ def test_a_stopping_replica_gives_back_at_once_what_its_last_long_poll_brought(
     wait_until(lambda: any("shutting down" in str(line.get("message")) for line in process.log_lines()),
                what="the replica to start stopping")
     sent = sqs.send_message(QueueUrl=aws_resources["queue_url"], MessageBody=json.dumps(stage_event("erp-pipeline")))
-    assert process.proc.wait(15) == 0
+    assert process.proc.wait(30) == 0
     process.stop()
     got = sqs.receive_message(QueueUrl=aws_resources["queue_url"], WaitTimeSeconds=3,
                               AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
     assert [m["MessageId"] for m in got] == [sent["MessageId"]]
     # the stopping replica did take it first (each of its open polls may have, and given it back)
     assert int(got[0]["Attributes"]["ApproximateReceiveCount"]) >= 2
-    assert not [line for line in BotProcess.read_log(tmp_path / "bot.log") if line.get("level") == "error"]
+    log = BotProcess.read_log(tmp_path / "bot.log")
+    assert not [line for line in log if line.get("level") == "error"]
+    assert any("handed 1 message(s) back" in str(line.get("message")) for line in log)

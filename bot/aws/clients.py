@@ -31,6 +31,11 @@ RETRY_CONFIG = BotoConfig(
     user_agent_appid="erp-chatops",
 )
 
+# For a last call on the way out (a stopping replica handing messages back): one attempt, soon over, so the
+# pod exits within its grace period even when AWS is slow; the visibility timeout is the fallback.
+LAST_CALL_CONFIG = RETRY_CONFIG.merge(BotoConfig(retries={"mode": "standard", "total_max_attempts": 1},
+                                                 connect_timeout=2, read_timeout=5))
+
 
 def aws_trouble(exc: BaseException) -> str:
     """What went wrong with AWS, in words for a chat reply (the retries already gave up)."""
@@ -57,17 +62,20 @@ class AwsClients:
         self._lock = threading.Lock()
         self._metrics = metrics
 
-    def client(self, service: str) -> Any:
-        made = self._clients.get(service)
+    def client(self, service: str, *, last_call: bool = False) -> Any:
+        """The service's client; `last_call`: the one with LAST_CALL_CONFIG."""
+        key = f"{service} last call" if last_call else service
+        made = self._clients.get(key)
         if made is not None:  # no lock once made: a model loading for another service holds up no call
             return made
         with self._lock:
-            if service not in self._clients:
-                c = self._session.client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
+            if key not in self._clients:
+                config = LAST_CALL_CONFIG if last_call else RETRY_CONFIG
+                c = self._session.client(service, config=config)  # type: ignore[call-overload]
                 if self._metrics is not None:
                     c.meta.events.register("response-received", self._count_attempt)
-                self._clients[service] = c
-            return self._clients[service]
+                self._clients[key] = c
+            return self._clients[key]
 
     async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Run one API call in a worker thread: boto3 blocks, the event loop must not (nor does making a
