@@ -103,7 +103,22 @@ class LocalKube:
              "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
              "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--log-level", "warn"],
             stdout=self._logs[0], stderr=subprocess.STDOUT)
-        self.apiserver = subprocess.Popen(  # noqa: S603 - fixed arguments
+        try:
+            self.apiserver = self._start_apiserver(tools, etcd_port, ca, cert, key)
+        except BaseException:
+            stop_process(self.etcd, 15)  # etcd does not outlive an API server that could not start
+            for f in self._logs:
+                f.close()
+            raise
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # neither process outlives a start that failed
+            raise
+        self.kubeconfig = self.write_kubeconfig(self.admin_token, "admin")
+
+    def _start_apiserver(self, tools: Path, etcd_port: int, ca: Path, cert: Path, key: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(  # noqa: S603 - fixed arguments
             [str(tools / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
              f"--secure-port={self.port}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
              f"--tls-cert-file={cert}", f"--tls-private-key-file={key}", f"--client-ca-file={ca}",
@@ -114,12 +129,6 @@ class LocalKube:
              "--service-cluster-ip-range=10.96.0.0/24", f"--cert-dir={self.workdir / 'certs'}",
              "--enable-priority-and-fairness=false", "--disable-admission-plugins=ServiceAccount", "--v=1"],
             stdout=self._logs[1], stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()  # neither process outlives a start that failed
-            raise
-        self.kubeconfig = self.write_kubeconfig(self.admin_token, "admin")
 
     def _ssl(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))

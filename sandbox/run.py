@@ -16,6 +16,7 @@ import secrets
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -45,7 +46,10 @@ async def _main(host: str, port: int) -> int:
         signing_secret = secrets.token_hex(16)
         # seeding local AWS and starting Kubernetes take seconds each and need nothing of each other
         seeding = asyncio.create_task(asyncio.to_thread(seed_all, AwsClients(), bot_token, signing_secret))
-        cluster = await _start_cluster()
+        try:
+            cluster = await _start_cluster()
+        finally:
+            seeding.add_done_callback(_report_failed_seeding)  # said even if the cluster's start failed first
         seeded = await seeding
         config_path = workdir / "config.yaml"
         config = sandbox_config(seeded["queue_url"], seeded["table"], seeded["progress_queue_url"])
@@ -113,8 +117,16 @@ async def _start_cluster() -> SandboxCluster | None:
     tools = find_tools()
     if tools is None:
         return None
+    # Its start waits for the API server, so off the loop, on a thread of its own: Ctrl-C meanwhile cannot stop
+    # the thread, so whatever it finishes starting is stopped when it is done.
+    starting = ThreadPoolExecutor(1, thread_name_prefix="kube-start")
+    building = starting.submit(SandboxCluster, tools)
+    starting.shutdown(wait=False)
     try:
-        cluster = await asyncio.to_thread(SandboxCluster, tools)  # waits for the API server: off the loop
+        cluster = await asyncio.wrap_future(building)
+    except asyncio.CancelledError:
+        building.add_done_callback(lambda f: None if f.cancelled() or f.exception() else f.result().stop())
+        raise
     except (KubeUnavailable, RuntimeError) as e:
         print(f"erp-chatops sandbox: no Kubernetes: {e}", file=sys.stderr)
         return None
@@ -127,6 +139,11 @@ async def _start_cluster() -> SandboxCluster | None:
             raise
         print(f"erp-chatops sandbox: no Kubernetes: {e}", file=sys.stderr)
         return None
+
+
+def _report_failed_seeding(task: asyncio.Task[dict[str, str]]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        print(f"erp-chatops sandbox: seeding local AWS failed: {task.exception()}", file=sys.stderr)
 
 
 def _names(variable: str) -> set[str]:

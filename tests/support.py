@@ -103,6 +103,10 @@ class BotProcess:
                 self._wait_listening(timeout=20)
                 wait_for_http(f"{self.url}/healthz", proc=self.proc)
                 return
+            except TimeoutError:
+                stop_process(self.proc, 5)  # never left running behind a start that failed
+                self._log.close()
+                raise
             except RuntimeError:
                 self._log.close()
                 # a free port another test process took in between (parallel workers): start again elsewhere

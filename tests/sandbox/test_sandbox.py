@@ -56,3 +56,46 @@ def test_the_page_shows_every_emoji_the_bot_writes():
     written = {code for path in sources for code in re.findall(r"(?<![\w:]):([a-z0-9_+-]+):(?![\w/])", path.read_text())
                if not code.isdigit()}
     assert written - known == set()
+
+
+def test_ctrl_c_while_kubernetes_starts_leaves_no_etcd_or_api_server_behind(tmp_path, tools):
+    """SIGINT to the sandbox alone (as a supervisor or a test's clean-up sends it, not a terminal's Ctrl-C to
+    the whole group) while the API server is still starting: the start finishes on its thread, and what it
+    started is stopped, not orphaned."""
+    import subprocess as sp
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
+    env.update(PORT=str(free_port()), ERP_TOOLS_BIN=str(tools))
+    log = (tmp_path / "sandbox.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+    def children(name: str) -> list[int]:
+        out = sp.run(["pgrep", "-P", str(proc.pid), "-f", name], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+    try:
+        deadline = time.monotonic() + 60
+        while not children("kube-apiserver") and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        started = children("kube-apiserver") + children("etcd")
+        assert started, (tmp_path / "sandbox.log").read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+    def alive(pid: int) -> bool:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in started if alive(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "left running after the sandbox exited"
