@@ -117,7 +117,7 @@ class EventConsumer(Generic[Change]):
             with lock:
                 if not abandoned:
                     delivered = messages
-                    return list(messages)
+                    return messages
             self._hand_back(messages)
             return []
 

@@ -103,14 +103,9 @@ class LocalKube:
              "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
              "--listen-peer-urls", f"http://127.0.0.1:{peer_port}", "--log-level", "warn"],
             stdout=self._logs[0], stderr=subprocess.STDOUT)
+        self.apiserver: subprocess.Popen[bytes] | None = None
         try:
             self.apiserver = self._start_apiserver(tools, etcd_port, ca, cert, key)
-        except BaseException:
-            stop_process(self.etcd, 15)  # etcd does not outlive an API server that could not start
-            for f in self._logs:
-                f.close()
-            raise
-        try:
             self._wait_ready()
         except BaseException:
             self.stop()  # neither process outlives a start that failed
@@ -150,7 +145,7 @@ class LocalKube:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for proc, name in ((self.etcd, "etcd"), (self.apiserver, "kube-apiserver")):
-                if proc.poll() is not None:
+                if proc is not None and proc.poll() is not None:
                     log = (self.workdir / f"{'etcd' if name == 'etcd' else 'apiserver'}.log").read_text()[-2000:]
                     raise KubeUnavailable(f"{name} exited with {proc.returncode}: {log}")
             try:
@@ -289,7 +284,8 @@ class LocalKube:
 
     def stop(self) -> None:
         for proc in (self.apiserver, self.etcd):
-            stop_process(proc, 15)
+            if proc is not None:
+                stop_process(proc, 15)
         for f in self._logs:
             f.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ is malformed still goes to the dead-letter queue with its reason."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -129,8 +130,6 @@ def test_a_stopping_replica_gives_back_at_once_what_its_last_long_poll_brought(
     """A rolling update stops replicas while their long polls are open. A message such a poll brings in after
     SIGTERM is handed back to the queue at once, for the next replica, not left hidden for the queue's
     visibility timeout (30 s: a card that stands still through every bot deploy)."""
-    import signal
-
     process = BotProcess({**bot_env, "QUEUE_WAIT_SECONDS": "10"}, tmp_path / "bot.log")
     sqs = boto3.client("sqs")
     wait_until(lambda: sum("consuming events" in str(line.get("message")) for line in process.log_lines()) >= 2,

@@ -62,8 +62,6 @@ def test_ctrl_c_while_kubernetes_starts_leaves_no_etcd_or_api_server_behind(tmp_
     """SIGINT to the sandbox alone (as a supervisor or a test's clean-up sends it, not a terminal's Ctrl-C to
     the whole group) while the API server is still starting: the start finishes on its thread, and what it
     started is stopped, not orphaned."""
-    import subprocess as sp
-
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
     env.update(PORT=str(free_port()), ERP_TOOLS_BIN=str(tools))
     log = (tmp_path / "sandbox.log").open("w")
@@ -71,7 +69,7 @@ def test_ctrl_c_while_kubernetes_starts_leaves_no_etcd_or_api_server_behind(tmp_
                             stderr=subprocess.STDOUT)
 
     def children(name: str) -> list[int]:
-        out = sp.run(["pgrep", "-P", str(proc.pid), "-f", name], capture_output=True, text=True).stdout
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", name], capture_output=True, text=True).stdout
         return [int(pid) for pid in out.split()]
     try:
         deadline = time.monotonic() + 60
