@@ -143,7 +143,9 @@ class EventConsumer(Generic[Change]):
             except Exception as e:
                 log.warning("could not hand %d message(s) back to the queue: %s", len(entries), error_code(e))
                 continue
-            for failed in resp.get("Failed", []):  # a 200 can still refuse entries (SQS: check each batch)
+            # "check for batch errors even when the call returns an HTTP status code of 200" (SQS API reference,
+            # ChangeMessageVisibilityBatch; botocore's sqs service-2.json)
+            for failed in resp.get("Failed", []):
                 log.warning("could not hand a message back to the queue: %s", failed.get("Code"))
             handed += len(resp.get("Successful", []))
         if handed:
