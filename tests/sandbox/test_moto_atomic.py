@@ -188,3 +188,60 @@ def test_a_receive_does_not_recount_the_queue_for_each_message(monkeypatch):  # 
         assert sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages") is None
     finally:
         server.stop()
+
+
+def test_a_request_is_routed_without_walking_motos_package_each_time(monkeypatch):  # type: ignore[no-untyped-def]
+    """moto's server found each request's backend by listing its own package directory (a stat per entry)
+    and matching every service's URL patterns, under one lock, and listed each response class's methods by
+    introspection, on every request: a quarter of the CPU of the suite's moto. Nothing of it changes while
+    the server runs, so it is worked out once; the backend a request lands on is the one moto picks."""
+    from moto import backends
+    from moto.core import responses
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.server import ThreadedMotoServer
+    from werkzeug.serving import WSGIRequestHandler
+
+    from sandbox import moto_atomic
+    from sandbox.local_aws import free_port
+
+    hosts = [None, "moto_api", "sqs", "sqs.ap-northeast-2.amazonaws.com", "dynamodb.ap-northeast-2.amazonaws.com",
+             "codepipeline.ap-northeast-2.amazonaws.com", "api.ecr.ap-northeast-2.amazonaws.com",
+             "logs.ap-northeast-2.amazonaws.com", "nothing.example"]
+    moto_picks = {h: DomainDispatcherApplication(create_backend_app).get_backend_for_host(h) for h in hosts}
+    walks, introspections = [0], [0]
+    listing, method_names = backends.list_of_moto_modules, responses.method_names_from_class
+
+    def counted_listing() -> object:
+        walks[0] += 1
+        return listing()
+
+    def counted_names(clazz: object) -> list[str]:
+        introspections[0] += 1
+        return method_names(clazz)
+
+    # undone after the test: this process's moto, not the server's
+    monkeypatch.setattr(backends, "list_of_moto_modules", counted_listing)
+    monkeypatch.setattr(responses, "method_names_from_class", counted_names)
+    monkeypatch.setattr(DomainDispatcherApplication, "get_backend_for_host",
+                        DomainDispatcherApplication.get_backend_for_host)
+    monkeypatch.setattr(WSGIRequestHandler, "log_request", WSGIRequestHandler.log_request)
+    moto_atomic.route_from_memory()
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        assert {h: DomainDispatcherApplication(create_backend_app).get_backend_for_host(h)
+                for h in hosts} == moto_picks
+        options = dict(endpoint_url=f"http://127.0.0.1:{port}", region_name="ap-northeast-2",
+                       aws_access_key_id="k", aws_secret_access_key="s")
+        sqs, ddb = boto3.client("sqs", **options), boto3.client("dynamodb", **options)  # type: ignore[call-overload]
+        url = sqs.create_queue(QueueName=f"q-{port}")["QueueUrl"]
+        walks[0] = introspections[0] = 0
+        for i in range(20):
+            sqs.send_message(QueueUrl=url, MessageBody=str(i))
+            ddb.list_tables()
+        assert sorted(int(m["Body"]) for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"])
+        assert walks[0] <= 1 and introspections[0] <= 2, (
+            f"40 requests listed moto's package {walks[0]} times and introspected {introspections[0]} classes")
+    finally:
+        server.stop()
