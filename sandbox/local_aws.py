@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Protocol
 
 REGION = "ap-northeast-2"  # the ERP platform's region
 ACCOUNT = "806332783810"  # and its account
@@ -21,7 +22,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+class Process(Protocol):
+    """What these helpers use of a child process (subprocess.Popen, or the tests' forked bot)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+def wait_for_http(url: str, timeout: float = 20.0, proc: Process | None = None) -> None:
     """Until `url` answers at all (any status), or the process behind it exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -37,7 +49,7 @@ def wait_for_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes]
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+def stop_process(proc: Process, grace: float) -> None:
     """SIGTERM, and SIGKILL if it has not exited after `grace` seconds."""
     if proc.poll() is None:
         proc.terminate()

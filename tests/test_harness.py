@@ -43,3 +43,21 @@ def test_a_bot_whose_port_another_server_took_starts_elsewhere_not_on_the_others
     finally:
         process.stop()
         squatter.shutdown()
+
+
+def test_a_forked_bot_ends_as_the_same_bot_started_afresh_would(bot_env: dict[str, str], tmp_path: Path):
+    """The tests fork bots from a process that has imported the bot (tests/bot_launcher.py): what a test reads
+    of the process (its exit code, what it said, a signal's end) must be what `python -m bot serve` gives."""
+    broken = {**bot_env, "BOT_CONFIG": str(tmp_path / "missing.yaml")}
+    ends = {}
+    for start in ("exec", "fork"):
+        log = tmp_path / f"{start}.log"
+        with pytest.raises(RuntimeError, match="exited with 2 before it listened"):
+            BotProcess(broken, log, start=start)
+        ends[start] = [line for line in log.read_text().splitlines() if line.startswith("erp-chatops:")]
+    assert ends["fork"] == ends["exec"] and ends["fork"][0].startswith("erp-chatops: cannot start:")
+    for start in ("exec", "fork"):
+        process = BotProcess(bot_env, tmp_path / f"{start}-killed.log", start=start)
+        process.proc.kill()
+        assert process.proc.wait(10) == -9, start
+        assert process.stop() == -9

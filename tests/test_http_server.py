@@ -179,7 +179,10 @@ def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorksp
         process.stop()
 
 
-def test_sigterm_drains_and_exits_cleanly(bot: BotProcess):
+def test_sigterm_drains_and_exits_cleanly(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path):
+    # `python -m bot serve` itself, not forked from the tests' launcher: the entry point as the image runs it
+    bot = BotProcess(bot_env, tmp_path / "bot.log", start="exec")
+    slack.bot_url = f"{bot.url}/slack/events"
     started = time.monotonic()
     bot.proc.send_signal(signal.SIGTERM)
     code = bot.proc.wait(25)
