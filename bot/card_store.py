@@ -10,8 +10,9 @@ pushes the newest state again, so a stale edit never stays on top.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -54,10 +55,34 @@ class CardConflict(Exception):
     pass
 
 
+class CardLocks:
+    """One asyncio lock per card this replica is changing, dropped once nobody holds or awaits it: this
+    replica's writers of one card (an event's handler, the publisher's thread notes) take turns instead of
+    failing each other's version checks; other replicas are still met by the version check."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, execution_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(execution_id, (asyncio.Lock(), 0))
+        self._locks[execution_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[execution_id]
+            if users == 1:
+                del self._locks[execution_id]
+            else:
+                self._locks[execution_id] = (lock, users - 1)
+
+
 class CardStore:
     def __init__(self, state: StateStore, slack: AsyncWebClient) -> None:
         self.state = state
         self.slack = slack
+        self._changing = CardLocks()
         self._syncing: dict[str, asyncio.Future[None]] = {}  # execution id -> its running edit's outcome
         self._dirty: set[str] = set()  # asked to sync again while an edit was running
 
@@ -78,21 +103,22 @@ class CardStore:
 
         `loaded`, a copy just read, saves the first read; a conflict reads again.
         """
-        for attempt in range(MAX_ATTEMPTS):
-            if attempt or loaded is None:
-                loaded = await self.load(execution_id)
-            if loaded is None:
-                return None
-            card, item = loaded
-            before = card.to_json()
-            result = change(card)
-            notes = result if isinstance(result, list) else []
-            after = card.to_json()
-            if after == before:
-                return card, []
-            extra = {"ts": card.ts} if card.ts and not item.get("ts") else {}
-            if await self.state.update_card(execution_id, int(item["version"]), body=after, **extra):
-                return card, notes
+        async with self._changing.hold(execution_id):
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt or loaded is None:
+                    loaded = await self.load(execution_id)
+                if loaded is None:
+                    return None
+                card, item = loaded
+                before = card.to_json()
+                result = change(card)
+                notes = result if isinstance(result, list) else []
+                after = card.to_json()
+                if after == before:
+                    return card, []
+                extra = {"ts": card.ts} if card.ts and not item.get("ts") else {}
+                if await self.state.update_card(execution_id, int(item["version"]), body=after, **extra):
+                    return card, notes
         raise CardConflict(f"card {execution_id} kept changing under {MAX_ATTEMPTS} attempts")
 
     async def sync_message(self, execution_id: str, *, defer_progress: bool = False) -> None:

@@ -165,8 +165,17 @@ class EventConsumer(Generic[Change]):
         fresh = [(m, e) for m, e in parsed if e.event_id not in seen]
         self._in_flight = {m["ReceiptHandle"] for m, _ in fresh}
         heartbeat = asyncio.ensure_future(self._keep_invisible())  # through handling and publishing
+        async def in_order(events: list[tuple[dict[str, Any], PipelineEvent]]) -> list[_Handled[Change] | None]:
+            return [await guarded(m, e) for m, e in events]
+
+        # One execution's events one after another (side by side they only raced each other for its card, each
+        # losing write reading it again); different executions side by side.
+        by_execution: dict[str, list[tuple[dict[str, Any], PipelineEvent]]] = {}
+        for m, e in fresh:
+            by_execution.setdefault(e.execution_id or e.event_id, []).append((m, e))
         try:
-            handled = [h for h in await asyncio.gather(*(guarded(m, e) for m, e in fresh)) if h is not None]
+            done = await asyncio.gather(*(in_order(events) for events in by_execution.values()))
+            handled = [h for events in done for h in events if h is not None]
             if handled:
                 await self._publish(handled)
         finally:

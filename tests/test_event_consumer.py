@@ -17,9 +17,9 @@ import pytest
 
 from bot.config import parse_config
 from bot.delivery.pipeline_events import EventScope, MalformedEvent, NotOurs, parse_event
-from sandbox.codepipeline import PipelineStandIn
+from sandbox.codepipeline import Execution, PipelineStandIn
 from sandbox.slack_workspace import SlackWorkspace
-from tests.support import BotProcess, base_config, http, wait_until
+from tests.support import BackgroundLoop, BotProcess, base_config, http, wait_until
 
 ACCOUNT = "806332783810"
 
@@ -149,3 +149,45 @@ def test_a_stopping_replica_gives_back_at_once_what_its_last_long_poll_brought(
     log = BotProcess.read_log(tmp_path / "bot.log")
     assert not [line for line in log if line.get("level") == "error"]
     assert any("handed 1 message(s) back" in str(line.get("message")) for line in log)
+
+
+def test_one_executions_events_arriving_together_do_not_race_each_other_for_its_card(
+        bot_env: dict[str, str], slack: SlackWorkspace, background_loop: BackgroundLoop, pipeline: PipelineStandIn,
+        aws_resources: dict[str, str], erp_images: None, tmp_path: Path):
+    """A deploy's events often arrive in one receive (a build's phases, its stage and action changes). Handled
+    side by side, each raced the others for the one card: nearly every write failed DynamoDB's version check
+    and read the card again (ConditionalCheckFailedException on /metrics, and about twice the calls per
+    event). One execution's events are applied one after another, other executions' side by side, and this
+    replica's writers of one card take turns (CardLocks)."""
+    pipeline.deliver, pipeline.step = False, 0.0  # recorded only: delivered below, all at once
+
+    async def run_one() -> Execution:
+        execution = pipeline.start_from_push("dev")
+        assert execution.task is not None
+        await execution.task
+        return execution
+    execution = background_loop.run(run_one())
+    sqs = boto3.client("sqs")
+    bodies = [json.dumps(e) for e in execution.events]
+    assert len(bodies) >= 10
+    for i in range(0, len(bodies), 10):
+        sqs.send_message_batch(QueueUrl=aws_resources["queue_url"], Entries=[
+            {"Id": str(n), "MessageBody": b} for n, b in enumerate(bodies[i:i + 10])])
+    process = BotProcess({**bot_env, "QUEUE_POLLERS": "1"}, tmp_path / "bot.log")
+    slack.bot_url = f"{process.url}/slack/events"
+    try:
+        wait_until(lambda: [m for m in slack.channel_messages("C0DEV") if "Succeeded" in json.dumps(m.blocks)],
+                   timeout=30, what="the card, succeeded")
+        metrics = http("GET", process.metrics_url)[1]
+        handled = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("erp_chatops_events_processed_total"))
+        conflicts = {line.split('operation="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                     for line in metrics.splitlines() if line.startswith("erp_chatops_aws_api_errors_total")
+                     and "ConditionalCheckFailedException" in line}
+        assert handled == len(bodies)
+        # None of its events raced another to create the card, and few met another write: the publisher's
+        # record of what the message shows still meets an event's write now and then, by design (the edit is
+        # pushed again if the card moved meanwhile). Before: 28 conflicts for 32 events.
+        assert "PutItem" not in conflicts and conflicts.get("UpdateItem", 0) < len(bodies) / 3, conflicts
+    finally:
+        process.stop()
