@@ -4,10 +4,14 @@ Every test that needs a bot starts `erp-chatops serve` as a process of its own, 
 each one spent most of a second of CPU importing aiohttp, Bolt and boto3 before doing anything (a quarter of
 the suite's CPU went to starting and ending bots). This process imports what `serve` imports, once, and forks
 a child for each start; the child takes the test's environment, working folder and log file and runs the
-bot's own `main(["serve", ...])`, then exits as the interpreter would (non-daemon threads joined, atexit
-handlers run). Everything the bot reads from its environment it reads at run time, after the fork; the
-`random` module reseeds itself in a forked child. The bench and one test still start `python -m bot serve`
-afresh (BotProcess(start="exec")): start-up time, memory and the entry point are measured on the real thing.
+bot's own `main(["serve", ...])`, and the interpreter ends it as it ends `python -m bot serve`. What the
+bot and its handlers read from the environment they read at run time, after the fork; the `random` module
+reseeds itself in a forked child. What a fork cannot take from the test's environment: what the interpreter
+reads at its start (PYTHONHASHSEED: every forked bot of a worker hashes strings alike; PYTHONPATH,
+PYTHONWARNINGS, locale) and what libraries read at import (aiohttp's and prometheus_client's switches,
+SSL_CERT_FILE); no test sets any of them. Where that matters, BotProcess(start="exec") starts
+`python -m bot serve` afresh: the bench (start-up time and memory are measured on the real thing), the
+soak (replicas racing each other should not share a hash seed) and the entry point's own test.
 
 Protocol, one JSON object per line: a start request on stdin ({"argv", "env", "cwd", "log"}) is answered on
 stdout with {"pid": N}; each child's end is reported as {"exited": N, "code": C} (C as Popen's returncode:
@@ -18,7 +22,6 @@ Run as `python -u -m tests.bot_launcher` from the repository's root.
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import selectors
@@ -37,44 +40,31 @@ def _preload() -> None:
     import bot.slack_credentials  # noqa: F401
 
 
-def _run_child(request: dict[str, Any], keep_closed: list[int]) -> NoReturn:
-    """In the forked child: become the requested bot process and never return into the launcher's loop."""
-    code = 1
-    try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in keep_closed:
-            os.close(fd)
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.close(devnull)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        sys.argv = ["erp-chatops", *request["argv"]]
-        from bot.__main__ import main
+def _become_child(request: dict[str, Any], keep_closed: list[int]) -> NoReturn:
+    """In the forked child: become the requested bot process. It never returns into the launcher's loop: the
+    bot's exit (or its exception) leaves through the launcher's main, so the interpreter ends this process as
+    it ends `python -m bot serve`: non-daemon threads joined, atexit, module teardown and the last garbage
+    collection (whose warnings, an unclosed session say, are logged as they would be), the traceback and exit
+    code of an exception, -2 for an uncaught KeyboardInterrupt."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher ignores it; a bot does not
+    for fd in keep_closed:
+        os.close(fd)
+    log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.close(devnull)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    sys.argv = ["erp-chatops", *request["argv"]]
+    from bot.__main__ import main
 
-        try:
-            code = main(request["argv"])
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        threading._shutdown()  # type: ignore[attr-defined]  # as the interpreter's exit: join non-daemon threads
-        atexit._run_exitfuncs()
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        os._exit(code)
+    raise SystemExit(main(request["argv"]))
 
 
 def _reply(message: dict[str, Any]) -> None:
@@ -102,6 +92,9 @@ def main() -> None:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so SIGCHLD writes to the wakeup pipe
+    # Ctrl-C reaches the whole process group: the bots stop on it; the launcher waits for its test process
+    # to close stdin, so the bots' ends are still reported and stop() still works
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ, "request")
     selector.register(wake_r, selectors.EVENT_READ, "child")
@@ -126,7 +119,7 @@ def main() -> None:
                 request = json.loads(line)
                 pid = os.fork()
                 if pid == 0:
-                    _run_child(request, [wake_r, wake_w, selector.fileno()])
+                    _become_child(request, [wake_r, wake_w, selector.fileno()])
                 _reply({"pid": pid})
 
 

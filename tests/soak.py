@@ -133,7 +133,8 @@ class Soak:
                 victim.proc.send_signal(signal.SIGKILL)  # no goodbye: what it held comes back to the queue
                 victim.proc.wait()
                 self.kills.append(f"replica on :{victim.port} killed after {self.sent} messages")
-                replicas[replicas.index(victim)] = BotProcess(env, logs / f"replica-restarted-{len(self.kills)}.log")
+                replicas[replicas.index(victim)] = BotProcess(env, logs / f"replica-restarted-{len(self.kills)}.log",
+                                                              start="exec")
         return replicas
 
     def depth(self, visible_only: bool = False) -> int:

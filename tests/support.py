@@ -86,15 +86,22 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
 
 
 class LaunchedProcess:
-    """A bot forked by tests/bot_launcher.py, with the part of Popen's interface the tests use."""
+    """A bot forked by tests/bot_launcher.py, with the part of Popen's interface the tests use. Signals go
+    through a pidfd, so a pid the launcher has reaped and the system reused is never signalled."""
 
     def __init__(self, launcher: BotLauncher, pid: int) -> None:
         self.launcher, self.pid = launcher, pid
         self.returncode: int | None = None
+        try:
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except ProcessLookupError:  # already ended (and reaped): its exit report is on its way
+            self._pidfd = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
             self.returncode = self.launcher.exit_code(self.pid, timeout=0)
+            if self.returncode is not None:
+                self._close()
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -102,17 +109,24 @@ class LaunchedProcess:
             self.returncode = self.launcher.exit_code(self.pid, timeout)
             if self.returncode is None:
                 raise subprocess.TimeoutExpired(f"bot {self.pid}", timeout or 0)
+            self._close()
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.poll() is None:  # never a signal to a pid that may have been reused
-            os.kill(self.pid, sig)
+        if self.poll() is None and self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):  # ended meanwhile, as Popen.send_signal allows
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+    def _close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 class BotLauncher:
@@ -148,6 +162,9 @@ class BotLauncher:
                 with self._changed:
                     self._exits[said["exited"]] = said["code"]
                     self._changed.notify_all()
+        self._lost()
+
+    def _lost(self) -> None:
         with self._changed:
             self.gone = True
             self._changed.notify_all()
@@ -159,20 +176,42 @@ class BotLauncher:
             self.proc.stdin.write(json.dumps({"argv": argv, "env": env, "cwd": str(ROOT),
                                               "log": str(log_path)}).encode() + b"\n")
             self.proc.stdin.flush()
-            pid = self._started.get(timeout=30)
+            try:
+                pid = self._started.get(timeout=30)
+            except queue.Empty:  # its late answer would be taken for the next start's: no next start here
+                self.proc.kill()
+                self._lost()
+                raise TimeoutError("the bot launcher did not start a bot within 30 s") from None
         if pid is None:
             raise RuntimeError(f"the bot launcher exited with {self.proc.wait()} (its error is on stderr)")
+        with self._changed:
+            self._exits.pop(pid, None)  # an earlier bot's end, under a pid the system has given out again
         return LaunchedProcess(self, pid)
 
     def exit_code(self, pid: int, timeout: float | None) -> int | None:
         """The child's returncode once it has exited; None if it is still running after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             self._changed.wait_for(lambda: pid in self._exits or self.gone, timeout)
             if pid in self._exits:
                 return self._exits[pid]
-            if self.gone:
-                raise RuntimeError(f"the bot launcher exited: bot {pid}'s end cannot be known")
-            return None
+            if not self.gone:
+                return None
+        # The launcher died, and with it what it would have said: the bot may still run (stop() must still
+        # be able to end it), and once it has ended its code is unknown.
+        while _alive(pid):
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        raise RuntimeError(f"the bot launcher exited: bot {pid} ended, with a code nobody saw")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 class BotProcess:

@@ -41,7 +41,8 @@ def test_every_execution_ends_with_one_card_in_its_true_state(
     slack.rate_limits = RateLimits(scale=SOAK_RATE_SCALE)
     env = {**bot_env, "LOG_LEVEL": "INFO", "SLACK_RATE_SCALE": str(SOAK_RATE_SCALE), "SWEEP_SECONDS": "5",
            "QUEUE_POLLERS": os.environ.get("QUEUE_POLLERS", "2")}
-    replicas = [BotProcess(env, tmp_path / f"replica-{n}.log") for n in range(plan.replicas)]
+    # fresh interpreters: replicas that race each other should not share one hash seed (tests/bot_launcher.py)
+    replicas = [BotProcess(env, tmp_path / f"replica-{n}.log", start="exec") for n in range(plan.replicas)]
     try:
         replicas = soak.deliver(replicas, env, tmp_path)
         wait_until(lambda: soak.depth() == 0, timeout=60 + plan.executions * 2, what="the queue to drain",
