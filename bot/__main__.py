@@ -14,18 +14,19 @@ from bot.jsonlog import setup_logging
 def _serve(args: argparse.Namespace) -> int:
     from bot.app import StartupError, build_bot
     from bot.config import ConfigError
-    from bot.http_server import serve
+    from bot.http_server import ListenError, serve
     from bot.slack_credentials import CredentialsError
 
     try:
         bot = build_bot()
-    except (StartupError, ConfigError, CredentialsError) as e:
+        port = int(os.environ.get("PORT", "3000"))
+        metrics_port = int(os.environ.get("METRICS_PORT", "9102"))
+        asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background,
+                          metrics_port=metrics_port))
+    except (StartupError, ConfigError, CredentialsError, ListenError) as e:
         print(f"erp-chatops: cannot start: {e}", file=sys.stderr)
         logging.getLogger("bot").error("cannot start: %s", e)
         return 2
-    port = int(os.environ.get("PORT", "3000"))
-    metrics_port = int(os.environ.get("METRICS_PORT", "9102"))
-    asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background, metrics_port=metrics_port))
     return bot.runtime.exit_code
 
 

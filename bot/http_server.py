@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 import uuid
@@ -157,12 +158,17 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
                                                                        thread_name_prefix="aws"))
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=3.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
     metrics_runner = web.AppRunner(build_metrics_app(runtime), access_log=None, handle_signals=False)
     await metrics_runner.setup()
     metrics_port = port + 1 if metrics_port is None else metrics_port
-    await web.TCPSite(metrics_runner, host, metrics_port).start()
+    try:
+        site = await _listen(runner, host, port)
+        await _listen(metrics_runner, host, metrics_port)
+    except ListenError:
+        await runner.cleanup()
+        await metrics_runner.cleanup()
+        await _close_slack(runtime)
+        raise
     log.info("listening on %s:%d (metrics on :%d)", host, port, metrics_port)
 
     stop = asyncio.Event()
@@ -182,7 +188,25 @@ async def serve(app: web.Application, runtime: Runtime, host: str, port: int,
     await site.stop()
     await runner.cleanup()
     await metrics_runner.cleanup()
+    await _close_slack(runtime)
+    log.info("stopped")
+
+
+class ListenError(Exception):
+    """The bot cannot listen where it was told to (another process holds the port, say)."""
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int) -> web.TCPSite:
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as e:
+        reason = os.strerror(e.errno).lower() if e.errno else str(e)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    return site
+
+
+async def _close_slack(runtime: Runtime) -> None:
     close_slack = getattr(runtime.slack, "close", None)  # its one HTTP session
     if close_slack is not None:
         await close_slack()
-    log.info("stopped")

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tests.support
-from tests.support import BotProcess, free_port, http
+from tests.support import ROOT, BotLauncher, BotProcess, free_port, http
 
 
 class _NotTheBot(BaseHTTPRequestHandler):
@@ -61,3 +67,46 @@ def test_a_forked_bot_ends_as_the_same_bot_started_afresh_would(bot_env: dict[st
         process.proc.kill()
         assert process.proc.wait(10) == -9, start
         assert process.stop() == -9
+
+
+def test_a_bot_whose_port_is_taken_says_so_in_one_line_forked_or_not(bot_env: dict[str, str], tmp_path: Path):
+    """A port another process holds ends the bot with one line saying so and exit code 2, as a bad config
+    does (not a traceback and an unclosed Slack session); a forked bot ends exactly as `python -m bot serve`."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, **bot_env, "PORT": str(port), "METRICS_PORT": str(free_port())}
+        argv = ["serve", "--host", "127.0.0.1"]
+        ends = {}
+        for start in ("exec", "fork"):
+            log = tmp_path / f"{start}.log"
+            if start == "fork":
+                proc: Any = BotLauncher.shared().start(argv, env, log)
+            else:
+                with log.open("w") as out:
+                    proc = subprocess.Popen([sys.executable, "-m", "bot", *argv], env=env, cwd=ROOT, stdout=out,
+                                            stderr=subprocess.STDOUT)
+            code = proc.wait(30)
+            # what it said, but the times that differ from one run to the next
+            ends[start] = (code, re.sub(r'"time": "[^"]*"', "", log.read_text()).splitlines())
+    assert ends["fork"] == ends["exec"], ends
+    code, said = ends["fork"]
+    assert code == 2 and said[-2] == f"erp-chatops: cannot start: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert not [line for line in said if "Traceback" in line or "Unclosed" in line], said
+
+
+def test_a_bot_outlives_its_launcher_and_still_stops(bot_env: dict[str, str], tmp_path: Path):
+    """Should the launcher die, a test's stop() must still end its bot (never an orphan left running) and say
+    that its exit code was lost; the next bot gets a new launcher."""
+    process = BotProcess(bot_env, tmp_path / "orphan.log")
+    launcher = BotLauncher.shared()
+    launcher.proc.kill()
+    launcher.proc.wait(10)
+    with pytest.raises(RuntimeError, match="with a code nobody saw"):
+        process.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.proc.pid, 0)
+    again = BotProcess(bot_env, tmp_path / "again.log")
+    assert BotLauncher.shared() is not launcher
+    assert again.stop() == 0
