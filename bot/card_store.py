@@ -64,12 +64,14 @@ class CardLocks:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @contextlib.asynccontextmanager
-    async def hold(self, execution_id: str) -> AsyncIterator[None]:
+    async def hold(self, execution_id: str) -> AsyncIterator[bool]:
+        """Yields True if another writer held the card first (so a copy read before is likely stale)."""
         lock, users = self._locks.get(execution_id, (asyncio.Lock(), 0))
         self._locks[execution_id] = (lock, users + 1)
         try:
+            waited = lock.locked()
             async with lock:
-                yield
+                yield waited
         finally:
             lock, users = self._locks[execution_id]
             if users == 1:
@@ -103,7 +105,9 @@ class CardStore:
 
         `loaded`, a copy just read, saves the first read; a conflict reads again.
         """
-        async with self._changing.hold(execution_id):
+        async with self._changing.hold(execution_id) as waited:
+            if waited:
+                loaded = None  # read before another writer of this replica changed it: read it again
             for attempt in range(MAX_ATTEMPTS):
                 if attempt or loaded is None:
                     loaded = await self.load(execution_id)

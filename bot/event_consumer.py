@@ -163,8 +163,7 @@ class EventConsumer(Generic[Change]):
                 self.runtime.metrics.events_processed.labels("duplicate").inc()
                 await self._delete(message["ReceiptHandle"])
         fresh = [(m, e) for m, e in parsed if e.event_id not in seen]
-        self._in_flight = {m["ReceiptHandle"] for m, _ in fresh}
-        heartbeat = asyncio.ensure_future(self._keep_invisible())  # through handling and publishing
+
         async def in_order(events: list[tuple[dict[str, Any], PipelineEvent]]) -> list[_Handled[Change] | None]:
             return [await guarded(m, e) for m, e in events]
 
@@ -173,6 +172,8 @@ class EventConsumer(Generic[Change]):
         by_execution: dict[str, list[tuple[dict[str, Any], PipelineEvent]]] = {}
         for m, e in fresh:
             by_execution.setdefault(e.execution_id or e.event_id, []).append((m, e))
+        self._in_flight = {m["ReceiptHandle"] for m, _ in fresh}
+        heartbeat = asyncio.ensure_future(self._keep_invisible())  # through handling and publishing
         try:
             done = await asyncio.gather(*(in_order(events) for events in by_execution.values()))
             handled = [h for events in done for h in events if h is not None]

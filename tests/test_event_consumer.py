@@ -187,7 +187,7 @@ def test_one_executions_events_arriving_together_do_not_race_each_other_for_its_
         assert handled == len(bodies)
         # None of its events raced another to create the card, and few met another write: the publisher's
         # record of what the message shows still meets an event's write now and then, by design (the edit is
-        # pushed again if the card moved meanwhile). Before: 28 conflicts for 32 events.
-        assert "PutItem" not in conflicts and conflicts.get("UpdateItem", 0) < len(bodies) / 3, conflicts
+        # pushed again if the card moved meanwhile). Before: 28 conflicts for 32 events; now 0 to 1 here.
+        assert "PutItem" not in conflicts and conflicts.get("UpdateItem", 0) < len(bodies) / 4, conflicts
     finally:
         process.stop()
