@@ -66,12 +66,18 @@ def moto() -> Iterator[MotoServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def aws(moto: MotoServer) -> AwsClients:
+    """The test process's own clients of the local AWS, made once: a new AwsClients reads botocore's endpoint
+    and service models again (a third of a second of CPU), and nearly every test made one or two."""
+    return AwsClients()
+
+
 @pytest.fixture
-def aws_resources(moto: MotoServer) -> dict[str, str]:
+def aws_resources(aws: AwsClients) -> dict[str, str]:
     """A fresh state table and events queue (with its DLQ) per test, so tests never share state."""
     suffix = uuid.uuid4().hex[:8]
     table = f"erp-chatops-state-{suffix}"
-    aws = AwsClients()
     create_state_tables(aws, table)
     queue, dlq = create_events_queue(aws, f"erp-chatops-events-{suffix}", f"erp-chatops-events-dlq-{suffix}")
     progress = create_progress_queue(aws, f"erp-chatops-progress-{suffix}")
@@ -95,9 +101,10 @@ def slack(background_loop: BackgroundLoop) -> Iterator[SlackWorkspace]:
 
 
 @pytest.fixture
-def pipeline(background_loop: BackgroundLoop, aws_resources: dict[str, str]) -> Iterator[PipelineStandIn]:
+def pipeline(background_loop: BackgroundLoop, aws: AwsClients, aws_resources: dict[str, str]
+             ) -> Iterator[PipelineStandIn]:
     """The CodePipeline stand-in, fast: each step takes a few hundredths of a second."""
-    with served(background_loop, PipelineStandIn(AwsClients(), aws_resources["queue_url"],
+    with served(background_loop, PipelineStandIn(aws, aws_resources["queue_url"],
                                                  step_seconds=0.05)) as stand_in:
         yield stand_in
         for execution in stand_in.executions.values():
@@ -151,19 +158,19 @@ def bot(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path) -> Itera
 
 
 @pytest.fixture(scope="session")
-def erp_images(moto: MotoServer) -> None:
+def erp_images(aws: AwsClients) -> None:
     """The ERP repositories in moto's ECR (tests push their own uniquely tagged images)."""
     try:
-        create_repositories(AwsClients(), list(SERVICES))
+        create_repositories(aws, list(SERVICES))
     except Exception as e:  # a second session on the same server
         if "RepositoryAlreadyExists" not in str(e):
             raise
 
 
 @pytest.fixture(scope="session")
-def erp_logs(moto: MotoServer) -> int:
+def erp_logs(aws: AwsClients) -> int:
     """Three hours of Spring Boot logs in the prod log groups; dev has none."""
-    return seed_service_logs(AwsClients(), list(SERVICES), ["prod"])
+    return seed_service_logs(aws, list(SERVICES), ["prod"])
 
 
 @pytest.fixture(scope="session")
