@@ -38,8 +38,20 @@ os.environ["HELM_DRIVER"] = HELM_DRIVER
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The long end-to-end tests (marked slow) first: on parallel workers the longest must not start last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """The long end-to-end tests (marked slow) first on every worker: the longest must not start last.
+    xdist's worksteal hands each worker one contiguous block of the collection to begin with (then moves
+    work from the longest queue to idle workers), so each block starts with its share of the slow tests; all
+    of them at the front had given the first worker every one of them, one after another."""
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    rest = [item for item in items if item.get_closest_marker("slow") is None]
+    total, items[:] = len(items), []
+    for n in range(workers):  # the block sizes worksteal sends: what is left divided by the workers left
+        size = (total - len(items)) // (workers - n)
+        block = slow[n::workers]
+        items += block + rest[:max(0, size - len(block))]
+        del rest[:max(0, size - len(block))]
+    items += rest
 
 
 @pytest.hookimpl(hookwrapper=True)
