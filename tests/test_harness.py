@@ -110,3 +110,13 @@ def test_a_bot_outlives_its_launcher_and_still_stops(bot_env: dict[str, str], tm
     again = BotProcess(bot_env, tmp_path / "again.log")
     assert BotLauncher.shared() is not launcher
     assert again.stop() == 0
+
+
+def test_a_bot_that_logs_only_warnings_still_starts(bot_env: dict[str, str], tmp_path: Path):
+    """The bench runs its bots at LOG_LEVEL=WARNING, where `listening on ...` is not logged: the harness must
+    not wait for that line then (it waited 20 s and gave up, and `make bench` failed)."""
+    process = BotProcess({**bot_env, "LOG_LEVEL": "WARNING"}, tmp_path / "quiet.log", start="exec")
+    try:
+        assert http("GET", f"{process.url}/healthz")[0] == 200
+    finally:
+        process.stop()
