@@ -7,6 +7,8 @@
 #   usage: scripts/publish-ci-tools.sh BUCKET ENVIRONMENT HELM_ARCHIVE [HELM_SHA256]
 # HELM_ARCHIVE is helm's linux-amd64 release tarball (get.helm.sh); give its published checksum as
 # HELM_SHA256 and this refuses a file that does not match it.
+# WHEELHOUSE=FILE publishes the wheelhouse in FILE instead of building one (the one published to dev, so
+# prod installs the very same bytes); when FILE does not exist yet, the one built here is kept there.
 set -euo pipefail
 bucket="${1:?bucket}" environment="${2:?environment (dev, prod)}" helm_archive="${3:?helm release archive}"
 expected_helm="${4:-}"
@@ -21,23 +23,36 @@ if [ -n "$expected_helm" ] && [ "$helm_sha" != "$expected_helm" ]; then
   exit 1
 fi
 
-# a clean copy of the package (no build/ from an earlier run leaks into the wheel)
-mkdir -p "$work/src" "$work/wheels"
-cp -r "$root/pyproject.toml" "$root/README.md" "$root/bot" "$root/handlers" "$work/src/"
-find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
-"$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "$work/src"
-wheel="$(find "$work/wheels" -name 'erp_chatops-*.whl' -printf '%f\n')"
-# every dependency as a wheel for the build image, whatever machine publishes: CPython 3.11 (the buildspec's
-# runtime-versions) on x86_64 Linux (standard:7.0, glibc 2.35), binary wheels only
-"$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version 3.11 \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  --dest "$work/wheels" "$work/wheels/$wheel"
+bundle_file="${WHEELHOUSE:-}"
+if [ -n "$bundle_file" ] && [ -f "$bundle_file" ]; then
+  wheel="$({ tar -tzf "$bundle_file" 2>/dev/null || true; } | sed -nE 's|^(\./)?(erp_chatops-[^/]+\.whl)$|\2|p')"
+  if [ -z "$wheel" ]; then
+    echo "publish-ci-tools: $bundle_file holds no erp_chatops wheel; is it this script's wheelhouse?" >&2
+    exit 1
+  fi
+else
+  # a clean copy of the package (no build/ from an earlier run leaks into the wheel)
+  mkdir -p "$work/src" "$work/wheels"
+  cp -r "$root/pyproject.toml" "$root/README.md" "$root/bot" "$root/handlers" "$work/src/"
+  find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
+  "$python" -m pip wheel --quiet --no-deps --wheel-dir "$work/wheels" "$work/src"
+  wheel="$(find "$work/wheels" -name 'erp_chatops-*.whl' -printf '%f\n')"
+  # every dependency as a wheel for the build image, whatever machine publishes: CPython 3.11 (the buildspec's
+  # runtime-versions) on x86_64 Linux (standard:7.0, glibc 2.35), binary wheels only
+  "$python" -m pip download --quiet --only-binary=:all: --implementation cp --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --dest "$work/wheels" "$work/wheels/$wheel"
+  tar -czf "$work/wheelhouse.tar.gz" -C "$work/wheels" .
+  if [ -n "$bundle_file" ]; then  # kept whole or not at all: a copy cut short is never taken for one
+    cp "$work/wheelhouse.tar.gz" "$bundle_file.partial.$$" && mv "$bundle_file.partial.$$" "$bundle_file"
+  fi
+  bundle_file="$work/wheelhouse.tar.gz"
+fi
 version="$(echo "$wheel" | sed -E 's/^erp_chatops-([^-]+)-.*/\1/')"
 bundle="erp-chatops-$version-wheelhouse.tar.gz"
-tar -czf "$work/$bundle" -C "$work/wheels" .
-bundle_sha="$(sha256sum "$work/$bundle" | cut -d' ' -f1)"
+bundle_sha="$(sha256sum "$bundle_file" | cut -d' ' -f1)"
 
-aws s3 cp --only-show-errors "$work/$bundle" "s3://$bucket/tools/$bundle"
+aws s3 cp --only-show-errors "$bundle_file" "s3://$bucket/tools/$bundle"
 aws s3 cp --only-show-errors "$helm_archive" "s3://$bucket/tools/$(basename "$helm_archive")"
 put() { aws ssm put-parameter --overwrite --type String --name "/erp/$environment/tools/$1" --value "$2" >/dev/null; }
 put bucket "$bucket"

@@ -5,6 +5,8 @@ only `docker` is stood in for."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import json
 import os
 import re
@@ -14,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -78,7 +81,7 @@ def repo(tmp_path: Path) -> dict[str, object]:
 # bring those itself. `docker` is the one stand-in.
 IMAGE_TOOLS = ("bash", "sh", "env", "cat", "mkdir", "rm", "cp", "mv", "ln", "ls", "tar", "gzip", "sha256sum",
                "date", "basename", "dirname", "head", "tail", "tr", "sed", "grep", "cut", "sort", "uname", "sleep",
-               "tee", "touch", "chmod", "install", "mktemp", "id", "git")
+               "tee", "touch", "chmod", "install", "mktemp", "id", "git", "flock")
 
 
 def stock_image_path(bin_dir: Path) -> str:
@@ -98,16 +101,32 @@ def stock_image_path(bin_dir: Path) -> str:
     return str(bin_dir)
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder every parallel worker of this test run shares (xdist gives each its own base folder inside
+    the run's), for what is made once per run."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@contextmanager
+def taking_turns(lock: Path) -> Iterator[None]:
+    """One worker at a time (an flock, released if the worker dies)."""
+    with lock.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """erp-chatops and helm published to the pipeline's bucket as production does (scripts/publish-ci-tools.sh):
     the wheelhouse built from this checkout, and a helm release archive made from the helm built here (the
-    real one comes from get.helm.sh, which this machine cannot reach)."""
-    work = tmp_path_factory.mktemp("ci-tools")
-    (work / "linux-amd64").mkdir()
-    shutil.copy(tools / "helm", work / "linux-amd64" / "helm")
-    archive = work / "helm-v3.16.2-linux-amd64.tar.gz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(work), "linux-amd64"], check=True)
+    real one comes from get.helm.sh, which this machine cannot reach). The run's first worker builds the
+    wheelhouse and the others publish the same file (WHEELHOUSE), as prod gets dev's: each worker has its own
+    moto. One CodeBuild cache for all, as builds on one host share it."""
+    shared = run_folder(tmp_path_factory, "ci-tools")
+    wheelhouse, archive = shared / "erp-chatops-wheelhouse.tar.gz", shared / "helm-v3.16.2-linux-amd64.tar.gz"
     bucket = "erp-dev-pipeline-artifacts"
     s3 = boto3.client("s3")
     try:
@@ -115,11 +134,18 @@ def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
     env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHON": sys.executable}
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), bucket, "dev", str(archive)],
-                         env=env, capture_output=True, text=True, timeout=600)
+           "PYTHON": sys.executable, "WHEELHOUSE": str(wheelhouse)}
+    with taking_turns(shared / ".lock"):
+        if not archive.exists():
+            (shared / "linux-amd64").mkdir(exist_ok=True)
+            shutil.copy(tools / "helm", shared / "linux-amd64" / "helm")
+            subprocess.run(["tar", "-czf", f"{archive}.partial", "-C", str(shared), "linux-amd64"], check=True)
+            os.replace(f"{archive}.partial", archive)
+        out = subprocess.run(["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), bucket, "dev", str(archive)],
+                             env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
-    return {"bucket": bucket, "cache": str(work / "codebuild-cache")}
+    return {"bucket": bucket, "cache": str(shared / "codebuild-cache"), "wheelhouse": str(wheelhouse),
+            "helm_archive": str(archive)}
 
 
 @pytest.fixture
@@ -322,6 +348,60 @@ def test_the_stock_image_brings_neither_tool_and_a_tampered_download_stops_the_b
     assert result.phases["install"] == "FAILED" and result.phases["build"] == "skipped", result.phases
     assert "FAILED" in result.output and "sha256sum" in result.output  # the checksum refused it
     assert docker_calls(build) == [] and progress(build) == []  # nothing ran, nothing posted
+
+
+def test_two_builds_on_a_cold_shared_cache_install_the_tools_once_and_both_pass(
+        repo: dict[str, object], build: dict[str, object], aws_resources: dict[str, str], tmp_path: Path):
+    """Builds on one host share CodeBuild's local cache: the second to start, arriving while the first is
+    installing, waits for it and uses its tools, rather than delete them mid-install (which failed one)."""
+    record_last_deploy(aws_resources["table"], "prod", str(repo["second"]))  # nothing to build: the install counts
+    cache = tmp_path / "cold-cache"
+    environ = {**build["environ"], "TOOLS_CACHE": str(cache)}  # type: ignore[dict-item]
+    other = tmp_path / "erp-platform-2"  # the runner keeps a build's exports beside its checkout
+    git(tmp_path, "clone", "-q", str(repo["path"]), str(other))
+    first: list[BuildResult] = []
+    starter = threading.Thread(target=lambda: first.append(BuildspecRunner(
+        Path(str(repo["path"])) / "buildspec.yml", Path(str(repo["path"])), environ).run(
+        pipeline_vars(repo, str(build["card_ts"])))))
+    starter.start()
+    try:  # the first build is inside the install: its venv made, erp-chatops not yet installed in it
+        deadline = time.monotonic() + 120
+        while not (any(cache.glob("*/bin/python3")) and not any(cache.glob("*/bin/erp-chatops"))):
+            assert not first and time.monotonic() < deadline, "the first build was never seen installing"
+            time.sleep(0.05)
+    finally:
+        second = BuildspecRunner(other / "buildspec.yml", other, environ).run(pipeline_vars(repo, str(build["card_ts"])))
+        starter.join(300)
+    assert first and first[0].succeeded, first[0].output if first else "the first build never ended"
+    assert second.succeeded, second.output
+    installed = [p for p in cache.iterdir() if p.is_dir()]
+    assert len(installed) == 1 and (installed[0] / ".installed").exists(), installed
+
+
+def test_one_wheelhouse_is_published_to_dev_and_prod_byte_for_byte(ci_tools: dict[str, str], moto,  # type: ignore[no-untyped-def]
+                                                                  tmp_path: Path):
+    """WHEELHOUSE: prod gets the very file dev got (built once, its checksum the same), and a file that is not
+    a wheelhouse is refused in one line before anything is published."""
+    env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHON": sys.executable, "WHEELHOUSE": ci_tools["wheelhouse"]}
+    script = ["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), ci_tools["bucket"], "prod", ci_tools["helm_archive"]]
+    out = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ssm = boto3.client("ssm")
+    value = {env_: {name: ssm.get_parameter(Name=f"/erp/{env_}/tools/erp-chatops/{name}")["Parameter"]["Value"]
+                    for name in ("key", "sha256")} for env_ in ("dev", "prod")}
+    file_sha = hashlib.sha256(Path(ci_tools["wheelhouse"]).read_bytes()).hexdigest()
+    assert value["prod"] == value["dev"] and value["prod"]["sha256"] == file_sha, value
+    body = boto3.client("s3").get_object(Bucket=ci_tools["bucket"], Key=value["prod"]["key"])["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == file_sha
+
+    (tmp_path / "notes.txt").write_text("not wheels")
+    subprocess.run(["tar", "-czf", str(tmp_path / "other.tar.gz"), "-C", str(tmp_path), "notes.txt"], check=True)
+    ssm.delete_parameter(Name="/erp/prod/tools/erp-chatops/sha256")
+    for bad in (tmp_path / "other.tar.gz", tmp_path / "notes.txt"):
+        out = subprocess.run(script, env={**env, "WHEELHOUSE": str(bad)}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 1 and out.stderr.strip().endswith("is it this script's wheelhouse?"), out.stderr
+    assert not ssm.get_parameters(Names=["/erp/prod/tools/erp-chatops/sha256"])["Parameters"]  # nothing published
 
 
 def test_the_tools_the_buildspec_reads_are_the_ones_published_and_cached():
