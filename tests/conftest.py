@@ -28,6 +28,7 @@ from tests.support import (
     MotoServer,
     base_config,
     served,
+    stop_the_rest,
     tools_bin,
     write_config,
 )
@@ -43,7 +44,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     work from the longest queue to idle workers), so each block starts with its share of the slow tests; all
     of them at the front had given the first worker every one of them, one after another."""
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    slow = interleaved_by_module([item for item in items if item.get_closest_marker("slow") is not None])
     rest = [item for item in items if item.get_closest_marker("slow") is None]
     total, items[:] = len(items), []
     for n in range(workers):  # the block sizes worksteal sends: what is left divided by the workers left
@@ -52,6 +53,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items += block + rest[:max(0, size - len(block))]
         del rest[:max(0, size - len(block))]
     items += rest
+
+
+def interleaved_by_module(items: list[pytest.Item]) -> list[pytest.Item]:
+    """One test of each module in turn, the modules with fewest first: a module's only slow test is one long
+    run (the soak, the image build) and starts first; and no two workers begin with the same module, whose
+    shared setup (the buildspec's wheelhouse, built once per run) one would build while the others waited."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    queues = sorted(modules.values(), key=len)
+    return [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -70,6 +82,7 @@ def moto() -> Iterator[MotoServer]:
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     yield server
+    stop_the_rest()  # the bots told to stop soon (every bot needs this server), ended before it goes
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -166,7 +179,7 @@ def bot(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path) -> Itera
     process = BotProcess(bot_env, tmp_path / "bot.log")
     slack.bot_url = f"{process.url}/slack/events"
     yield process
-    process.stop()
+    process.stop_soon()
 
 
 @pytest.fixture(scope="session")

@@ -283,6 +283,23 @@ class BotProcess:
         assert self.proc.returncode is not None
         return self.proc.returncode
 
+    def stop_soon(self) -> None:
+        """SIGTERM now; wait for the end (its last long poll returning, a second here) when the run ends
+        (`stop_the_rest`). For a fixture's teardown: no test looks at how this bot ends, and the wait was a
+        second per test. A test that does look calls stop()."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        STOPPING.append(self)
+
+
+STOPPING: list[BotProcess] = []
+
+
+def stop_the_rest() -> None:
+    """Wait for the bots told to stop soon (SIGKILL after the usual grace)."""
+    while STOPPING:
+        STOPPING.pop().stop()
+
 
 def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition",
                every: float = 0.05) -> T:

@@ -190,4 +190,4 @@ def test_one_executions_events_arriving_together_do_not_race_each_other_for_its_
         # pushed again if the card moved meanwhile). Before: 28 conflicts for 32 events; now 0 to 1 here.
         assert "PutItem" not in conflicts and conflicts.get("UpdateItem", 0) < len(bodies) / 4, conflicts
     finally:
-        process.stop()
+        process.stop_soon()

@@ -144,7 +144,7 @@ def test_readyz_rides_out_a_slack_rate_limit(bot_env: dict[str, str], slack: Sla
         assert status == 200, body
         assert [c.ok for c in slack.calls_to("auth.test")] == [False, True]
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_a_starting_pod_checks_itself_once_however_many_probes_ask(bot_env: dict[str, str], slack: SlackWorkspace,
@@ -158,7 +158,7 @@ def test_a_starting_pod_checks_itself_once_however_many_probes_ask(bot_env: dict
         assert all(status == 200 for status, _ in answers), answers
         assert len(slack.calls_to("auth.test")) == 1
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
@@ -176,7 +176,7 @@ def test_readyz_says_what_is_missing(bot_env: dict[str, str], slack: SlackWorksp
         assert 'erp_chatops_aws_api_errors_total{code="ResourceNotFoundException",operation="DescribeTable"' \
                in http("GET", process.metrics_url)[1]
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_sigterm_drains_and_exits_cleanly(bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path):

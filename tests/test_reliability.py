@@ -165,8 +165,8 @@ def test_a_replica_killed_mid_run_loses_nothing(bot: BotProcess, bot_env: dict[s
                                         AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
         assert dead["ApproximateNumberOfMessages"] == "0"
     finally:
-        third.stop()
-        second.stop()
+        third.stop_soon()
+        second.stop_soon()
 
 
 def test_secrets_appear_nowhere(bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop,
@@ -193,7 +193,7 @@ def faulty_aws_bot(bot_env: dict[str, str], proxy: AwsFaultProxy, slack: SlackWo
     try:
         yield process
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_sqs_and_dynamodb_throttling_and_5xx_are_absorbed(bot_env: dict[str, str], aws_faults: AwsFaultProxy,

@@ -46,7 +46,7 @@ def test_a_waiting_approval_reminds_once_per_interval_and_stops_when_decided(
         time.sleep(1.5)
         assert len(notes(slack, card.ts, "Still waiting for approval")) == 1
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_a_newer_deploy_at_the_approval_supersedes_and_rejects_the_older(
@@ -70,4 +70,4 @@ def test_a_newer_deploy_at_the_approval_supersedes_and_rejects_the_older(
                    "the older card to say the bot rejected it")
         assert newer.status == "InProgress"  # the newer one still waits for its approver
     finally:
-        process.stop()
+        process.stop_soon()

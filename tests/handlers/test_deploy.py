@@ -261,7 +261,7 @@ def test_a_card_shown_waiting_for_approval_already_refuses_a_second_deploy(
             answer = wait_until(lambda: slack.ephemerals("U0APPR1"), what="an answer")[-1].text
             assert "already waiting for approval" in answer and len(pipeline.executions) == 1
         finally:
-            process.stop()
+            process.stop_soon()
 
 
 def test_double_submitted_command_starts_one_execution(bot: BotProcess, slack: SlackWorkspace,
@@ -299,7 +299,7 @@ def test_missing_pipeline_leaves_no_half_made_card(bot_env: dict[str, str], slac
         assert "The pipeline `erp-pipline` does not exist here" in answer and "Nothing was started" in answer
         assert slack.calls_to("chat.delete") and slack.channel_messages("C0DEV") == []
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_a_push_gets_a_card_in_the_dev_channel(bot: BotProcess, slack: SlackWorkspace,
@@ -359,7 +359,7 @@ def test_two_replicas_make_one_card_per_execution(bot: BotProcess, bot_env: dict
             handled = [line for line in metrics.splitlines() if line.startswith("erp_chatops_events_processed_total")]
             assert sum(float(line.rsplit(" ", 1)[1]) for line in handled) > 0
     finally:
-        second.stop()
+        second.stop_soon()
 
 
 def test_a_card_posted_by_a_replica_that_died_is_adopted_not_posted_twice(
@@ -443,7 +443,7 @@ def test_a_deploy_where_the_bot_was_not_invited_says_so_and_works_right_after_th
         wait_for_card(slack, "C0PROD", "Waiting for approval")
         assert len(pipeline.executions) == 1
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_a_push_card_the_bot_cannot_post_waits_for_the_invite_and_is_not_dead_lettered(

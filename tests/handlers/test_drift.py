@@ -83,7 +83,7 @@ def test_the_periodic_check_posts_each_drift_once_edits_it_and_says_when_it_clea
         record_what_helm_runs(release, aws_resources["table"])
         wait_until(lambda: "cleared" in message.text, 30, "the message to say the drift cleared")
     finally:
-        checker.stop()
+        checker.stop_soon()
 
 
 def test_re_deploy_via_the_pipeline_deploys_the_recorded_version_and_clears_the_drift(
@@ -127,4 +127,4 @@ def test_re_deploy_via_the_pipeline_deploys_the_recorded_version_and_clears_the_
         assert [m for m in slack.channel_messages("C0DEV") if "Re-deploy of the recorded" in json.dumps(m.blocks)
                 and "<@U0DEV1>" in json.dumps(m.blocks)]
     finally:
-        checker.stop()
+        checker.stop_soon()

@@ -136,7 +136,7 @@ def test_a_card_waiting_for_approval_says_a_lock_taken_after_it_would_stop_it(
         said(slack, "C0PROD", "<@U0APPR1>'s lock on prod expired")
         wait_until(lambda: "is locked by" not in card(second), 15, "the lock off the card")
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_the_pipeline_started_from_the_console_or_a_push_obeys_the_lock(
@@ -219,7 +219,7 @@ def test_a_lock_reminds_its_holder_once_and_says_when_it_expired(
         command(background_loop, slack, "U0GUEST", "C0DEV", "locks")
         answer(slack, "U0GUEST", "dev is not locked")
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_locking_again_never_shortens_a_lock_and_a_lapsed_one_taken_is_said_expired(
@@ -246,7 +246,7 @@ def test_locking_again_never_shortens_a_lock_and_a_lapsed_one_taken_is_said_expi
         said(slack, "C0DEV", "<@U0DEV1>'s lock on dev expired")
         assert "lock_expired" in [a["action"] for a in audit_actions(aws_resources["table"], "dev")]
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def freeze_now() -> dict[str, Any]:
@@ -300,7 +300,7 @@ def test_a_freeze_refuses_deploys_until_it_opens_and_an_approver_may_break_the_g
         assert refused.text.startswith(":snowflake: prod is frozen (release freeze) until") and not \
             [e for e in gated.executions.values() if e.variables.get("PROMOTE_IMAGE", "").strip()]
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_erp_freeze_shows_each_environment_open_or_frozen_and_its_next_windows(
@@ -330,7 +330,7 @@ def test_erp_freeze_shows_each_environment_open_or_frozen_and_its_next_windows(
                                              if "prod is open for deploys" in m.text), None), 15, "the answer to freeze prod")
         assert "dev" not in only_prod.text
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_the_calendar_the_pipeline_reads_is_the_one_in_the_bots_config(

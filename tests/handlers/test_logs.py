@@ -143,7 +143,7 @@ def test_a_query_past_its_budget_is_stopped(bot_env: dict[str, str], slack: Slac
         answer = ask(background_loop, slack, "logs employee prod 1h")
         assert "took longer than 0s, so I stopped it" in answer and "/erp logs employee prod 5m" in answer
     finally:
-        process.stop()
+        process.stop_soon()
 
 
 def test_a_person_past_the_query_limit_gets_one_line_and_no_query(insights: InsightsStandIn,
@@ -165,7 +165,7 @@ def test_a_person_past_the_query_limit_gets_one_line_and_no_query(insights: Insi
         assert "recorded yet" in ask(background_loop, slack, "history employee prod")  # reading is not limited
     finally:
         for replica in replicas:
-            replica.stop()
+            replica.stop_soon()
 
 
 def test_prod_logs_are_for_its_people_and_its_files_stay_in_its_channels(insights: InsightsStandIn, bot: BotProcess,
