@@ -83,10 +83,13 @@ def install(helm: str, kube: LocalKube, namespace: str, env: str, tags: dict[str
 
 @pytest.fixture
 def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWorkspace, tmp_path: Path,
-            aws_resources: dict[str, str]) -> Iterator[Release]:
-    """charts/erp installed three times in fresh dev and prod namespaces, and a bot pointed at them."""
+            aws_resources: dict[str, str], request: pytest.FixtureRequest) -> Iterator[Release]:
+    """charts/erp installed three times in a fresh dev namespace (and prod's, for a test marked
+    prod_release: six helm upgrades, not three), and a bot pointed at them."""
     suffix = uuid.uuid4().hex[:6]
-    namespaces = {"dev": f"erp-dev-{suffix}", "prod": f"erp-prod-{suffix}"}
+    namespaces = {"dev": f"erp-dev-{suffix}", "prod": f"erp-prod-{suffix}"}  # prod's made only when installed
+    installed = {env: ns for env, ns in namespaces.items()
+                 if env == "dev" or request.node.get_closest_marker("prod_release") is not None}
     config = base_config(aws_resources["queue_url"], aws_resources["table"])
     config["environments"]["dev"]["lock_after_rollback"] = "1h"  # issue 19: nobody redeploys the bad version
     config["environments"]["dev"]["rollback_on_alarm"] = True  # issue 20: an alarm soon after a deploy undoes it
@@ -102,14 +105,14 @@ def release(kube: LocalKube, helm: str, bot_env: dict[str, str], slack: SlackWor
 
     for env, ns in namespaces.items():
         config["environments"][env]["namespace"] = ns
-    with ThreadPoolExecutor(len(namespaces)) as pool:  # two namespaces apart: installed side by side
-        list(pool.map(three_revisions, namespaces, namespaces.values()))
+    with ThreadPoolExecutor(len(installed)) as pool:  # two namespaces apart: installed side by side
+        list(pool.map(three_revisions, installed, installed.values()))
     env = {**bot_env, "BOT_CONFIG": str(write_config(tmp_path / "kube-config.yaml", config)),
            "KUBECONFIG": str(kube.kubeconfig), "HELM_BIN": helm, "ROLLOUT_TIMEOUT_SECONDS": "15"}
     bot = BotProcess(env, tmp_path / "bot.log")
     slack.bot_url = f"{bot.url}/slack/events"
     yield Release(namespaces, bot, kube, helm, env)
-    bot.stop()
+    bot.stop_soon()
 
 
 def ask(loop: BackgroundLoop, slack: SlackWorkspace, user: str, text: str, channel: str = "C0ONCALL") -> str:
@@ -128,6 +131,7 @@ def shown(message: Message) -> str:
     return json.dumps(message.blocks)
 
 
+@pytest.mark.prod_release
 def test_status_shows_the_truth_of_the_cluster(release: Release, slack: SlackWorkspace,
                                                background_loop: BackgroundLoop):
     ns = release.namespaces["prod"]
@@ -141,6 +145,7 @@ def test_status_shows_the_truth_of_the_cluster(release: Release, slack: SlackWor
     assert "\n" in text and text.count("\n") <= 6  # one compact message: a line per service
 
 
+@pytest.mark.prod_release
 def test_history_lists_helm_revisions_with_tags(release: Release, slack: SlackWorkspace,
                                                background_loop: BackgroundLoop):
     text = ask(background_loop, slack, "U0ONCALL", "history employee prod")
@@ -188,6 +193,7 @@ def test_service_rollback_in_dev_changes_that_service_only_and_follows_the_rollo
     assert "dev's last deploy of employee was rolled back (revision 3 -> 2)" in promote
 
 
+@pytest.mark.prod_release
 def test_prod_rollback_needs_an_approver_who_did_not_ask(release: Release, slack: SlackWorkspace,
                                                         background_loop: BackgroundLoop):
     # prod is locked (an incident is when people lock): rollbacks stay possible
@@ -360,6 +366,7 @@ def test_cancel_and_a_plan_cannot_run_twice(release: Release, slack: SlackWorksp
     assert release.tags("dev")["employee"] == "v1.2.0"
 
 
+@pytest.mark.prod_release
 def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack: SlackWorkspace,
                                                          background_loop: BackgroundLoop, tmp_path: Path):
     kube, helm = release.kube, release.helm
@@ -395,7 +402,7 @@ def test_the_bot_works_with_its_own_least_privilege_role(release: Release, slack
         release.complete_rollouts("dev")
         wait_until(lambda: "Rolled back" in shown(plan_message(slack, "C0DEV")), what="the result")
     finally:
-        bot.stop()
+        bot.stop_soon()
 
 
 def test_a_rollback_right_after_a_timed_out_deploy_is_followed_to_its_own_end(
@@ -453,7 +460,7 @@ def test_a_rollout_that_does_not_finish_in_time_says_so(release: Release, slack:
         history = ask(background_loop, slack, "U0DEV1", "history employee dev", "C0DEV")
         assert "tried to roll back employee in dev: failed (rollout timed out)" in history
     finally:
-        impatient.stop()
+        impatient.stop_soon()
 
 
 def test_an_unreachable_cluster_is_said_plainly(release: Release, slack: SlackWorkspace,
@@ -470,7 +477,7 @@ def test_an_unreachable_cluster_is_said_plainly(release: Release, slack: SlackWo
         assert "helm could not read the release" in answer
         assert "Traceback" not in text + answer
     finally:
-        cut_off.stop()
+        cut_off.stop_soon()
 
 
 def test_a_plan_planted_in_the_table_runs_nothing(release: Release, slack: SlackWorkspace,
@@ -611,4 +618,4 @@ def test_an_automatic_rollback_whose_replica_dies_after_helm_is_finished_by_anot
             "pk": {"S": "LASTDEPLOY#dev"}, "sk": {"S": "ROLLEDBACK#employee"}}).get("Item")
         assert records and records["image"]["S"] == "v1.2.0"  # the re-deploy button will not bring v2.0.0 back
     finally:
-        second.stop()
+        second.stop_soon()
