@@ -24,10 +24,16 @@ if [ -n "$expected_helm" ] && [ "$helm_sha" != "$expected_helm" ]; then
 fi
 
 bundle_file="${WHEELHOUSE:-}"
+if [ -n "$bundle_file" ] && [ -e "$bundle_file" ] && [ ! -f "$bundle_file" ]; then
+  echo "publish-ci-tools: WHEELHOUSE=$bundle_file is not a file" >&2
+  exit 1
+fi
 if [ -n "$bundle_file" ] && [ -f "$bundle_file" ]; then
-  wheel="$({ tar -tzf "$bundle_file" 2>/dev/null || true; } | sed -nE 's|^(\./)?(erp_chatops-[^/]+\.whl)$|\2|p')"
-  if [ -z "$wheel" ]; then
-    echo "publish-ci-tools: $bundle_file holds no erp_chatops wheel; is it this script's wheelhouse?" >&2
+  # read to its end: a file cut short can still list the wheel, and would be published with its checksum
+  listing="$(tar -tzf "$bundle_file" 2>/dev/null)" || listing=""
+  wheel="$(printf '%s\n' "$listing" | sed -nE 's|^(\./)?(erp_chatops-[^/]+\.whl)$|\2|p')"
+  if [ -z "$wheel" ] || [ "$(printf '%s\n' "$wheel" | wc -l)" -ne 1 ]; then
+    echo "publish-ci-tools: $bundle_file is not one whole wheelhouse with one erp_chatops wheel; is it this script's?" >&2
     exit 1
   fi
 else
@@ -44,7 +50,8 @@ else
     --dest "$work/wheels" "$work/wheels/$wheel"
   tar -czf "$work/wheelhouse.tar.gz" -C "$work/wheels" .
   if [ -n "$bundle_file" ]; then  # kept whole or not at all: a copy cut short is never taken for one
-    cp "$work/wheelhouse.tar.gz" "$bundle_file.partial.$$" && mv "$bundle_file.partial.$$" "$bundle_file"
+    cp "$work/wheelhouse.tar.gz" "$bundle_file.partial.$$"
+    mv -T "$bundle_file.partial.$$" "$bundle_file"
   fi
   bundle_file="$work/wheelhouse.tar.gz"
 fi

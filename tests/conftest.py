@@ -82,13 +82,15 @@ def moto() -> Iterator[MotoServer]:
     saved = {k: os.environ.get(k) for k in server.env()}
     os.environ.update(server.env())
     yield server
-    stop_the_rest()  # the bots told to stop soon (every bot needs this server), ended before it goes
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    try:
+        stop_the_rest()  # the bots told to stop soon (every bot needs this server), ended before it goes
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
 
 
 @pytest.fixture(scope="session")

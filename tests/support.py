@@ -296,9 +296,13 @@ STOPPING: list[BotProcess] = []
 
 
 def stop_the_rest() -> None:
-    """Wait for the bots told to stop soon (SIGKILL after the usual grace)."""
+    """Wait for the bots told to stop soon (SIGKILL after the usual grace). A bot whose end nobody can read
+    any more (the harness test kills the launcher that reports it) is past waiting for: the others still are."""
     while STOPPING:
-        STOPPING.pop().stop()
+        try:
+            STOPPING.pop().stop()
+        except RuntimeError:  # "the bot launcher exited: bot N ended, with a code nobody saw"
+            pass
 
 
 def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition",

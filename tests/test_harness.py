@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import tests.support
-from tests.support import ROOT, BotLauncher, BotProcess, free_port, http
+from tests.support import ROOT, BotLauncher, BotProcess, free_port, http, stop_the_rest
 
 
 class _NotTheBot(BaseHTTPRequestHandler):
@@ -99,6 +99,7 @@ def test_a_bot_whose_port_is_taken_says_so_in_one_line_forked_or_not(bot_env: di
 def test_a_bot_outlives_its_launcher_and_still_stops(bot_env: dict[str, str], tmp_path: Path):
     """Should the launcher die, a test's stop() must still end its bot (never an orphan left running) and say
     that its exit code was lost; the next bot gets a new launcher."""
+    stop_the_rest()  # earlier tests' bots, still ending: their ends read while the launcher can report them
     process = BotProcess(bot_env, tmp_path / "orphan.log")
     launcher = BotLauncher.shared()
     launcher.proc.kill()
@@ -110,6 +111,21 @@ def test_a_bot_outlives_its_launcher_and_still_stops(bot_env: dict[str, str], tm
     again = BotProcess(bot_env, tmp_path / "again.log")
     assert BotLauncher.shared() is not launcher
     assert again.stop() == 0
+
+
+def test_bots_told_to_stop_soon_are_all_ended_even_when_the_launcher_died(bot_env: dict[str, str], tmp_path: Path):
+    """stop_soon() leaves the wait to the run's end (stop_the_rest): a bot whose exit report died with its
+    launcher must not stop the others from being waited for, nor the session's servers from stopping."""
+    first, second = (BotProcess(bot_env, tmp_path / f"{n}.log") for n in ("first", "second"))
+    first.stop_soon()
+    second.stop_soon()
+    launcher = BotLauncher.shared()
+    launcher.proc.kill()
+    launcher.proc.wait(10)
+    stop_the_rest()
+    for bot in (first, second):
+        with pytest.raises(ProcessLookupError):
+            os.kill(bot.proc.pid, 0)
 
 
 def test_a_bot_that_logs_only_warnings_still_starts(bot_env: dict[str, str], tmp_path: Path):

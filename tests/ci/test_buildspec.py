@@ -397,11 +397,17 @@ def test_one_wheelhouse_is_published_to_dev_and_prod_byte_for_byte(ci_tools: dic
 
     (tmp_path / "notes.txt").write_text("not wheels")
     subprocess.run(["tar", "-czf", str(tmp_path / "other.tar.gz"), "-C", str(tmp_path), "notes.txt"], check=True)
+    whole = Path(ci_tools["wheelhouse"]).read_bytes()
+    (tmp_path / "cut-short.tar.gz").write_bytes(whole[:len(whole) // 2])  # lists the wheel, ends mid-archive
+    (tmp_path / "a-folder").mkdir()
     ssm.delete_parameter(Name="/erp/prod/tools/erp-chatops/sha256")
-    for bad in (tmp_path / "other.tar.gz", tmp_path / "notes.txt"):
-        out = subprocess.run(script, env={**env, "WHEELHOUSE": str(bad)}, capture_output=True, text=True, timeout=60)
-        assert out.returncode == 1 and out.stderr.strip().endswith("is it this script's wheelhouse?"), out.stderr
+    for bad in ("other.tar.gz", "notes.txt", "cut-short.tar.gz", "a-folder"):
+        out = subprocess.run(script, env={**env, "WHEELHOUSE": str(tmp_path / bad)}, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
+        assert "is it this script's?" in out.stderr or "is not a file" in out.stderr, (bad, out.stderr)
     assert not ssm.get_parameters(Names=["/erp/prod/tools/erp-chatops/sha256"])["Parameters"]  # nothing published
+    assert list((tmp_path / "a-folder").iterdir()) == []
 
 
 def test_the_tools_the_buildspec_reads_are_the_ones_published_and_cached():
