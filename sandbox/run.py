@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -110,6 +111,7 @@ async def _main(host: str, port: int) -> int:
         if cluster is not None:
             cluster.stop()
         aws_proc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # the bot's config for this run: nothing left in /tmp
 
 
 async def _start_cluster() -> SandboxCluster | None:

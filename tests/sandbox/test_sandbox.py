@@ -16,6 +16,8 @@ def test_sandbox_starts_answers_help_and_stops_cleanly(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SLACK_", "BOT_"))}
     env["PORT"] = str(port)
+    env["TMPDIR"] = str(tmp_path / "tmp")  # what the sandbox leaves behind in the temp folder, if anything
+    (tmp_path / "tmp").mkdir()
     log = (tmp_path / "sandbox.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "bot", "sandbox"], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -43,6 +45,7 @@ def test_sandbox_starts_answers_help_and_stops_cleanly(tmp_path):
         code = proc.wait(30)
         log.close()
     assert code == 0, (tmp_path / "sandbox.log").read_text()[-2000:]
+    assert list((tmp_path / "tmp").iterdir()) == []  # its config folder went with it (one a run had piled up)
 
 
 def test_the_page_shows_every_emoji_the_bot_writes():
