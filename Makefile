@@ -21,8 +21,8 @@ sandbox: $(STAMP)
 tools:
 	@bash scripts/build-test-tools.sh >/dev/null
 
-## test: the whole test suite, on TEST_WORKERS parallel workers (3: the tests wait on servers as much as they compute; 0 runs it in this process)
-TEST_WORKERS ?= 3
+## test: the whole test suite, on TEST_WORKERS parallel workers (4 on 2 cores: the tests wait on servers, helm and browsers as much as they compute; 0 runs it in this process)
+TEST_WORKERS ?= 4
 test: $(STAMP) .venv-checkov/bin/checkov
 	CHECKOV_BIN=.venv-checkov/bin/checkov ERP_TOOLS_BIN="$$(bash scripts/build-test-tools.sh)" $(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
