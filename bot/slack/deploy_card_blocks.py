@@ -127,7 +127,12 @@ def render_card(card: DeployCard) -> tuple[str, list[dict[str, Any]]]:
     for name in stage_names:
         row = card.stage(name)
         took = "skipped" if name in skipped else duration_text(row.started, row.ended)
-        chips.append(f"{STAGE_ICON.get(row.state, ':white_circle:')} {name}{f' {took}' if took else ''}")
+        state = row.state
+        if card.status == "Succeeded" and STAGE_RANK.get(state, 0) == 1:
+            # a succeeded execution finished every stage it started; the stage's own event (EventBridge does
+            # not order them) may still be on its way, with the stage's time
+            state = "SUCCEEDED"
+        chips.append(f"{STAGE_ICON.get(state, ':white_circle:')} {name}{f' {took}' if took else ''}")
     blocks: list[Any] = [
         HeaderBlock(text=f":rocket: {title}"[:150]),
         SectionBlock(text=MarkdownTextObject(text=_status_line(card)), fields=fields),

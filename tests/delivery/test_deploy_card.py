@@ -88,6 +88,20 @@ def test_any_order_with_duplicates_gives_the_same_card(prod_events: list[Pipelin
     assert (actual.status, actual.approval.decision) == ("Succeeded", "Approved")
 
 
+def test_a_succeeded_card_never_shows_a_stage_still_running(prod_events: list[PipelineEvent]):
+    """EventBridge does not order events: the execution's SUCCEEDED may be applied before the Deploy stage's
+    own (the bot's pollers take them side by side). A succeeded execution finished every stage it started, so
+    the card says so at once, not "Succeeded" beside an hourglass; the stage's own event then adds its time."""
+    deploy_end = [e for e in prod_events if e.kind in ("stage", "action") and e.stage == "Deploy"
+                  and e.state == "SUCCEEDED"]
+    early = play([e for e in prod_events if e not in deploy_end])
+    assert early.status == "Succeeded" and early.stage("Deploy").state != "SUCCEEDED"  # as it was read
+    chips = render_card(early)[1][2]["elements"][0]["text"]
+    assert ":white_check_mark: Deploy" in chips and ":hourglass_flowing_sand:" not in chips, chips
+    assert render_card(play(prod_events)) == render_card(play([e for e in prod_events if e not in deploy_end]
+                                                               + deploy_end))
+
+
 def test_a_late_started_never_overwrites_succeeded(prod_events: list[PipelineEvent]):
     card = play(prod_events)
     late = [e for e in prod_events if e.state == "STARTED"]
