@@ -108,10 +108,10 @@ async def _main(host: str, port: int) -> int:
         await pipeline_runner.cleanup()
         return 0
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # first: a second Ctrl-C may cut the stops below short
         if cluster is not None:
             cluster.stop()
         aws_proc.stop()
-        shutil.rmtree(workdir, ignore_errors=True)  # the bot's config for this run: nothing left in /tmp
 
 
 async def _start_cluster() -> SandboxCluster | None:

@@ -8,7 +8,7 @@
 # HELM_ARCHIVE is helm's linux-amd64 release tarball (get.helm.sh); give its published checksum as
 # HELM_SHA256 and this refuses a file that does not match it.
 # WHEELHOUSE=FILE publishes the wheelhouse in FILE instead of building one (the one published to dev, so
-# prod installs the very same bytes); when FILE does not exist yet, the one built here is kept there.
+# prod installs the very same bytes); it must be there. KEEP_WHEELHOUSE=FILE keeps the one built here in FILE.
 set -euo pipefail
 bucket="${1:?bucket}" environment="${2:?environment (dev, prod)}" helm_archive="${3:?helm release archive}"
 expected_helm="${4:-}"
@@ -23,12 +23,14 @@ if [ -n "$expected_helm" ] && [ "$helm_sha" != "$expected_helm" ]; then
   exit 1
 fi
 
-bundle_file="${WHEELHOUSE:-}"
-if [ -n "$bundle_file" ] && [ -e "$bundle_file" ] && [ ! -f "$bundle_file" ]; then
-  echo "publish-ci-tools: WHEELHOUSE=$bundle_file is not a file" >&2
+bundle_file="${WHEELHOUSE:-}" keep="${KEEP_WHEELHOUSE:-}"
+case "$bundle_file" in -*) bundle_file="./$bundle_file" ;; esac  # a name, never an option
+case "$keep" in -*) keep="./$keep" ;; esac
+if [ -n "$bundle_file" ] && [ ! -f "$bundle_file" ]; then  # never a fresh build in its place: other bytes
+  echo "publish-ci-tools: WHEELHOUSE=$bundle_file is not a file (build one with KEEP_WHEELHOUSE=$bundle_file)" >&2
   exit 1
 fi
-if [ -n "$bundle_file" ] && [ -f "$bundle_file" ]; then
+if [ -n "$bundle_file" ]; then
   # read to its end: a file cut short can still list the wheel, and would be published with its checksum
   listing="$(tar -tzf "$bundle_file" 2>/dev/null)" || listing=""
   wheel="$(printf '%s\n' "$listing" | sed -nE 's|^(\./)?(erp_chatops-[^/]+\.whl)$|\2|p')"
@@ -49,9 +51,9 @@ else
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --dest "$work/wheels" "$work/wheels/$wheel"
   tar -czf "$work/wheelhouse.tar.gz" -C "$work/wheels" .
-  if [ -n "$bundle_file" ]; then  # kept whole or not at all: a copy cut short is never taken for one
-    cp "$work/wheelhouse.tar.gz" "$bundle_file.partial.$$"
-    mv -T "$bundle_file.partial.$$" "$bundle_file"
+  if [ -n "$keep" ]; then  # kept whole or not at all: a copy cut short is never taken for one
+    cp "$work/wheelhouse.tar.gz" "$keep.partial.$$"
+    mv -T "$keep.partial.$$" "$keep"
   fi
   bundle_file="$work/wheelhouse.tar.gz"
 fi

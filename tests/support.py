@@ -299,10 +299,12 @@ def stop_the_rest() -> None:
     """Wait for the bots told to stop soon (SIGKILL after the usual grace). A bot whose end nobody can read
     any more (the harness test kills the launcher that reports it) is past waiting for: the others still are."""
     while STOPPING:
+        bot = STOPPING.pop()
         try:
-            STOPPING.pop().stop()
-        except RuntimeError:  # "the bot launcher exited: bot N ended, with a code nobody saw"
-            pass
+            bot.stop()
+        except RuntimeError as e:  # "the bot launcher exited: bot N ended, with a code nobody saw"
+            bot._log.close()
+            print(f"tests: {e}", file=sys.stderr)
 
 
 def wait_until(check: Callable[[], T], timeout: float = 20.0, what: str = "the condition",

@@ -134,13 +134,14 @@ def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
     env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHON": sys.executable, "WHEELHOUSE": str(wheelhouse)}
+           "PYTHON": sys.executable}
     with taking_turns(shared / ".lock"):
         if not archive.exists():
             (shared / "linux-amd64").mkdir(exist_ok=True)
             shutil.copy(tools / "helm", shared / "linux-amd64" / "helm")
             subprocess.run(["tar", "-czf", f"{archive}.partial", "-C", str(shared), "linux-amd64"], check=True)
             os.replace(f"{archive}.partial", archive)
+        env["WHEELHOUSE" if wheelhouse.exists() else "KEEP_WHEELHOUSE"] = str(wheelhouse)
         out = subprocess.run(["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), bucket, "dev", str(archive)],
                              env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -380,8 +381,8 @@ def test_two_builds_on_a_cold_shared_cache_install_the_tools_once_and_both_pass(
 
 def test_one_wheelhouse_is_published_to_dev_and_prod_byte_for_byte(ci_tools: dict[str, str], moto,  # type: ignore[no-untyped-def]
                                                                   tmp_path: Path):
-    """WHEELHOUSE: prod gets the very file dev got (built once, its checksum the same), and a file that is not
-    a wheelhouse is refused in one line before anything is published."""
+    """WHEELHOUSE: prod gets the very file dev got (built once with KEEP_WHEELHOUSE, its checksum the same),
+    and a file that is missing or is not a wheelhouse is refused in one line before anything is published."""
     env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHON": sys.executable, "WHEELHOUSE": ci_tools["wheelhouse"]}
     script = ["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), ci_tools["bucket"], "prod", ci_tools["helm_archive"]]
@@ -401,7 +402,7 @@ def test_one_wheelhouse_is_published_to_dev_and_prod_byte_for_byte(ci_tools: dic
     (tmp_path / "cut-short.tar.gz").write_bytes(whole[:len(whole) // 2])  # lists the wheel, ends mid-archive
     (tmp_path / "a-folder").mkdir()
     ssm.delete_parameter(Name="/erp/prod/tools/erp-chatops/sha256")
-    for bad in ("other.tar.gz", "notes.txt", "cut-short.tar.gz", "a-folder"):
+    for bad in ("other.tar.gz", "notes.txt", "cut-short.tar.gz", "a-folder", "a-typo.tar.gz"):  # never a rebuild
         out = subprocess.run(script, env={**env, "WHEELHOUSE": str(tmp_path / bad)}, capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, (bad, out.stderr)
