@@ -278,8 +278,10 @@ class BotProcess:
         return lines
 
     def stop(self) -> int:
-        stop_process(self.proc, 25)
-        self._log.close()
+        try:
+            stop_process(self.proc, 25)
+        finally:
+            self._log.close()
         assert self.proc.returncode is not None
         return self.proc.returncode
 
@@ -303,7 +305,6 @@ def stop_the_rest() -> None:
         try:
             bot.stop()
         except RuntimeError as e:  # "the bot launcher exited: bot N ended, with a code nobody saw"
-            bot._log.close()
             print(f"tests: {e}", file=sys.stderr)
 
 

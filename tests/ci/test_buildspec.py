@@ -31,7 +31,7 @@ from sandbox.local_kube import LocalKube
 from sandbox.seed import SLACK_SECRET_ID, seed_parameters_and_secrets
 from sandbox.slack_workspace import SlackWorkspace
 from tests.ci.buildspec_runner import BuildResult, BuildspecInvalid, BuildspecRunner, resolve_env, validate
-from tests.support import BOT_TOKEN, ROOT, free_port
+from tests.support import BOT_TOKEN, ROOT, free_port, wait_until
 
 pytestmark = [pytest.mark.usefixtures("erp_images"), pytest.mark.slow]
 BUILDSPEC = ROOT / "buildspec.yml"
@@ -118,6 +118,12 @@ def taking_turns(lock: Path) -> Iterator[None]:
         yield
 
 
+def publish_env(moto) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """What scripts/publish-ci-tools.sh runs with here: this worker's moto, and this Python for pip."""
+    return {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "PYTHON": sys.executable}
+
+
 @pytest.fixture(scope="session")
 def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """erp-chatops and helm published to the pipeline's bucket as production does (scripts/publish-ci-tools.sh):
@@ -133,8 +139,7 @@ def ci_tools(moto, tools: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "ap-northeast-2"})
     except s3.exceptions.BucketAlreadyOwnedByYou:
         pass
-    env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHON": sys.executable}
+    env = publish_env(moto)
     with taking_turns(shared / ".lock"):
         if not archive.exists():
             (shared / "linux-amd64").mkdir(exist_ok=True)
@@ -366,10 +371,9 @@ def test_two_builds_on_a_cold_shared_cache_install_the_tools_once_and_both_pass(
         pipeline_vars(repo, str(build["card_ts"])))))
     starter.start()
     try:  # the first build is inside the install: its venv made, erp-chatops not yet installed in it
-        deadline = time.monotonic() + 120
-        while not (any(cache.glob("*/bin/python3")) and not any(cache.glob("*/bin/erp-chatops"))):
-            assert not first and time.monotonic() < deadline, "the first build was never seen installing"
-            time.sleep(0.05)
+        wait_until(lambda: first or (any(cache.glob("*/bin/python3")) and not any(cache.glob("*/bin/erp-chatops"))),
+                   120, "the first build to be installing the tools")
+        assert not first, "the first build ended before it was seen installing"
     finally:
         second = BuildspecRunner(other / "buildspec.yml", other, environ).run(pipeline_vars(repo, str(build["card_ts"])))
         starter.join(300)
@@ -383,8 +387,7 @@ def test_one_wheelhouse_is_published_to_dev_and_prod_byte_for_byte(ci_tools: dic
                                                                   tmp_path: Path):
     """WHEELHOUSE: prod gets the very file dev got (built once with KEEP_WHEELHOUSE, its checksum the same),
     and a file that is missing or is not a wheelhouse is refused in one line before anything is published."""
-    env = {**os.environ, **moto.env(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHON": sys.executable, "WHEELHOUSE": ci_tools["wheelhouse"]}
+    env = {**publish_env(moto), "WHEELHOUSE": ci_tools["wheelhouse"]}
     script = ["bash", str(ROOT / "scripts" / "publish-ci-tools.sh"), ci_tools["bucket"], "prod", ci_tools["helm_archive"]]
     out = subprocess.run(script, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
