@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -11,7 +12,17 @@ import sys
 from bot.jsonlog import setup_logging
 
 
+def started_up() -> None:
+    """The collector back on, over a heap it need not walk again: what start-up made (modules, Bolt's
+    listeners, the runtime) lives as long as the process, so it is frozen out of every later collection.
+    _serve turned the collector off while that was made: imports and set-up allocate hundreds of thousands
+    of objects and little garbage, and collecting over them cost about a tenth of the start to /readyz."""
+    gc.freeze()
+    gc.enable()
+
+
 def _serve(args: argparse.Namespace) -> int:
+    gc.disable()  # until started_up()
     from bot.app import StartupError, build_bot
     from bot.config import ConfigError
     from bot.http_server import ListenError, serve
@@ -19,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         bot = build_bot()
+        started_up()
         port = int(os.environ.get("PORT", "3000"))
         metrics_port = int(os.environ.get("METRICS_PORT", "9102"))
         asyncio.run(serve(bot.http, bot.runtime, args.host, port, background=bot.background,
