@@ -70,7 +70,8 @@ def build_http_app(runtime: Runtime, bolt: AsyncApp) -> web.Application:
         if bolt_request is None:
             log.warning("refused a request that is not a Slack payload: %s", problem)
             return web.json_response({"error": "invalid payload"}, status=400)
-        bolt_response = await bolt.async_dispatch(bolt_request)
+        with runtime.work.acks.acking():
+            bolt_response = await bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(bolt_response)
 
     async def healthz(_: web.Request) -> web.StreamResponse:
