@@ -16,7 +16,9 @@ def started_up() -> None:
     """The collector back on, over a heap it need not walk again: what start-up made (modules, Bolt's
     listeners, the runtime) lives as long as the process, so it is frozen out of every later collection.
     _serve turned the collector off while that was made: imports and set-up allocate hundreds of thousands
-    of objects and little garbage, and collecting over them cost about a tenth of the start to /readyz."""
+    of objects and little garbage, and collecting over them cost about a tenth of the start to /readyz. The
+    little cyclic garbage they did leave (about 0.4 MB) is frozen with the rest: a collection first would
+    cost half of what this saves."""
     gc.freeze()
     gc.enable()
 

@@ -74,19 +74,23 @@ class InFlight:
         if self._count == 0:
             self._idle.set()
 
-    def track(self, fn: Callable[P, Awaitable[None]]) -> Callable[P, Coroutine[Any, Any, None]]:
-        """Wrap a Bolt lazy listener; Bolt still sees the wrapped function's arguments."""
+    def track(self, fn: Callable[P, Awaitable[None]], *,
+              acks_first: bool = True) -> Callable[P, Coroutine[Any, Any, None]]:
+        """Wrap a Bolt lazy listener; Bolt still sees the wrapped function's arguments. `acks_first=False`
+        for work that must use the request's trigger_id, which Slack honours for 3 seconds only."""
 
         @functools.wraps(fn)
         async def tracked(*args: P.args, **kwargs: P.kwargs) -> None:
             self._enter()
             try:
-                await self.acks.wait()
+                if acks_first:
+                    await self.acks.wait()
                 if await first_delivery():  # a request another replica already received does nothing here
                     await fn(*args, **kwargs)
             finally:
                 self._exit()
 
+        tracked.acks_first = acks_first  # type: ignore[attr-defined]
         return tracked
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

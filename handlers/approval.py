@@ -253,7 +253,7 @@ def register(app: AsyncApp, runtime: Runtime) -> None:
                      value.strip())
 
     app.action(APPROVE_ACTION)(ack=ack_click, lazy=[runtime.work.track(approve)])
-    app.action(REJECT_ACTION)(ack=ack_click, lazy=[runtime.work.track(ask_reason)])
+    app.action(REJECT_ACTION)(ack=ack_click, lazy=[runtime.work.track(ask_reason, acks_first=False)])  # its trigger
     app.view(REJECT_VIEW)(ack=check_reason, lazy=[runtime.work.track(reject)])
     for link_button in ("open_pipeline", "open_logs"):  # URL buttons still send a click: acknowledge it
         app.action(link_button)(ack_click)

@@ -59,3 +59,33 @@ async def test_work_with_no_ack_under_way_starts_at_once():
     await settle(3)
     assert ran == ["now"]
     await task
+
+
+async def test_work_that_must_use_its_trigger_id_within_3_seconds_does_not_wait_for_other_acks():
+    # the Reject button opens its modal with the click's trigger_id, which Slack honours for 3 seconds only
+    work = InFlight()
+    ran: list[str] = []
+
+    async def open_modal() -> None:
+        ran.append("opened")
+
+    with work.acks.acking():
+        task = asyncio.ensure_future(work.track(open_modal, acks_first=False)())
+        await settle(3)
+        assert ran == ["opened"]
+    await task
+
+
+def test_the_reject_button_opens_its_modal_without_waiting_for_other_acks():
+    from types import SimpleNamespace
+
+    from slack_bolt.async_app import AsyncApp
+
+    import handlers.approval
+
+    app = AsyncApp(token="xoxb-test", signing_secret="test-secret")
+    handlers.approval.register(app, SimpleNamespace(work=InFlight()))  # type: ignore[arg-type]
+    lazy = {getattr(f, "__wrapped__", f).__name__: f for listener in app._async_listeners
+            for f in listener.lazy_functions}
+    assert lazy["ask_reason"].acks_first is False  # type: ignore[attr-defined]
+    assert lazy["approve"].acks_first is True  # type: ignore[attr-defined]
