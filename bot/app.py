@@ -27,6 +27,7 @@ from bot.jsonlog import redactor
 from bot.metrics import Metrics
 from bot.replay_guard import ReplayGuard
 from bot.runtime import Runtime
+from bot.slack.respond import PooledRespondMiddleware
 from bot.slack.response_url_policy import ResponseUrlPolicy
 from bot.slack.web_client import make_web_client
 from bot.slack_credentials import load_slack_credentials
@@ -96,6 +97,7 @@ def build_bot(environ: Mapping[str, str] | None = None, config: Config | None = 
     runtime.state.seal_key = runtime.state_key  # audit records are sealed with it too
     bolt.use(ReplayGuard(runtime.state).middleware)  # after Bolt's own signature check: a replay is refused
     bolt.use(ResponseUrlPolicy(environ.get("SLACK_API_URL")).middleware)  # answers go only to Slack
+    bolt.use(PooledRespondMiddleware(client).middleware)  # answers through the one session, retried
     runtime.log_query_budget = float(environ.get("LOG_QUERY_BUDGET_SECONDS", "25"))
     runtime.unready_after = float(environ.get("UNREADY_AFTER_FAILING_SECONDS", "60"))
     runtime.exit_after = float(environ.get("EXIT_AFTER_FAILING_SECONDS", "600"))

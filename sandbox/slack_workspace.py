@@ -163,6 +163,7 @@ class SlackWorkspace:
         self.scopes = manifest_scopes() if scopes is None else scopes
         self.rate_limits = rate_limits or RateLimits()  # always on; a scale for the soak's volume
         self.calls: list[ApiCall] = []
+        self.response_posts: list[ApiCall] = []  # posts to response_urls, apart from the Web API's calls
         self.delivered: list[tuple[str, dict[str, str]]] = []  # signed requests sent to the bot, in order
         self.messages: list[Message] = []
         self.views: dict[str, dict[str, Any]] = {}
@@ -403,11 +404,25 @@ class SlackWorkspace:
         return app
 
     async def _response(self, request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        token = request.match_info["token"]
+
+        def record(ok: bool, error: str | None = None) -> None:
+            self.response_posts.append(ApiCall("response_url", {"token": token}, ok, error,
+                                               connection=peer[1] if peer else None))
+
+        for fault in self.faults:  # Fault("response_url", status=503): the hooks host failing one post
+            if fault.method == "response_url" and fault.times > 0:
+                fault.times -= 1
+                record(False, f"http_{fault.status}")
+                return web.Response(status=fault.status, text=fault.error or "service_unavailable")
         try:
             body = await request.json()
         except ValueError:
+            record(False, "invalid_payload")
             return web.Response(status=400, text="invalid_payload")
-        refusal = self._apply_response(request.match_info["token"], body)
+        refusal = self._apply_response(token, body)
+        record(refusal is None, refusal)
         if refusal is not None:
             return web.Response(status=404, text=refusal)
         return web.Response(text="ok")

@@ -314,3 +314,18 @@ def test_a_response_url_that_is_not_slacks_is_refused(bot: BotProcess, slack: Sl
     time.sleep(0.5)
     assert [c for c in slack.calls if c.method not in ("conversations.info", "auth.test")] == []
     assert any("response_url is not Slack's" in str(line.get("message")) for line in bot.log_lines())
+
+
+def test_answers_after_the_ack_share_one_connection_and_ride_out_a_slack_server_error(
+        bot: BotProcess, slack: SlackWorkspace, background_loop: BackgroundLoop):
+    """An answer after the ack goes to the request's response_url. Bolt's own respond() opened a new
+    connection for each (on Slack a TCP and TLS handshake to hooks.slack.com per answer) and gave up on a
+    5xx, so the person saw nothing; the bot's answers go through its one session, with slack_sdk's retries."""
+    slack.faults.append(Fault("response_url", status=503))  # Slack having a bad moment
+    for n in range(1, 4):
+        assert background_loop.run(slack.send_command("U0DEV1", "C0DEV", "status dev"))[0] == 200
+        wait_until(lambda n=n: len(slack.ephemerals("U0DEV1")) == n, what=f"answer {n}")
+    posts = slack.response_posts
+    assert [p.ok for p in posts] == [False, True, True, True]
+    assert all("dev" in m.text for m in slack.ephemerals("U0DEV1"))
+    assert len({p.connection for p in posts}) <= 2, [p.connection for p in posts]

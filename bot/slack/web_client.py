@@ -81,12 +81,17 @@ class InstrumentedWebClient(AsyncWebClient):
         finally:
             calling.reset(lane)
 
-    async def _call(self, api_method: str, **kwargs: Any) -> Any:
+    def http_session(self) -> aiohttp.ClientSession:
+        """The one session (kept-alive connections) for this client's calls and the bot's answers to
+        response_urls; made on first use, in the running event loop, which it belongs to."""
         loop = asyncio.get_running_loop()
         if self.session is None or self.session.closed or self._session_loop is not loop:
-            # made on first use: a session belongs to the event loop it was made in
             self.session = SharedSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
             self._session_loop = loop
+        return self.session
+
+    async def _call(self, api_method: str, **kwargs: Any) -> Any:
+        self.http_session()
         try:
             return await super().api_call(api_method, **kwargs)
         except SlackApiError as e:
