@@ -10,6 +10,7 @@ shown is worse). Installed by a Bolt middleware, after the response_url check (`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,8 @@ from slack_sdk.webhook import WebhookResponse
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.slack.web_client import InstrumentedWebClient
+
+log = logging.getLogger(__name__)
 
 
 class PooledRespond(AsyncRespond):
@@ -55,7 +58,10 @@ class PooledRespond(AsyncRespond):
                                   timeout=self.client.timeout,
                                   retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=2),
                                                   AsyncServerErrorRetryHandler(max_retry_count=2)])
-        return await hook.send_dict(message)
+        sent = await hook.send_dict(message)
+        if sent.status_code >= 400:  # Bolt's respond() says nothing; the URL itself is a credential: not logged
+            log.warning("Slack refused an answer to a response_url: %s %s", sent.status_code, str(sent.body)[:100])
+        return sent
 
 
 class PooledRespondMiddleware:

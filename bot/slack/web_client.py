@@ -86,7 +86,9 @@ class InstrumentedWebClient(AsyncWebClient):
         response_urls; made on first use, in the running event loop, which it belongs to."""
         loop = asyncio.get_running_loop()
         if self.session is None or self.session.closed or self._session_loop is not loop:
-            self.session = SharedSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            # no cookie jar: the API needs none, and a cookie one Slack host set would go to the others
+            self.session = SharedSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                         cookie_jar=aiohttp.DummyCookieJar())
             self._session_loop = loop
         return self.session
 
