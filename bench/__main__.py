@@ -46,7 +46,7 @@ from sandbox.slack_rate_limits import RateLimits
 from sandbox.slack_signing import signed_headers, slash_command_body
 from sandbox.slack_workspace import SlackWorkspace
 from tests.busy_hour import run_busy_hour
-from tests.soak import DEPTH_POLL_SECONDS
+from tests.soak import DEPTH_POLL_SECONDS, cards_waiting
 from tests.support import BackgroundLoop, BotProcess, http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,13 +447,6 @@ def settle(aws: AwsClients, queue: str, pipeline: PipelineStandIn, timeout: floa
     wait_drained(aws, queue, timeout)
 
 
-def cards_waiting(aws: AwsClients, table: str) -> int:
-    """Cards marked waiting to be published (bot.card_publisher), as tests/soak.py counts them."""
-    resp = aws.client("dynamodb").query(TableName=table, KeyConditionExpression="pk = :pk",
-                                        ExpressionAttributeValues={":pk": {"S": "WAITING"}}, Select="COUNT")
-    return int(resp["Count"])
-
-
 def slack_quiet(workspace: SlackWorkspace, aws: AwsClients, table: str, seconds: float = SLACK_REFILL_S,
                 timeout: float = 300) -> float:
     """Until no card is waiting to be published and the bot has then made no Slack call for `seconds`: the
@@ -465,7 +458,7 @@ def slack_quiet(workspace: SlackWorkspace, aws: AwsClients, table: str, seconds:
     deadline = started + timeout
     while time.monotonic() < deadline:
         last = workspace.calls[-1].at if workspace.calls else 0.0
-        if time.monotonic() - last >= seconds and cards_waiting(aws, table) == 0:
+        if time.monotonic() - last >= seconds and cards_waiting(aws.client("dynamodb"), table) == 0:
             return time.monotonic() - started
         time.sleep(0.5)
     raise AssertionError(f"the bot was still calling Slack, or cards were waiting, after {timeout:.0f}s")

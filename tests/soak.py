@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 
+from bot.aws.state import WAITING_CARDS
 from bot.delivery.deploy_card import DeployCard
 from bot.slack.deploy_card_blocks import render_card
 from sandbox.codepipeline import Execution, PipelineStandIn
@@ -37,6 +38,13 @@ POISON = ["not json at all", json.dumps({"detail-type": "CodePipeline Pipeline E
                       "detail-type": "CodePipeline Pipeline Execution State Change", "time": "yesterday"}),
           "{" * 300, json.dumps([1, 2, 3])]
 
+
+
+def cards_waiting(dynamodb: Any, table: str) -> int:
+    """Cards marked waiting to be published (see bot.card_publisher), counted in the state table."""
+    resp = dynamodb.query(TableName=table, KeyConditionExpression="pk = :pk",
+                          ExpressionAttributeValues={":pk": {"S": WAITING_CARDS}}, Select="COUNT")
+    return int(resp["Count"])
 
 @dataclass
 class SoakPlan:
@@ -161,10 +169,7 @@ class Soak:
         return found
 
     def waiting(self) -> int:
-        """Cards marked waiting to be published (see bot.card_publisher)."""
-        resp = boto3.client("dynamodb").query(TableName=self.table, KeyConditionExpression="pk = :pk",
-                                              ExpressionAttributeValues={":pk": {"S": "WAITING"}}, Select="COUNT")
-        return int(resp["Count"])
+        return cards_waiting(boto3.client("dynamodb"), self.table)
 
     # --- the verdict ---------------------------------------------------------------------
 

@@ -28,6 +28,8 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from bot.slack.web_client import InstrumentedWebClient
 
 log = logging.getLogger(__name__)
+# stateless (each call keeps its own RetryState): one list for every answer
+ANSWER_RETRIES = [AsyncConnectionErrorRetryHandler(max_retry_count=2), AsyncServerErrorRetryHandler(max_retry_count=2)]
 
 
 class PooledRespond(AsyncRespond):
@@ -54,10 +56,9 @@ class PooledRespond(AsyncRespond):
                                      replace_original=replace_original, delete_original=delete_original,
                                      unfurl_links=unfurl_links, unfurl_media=unfurl_media, thread_ts=thread_ts,
                                      metadata=metadata)
+        # the session's own timeout applies (slack_sdk uses the client's only for a session it makes)
         hook = AsyncWebhookClient(url=self.response_url, session=self.client.http_session(),
-                                  timeout=self.client.timeout,
-                                  retry_handlers=[AsyncConnectionErrorRetryHandler(max_retry_count=2),
-                                                  AsyncServerErrorRetryHandler(max_retry_count=2)])
+                                  retry_handlers=ANSWER_RETRIES)
         sent = await hook.send_dict(message)
         if sent.status_code >= 400:  # Bolt's respond() says nothing; the URL itself is a credential: not logged
             log.warning("Slack refused an answer to a response_url: %s %s", sent.status_code, str(sent.body)[:100])
